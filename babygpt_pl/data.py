@@ -1,0 +1,176 @@
+"""The data module: random character windows of a UTF-8 text file, and the prompts to predict from.
+
+Training windows are drawn on the training device, from a generator seeded with (seed, rank, batch index),
+in ``on_after_batch_transfer``. So the batch needs no host work or sync, every rank draws different windows,
+and a resumed run draws exactly the windows the uninterrupted run would have (the batch index comes back
+with the checkpoint's loop state). Validation uses a fixed set of ``val_batches`` batches of windows, drawn
+once from ``seed``, so every validation of every run sees the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from babygpt_pl.corpus import ensure_corpus
+from babygpt_pl.errors import UserError
+from babygpt_pl.tokenizer import CharTokenizer
+
+DEFAULT_PROMPTS = ["春江", "往事"]
+
+
+def read_text(path: str | Path) -> str:
+    """The whole file as text; a clear error if it is missing, empty or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"corpus file {path} not found: pass --data.path to an existing UTF-8 text file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"corpus file {path} is not UTF-8: invalid byte 0x{raw[err.start]:02x} at byte offset {err.start}; "
+            "convert it (e.g. iconv -t UTF-8) or pass another --data.path"
+        ) from None
+    if not text:
+        raise UserError(f"corpus file {path} is empty: pass --data.path to a UTF-8 text file with some text in it")
+    return text
+
+
+def window_seed(seed: int, rank: int, index: int) -> int:
+    """A distinct 63-bit generator seed for each (seed, rank, batch index)."""
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + index) % (2**63 - 1)
+
+
+class _Forever(IterableDataset):
+    """Endless placeholder batches: the windows themselves are drawn on the device (see the module doc)."""
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield torch.empty(0)
+
+
+class CiDataModule(L.LightningDataModule):
+    """Character windows of ``path`` (default: the ci corpus, built on first use) for a BabyGPT.
+
+    Args:
+        path: a UTF-8 text file. ``data/ci.txt`` (any path named ci.txt) is built from chinese-poetry if missing.
+        batch_size: windows per batch (per device).
+        block_size: window length; linked from ``model.block_size`` by the CLI.
+        train_ratio: the first part of the text is for training, the rest for validation.
+        val_batches: how many fixed validation batches to evaluate each time.
+        seed: seeds the training and validation windows.
+        prompts: what ``predict`` continues.
+        prompts_file: a UTF-8 file with one prompt per line; replaces ``prompts`` when set.
+        source: where to build ci.txt from: a chinese-poetry directory or .tgz (default: fetch with npm).
+    """
+
+    def __init__(
+        self,
+        path: str = "data/ci.txt",
+        batch_size: int = 64,
+        block_size: int = 256,
+        train_ratio: float = 0.9,
+        val_batches: int = 100,
+        seed: int = 1337,
+        prompts: list[str] | None = None,
+        prompts_file: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("block_size", block_size), ("val_batches", val_batches)):
+            if value < 1:
+                raise UserError(f"data.{name} must be a positive integer, got {value}")
+        if not 0 < train_ratio < 1:
+            raise UserError(f"data.train_ratio must be strictly between 0 and 1, got {train_ratio}")
+        self.path = path
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.train_ratio = train_ratio
+        self.val_batches = val_batches
+        self.seed = seed
+        self.prompts = DEFAULT_PROMPTS if prompts is None else list(prompts)
+        self.prompts_file = prompts_file
+        self.source = source
+        self.tokenizer: CharTokenizer | None = None
+        self.train_data: torch.Tensor | None = None
+        self.val_data: torch.Tensor | None = None
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def prepare_data(self) -> None:
+        ensure_corpus(self.path, self.source)
+
+    def build_tokenizer(self) -> CharTokenizer:
+        """The vocabulary of the corpus (building the corpus first if it is the missing default)."""
+        self.prepare_data()
+        return CharTokenizer.from_text(read_text(self.path))
+
+    def setup(self, stage: str) -> None:
+        if stage == "predict" or self.train_data is not None:
+            return
+        text = read_text(self.path)
+        self.tokenizer = CharTokenizer.from_text(text)
+        data = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        split = int(self.train_ratio * len(data))
+        self.train_data, self.val_data = data[:split], data[split:]
+        for name, part in (("training", self.train_data), ("validation", self.val_data)):
+            if len(part) < self.block_size + 1:
+                raise UserError(
+                    f"the {name} split of {self.path} has {len(part)} characters, fewer than one window "
+                    f"(block_size + 1 = {self.block_size + 1}): use a longer text, a smaller model.block_size, "
+                    "or another data.train_ratio"
+                )
+        generator = torch.Generator().manual_seed(self.seed)
+        count = self.val_batches * self.batch_size
+        self.val_starts = torch.randint(len(self.val_data) - self.block_size, (count,), generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Forever(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.val_starts), batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        prompts = self.load_prompts()
+        return DataLoader(prompts, batch_size=len(prompts), collate_fn=list)
+
+    def load_prompts(self) -> list[str]:
+        if self.prompts_file is None:
+            prompts = self.prompts
+        else:
+            prompts = [line for line in read_text(self.prompts_file).splitlines() if line.strip()]
+        if not prompts or any(not p for p in prompts):
+            raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
+        return prompts
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is None or self.trainer.predicting:
+            return batch
+        if self.trainer.training:
+            # The index of the batch about to run; restored with the loop state on resume.
+            index = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            return self.train_batch(index, self.trainer.global_rank, batch.device)
+        return self.windows("val", batch[0])
+
+    def train_batch(self, index: int, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch number ``index`` of ``rank``: always the same windows for the same seed."""
+        generator = torch.Generator(device=device).manual_seed(window_seed(self.seed, rank, index))
+        high = len(self.train_data) - self.block_size
+        starts = torch.randint(high, (self.batch_size,), generator=generator, device=device)
+        return self.windows("train", starts)
+
+    def windows(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-character targets, each (len(starts), block_size), on the device of ``starts``."""
+        key = (split, starts.device)
+        if key not in self._on_device:
+            self._on_device[key] = (self.train_data if split == "train" else self.val_data).to(starts.device)
+        offsets = torch.arange(self.block_size + 1, device=starts.device)
+        chunk = self._on_device[key][starts[:, None] + offsets]
+        return chunk[:, :-1], chunk[:, 1:]

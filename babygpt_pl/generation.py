@@ -1,0 +1,283 @@
+"""Sampling from a BabyGPT with a preallocated KV cache.
+
+Token level: :func:`stream` yields the next token of every row, one step at a time, for prompts of
+different lengths (left-padded, with per-row positions and a padding mask); :func:`generate` collects it
+into one tensor. Text level: :func:`complete` adds the tokenizer, ``num_samples``, stop strings and timing.
+
+Past ``block_size`` (the learned position table ends there) the cache keeps the most recent half window:
+when it is full, the last ``block_size // 2`` tokens are prefilled again at positions ``0..`` in one
+forward pass and decoding goes on from there. That is one prefill of half a window per half window of new
+tokens, instead of a full forward per token. Without the cache, every step re-reads the last ``block_size``
+tokens (the tutorial's crop), so the two agree exactly inside the window and differ after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.model import BabyGPT, KVCache
+from babygpt_pl.tokenizer import CharTokenizer, OOVPolicy
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. ``temperature=0`` is greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"top_k must be >= 1 (or unset), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1] (or unset), got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise UserError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+
+
+@dataclass
+class GenerationConfig:
+    """What ``predict``, ``chat`` and the sample logger generate; every field is a command-line option.
+
+    Args:
+        max_new_tokens: characters to generate per sample.
+        temperature: 0 is greedy; higher is more adventurous.
+        top_k: sample only from the k most likely characters.
+        top_p: sample only from the smallest set of characters whose probability reaches top_p.
+        repetition_penalty: > 1 discourages characters already in the context (1 disables it).
+        num_samples: continuations per prompt.
+        seed: makes sampling reproducible (None: a different result each run).
+        stop: stop a sample at the first of these strings, e.g. "\\n\\n" for the end of a poem.
+        oov: what to do with prompt characters outside the vocabulary: error, drop, or replace (with a space).
+        use_cache: decode with the KV cache (False recomputes the whole window per token).
+        output: also write one JSON line per sample (prompt, text, tokens, seconds, tokens/s) to this file.
+    """
+
+    max_new_tokens: int = 100
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    num_samples: int = 1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    oov: OOVPolicy = "error"
+    use_cache: bool = True
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        _ = self.sampling  # validate now, not at the first sample
+        if self.max_new_tokens < 0 or self.num_samples < 1:
+            raise UserError("generation.max_new_tokens must be >= 0 and generation.num_samples >= 1")
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One token id per row from last-position logits (B, V). ``seen`` (B, V) marks tokens to penalise."""
+    logits = logits.float()
+    if seen is not None and sampling.repetition_penalty != 1.0:
+        p = sampling.repetition_penalty  # CTRL's penalty: shrink the scores of tokens already in the context
+        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.size(-1):
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _window_inputs(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids and attention mask for a window of left-padded rows (``valid`` is False on padding)."""
+    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    if bool(valid.all()):
+        return positions, None  # the plain causal path, fastest
+    T = valid.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    # A padding query may see itself, so no row of the mask is empty (an empty row makes NaN in SDPA).
+    eye = torch.eye(T, dtype=torch.bool, device=valid.device)
+    return positions, ((causal & valid[:, None, :]) | eye)[:, None]
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    tokens = torch.zeros(len(prompts), longest + extra, dtype=torch.long)
+    valid = torch.zeros(len(prompts), longest + extra, dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        tokens[row, longest - len(p) : longest] = torch.as_tensor(list(p), dtype=torch.long)
+        valid[row, longest - len(p) : longest] = True
+    valid[:, longest:] = True
+    return tokens.to(device), valid.to(device)
+
+
+@torch.inference_mode()
+def stream(
+    model: BabyGPT,
+    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every prompt, shape (B,), ``max_new_tokens`` times.
+
+    Prompts may differ in length; each row sees only its own tokens and its own positions, so its tokens
+    equal those of generating it alone. The model's train/eval mode is left to the caller.
+    """
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    window = model.config.block_size
+    device = next(model.parameters()).device
+    rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
+    tokens, valid = _left_pad(rows, device, max_new_tokens)
+    n = tokens.size(1) - max_new_tokens  # filled slots
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.bool, device=device)
+        seen.scatter_(1, tokens[:, :n], valid[:, :n])
+    cache = KVCache(model.config, len(rows), device, next(model.parameters()).dtype) if use_cache else None
+    start = max(0, n - window)  # first slot of the window the cache holds
+    positions, mask = _window_inputs(valid[:, start:n])
+    logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask)
+    row_pos = positions[:, -1:]
+    for step in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1], sampling, generator, seen)
+        yield nxt
+        if step == max_new_tokens - 1:
+            break
+        tokens[:, n] = nxt
+        n += 1
+        if seen is not None:
+            seen[torch.arange(len(rows), device=device), nxt] = True
+        if cache is not None and n - start <= window:
+            row_pos = row_pos + 1
+            pad_mask = None if mask is None else valid[:, None, None, start:n]
+            logits, _ = model(tokens[:, n - 1 : n], cache=cache, pos=n - 1 - start, positions=row_pos, mask=pad_mask)
+            continue
+        # No cache: re-read the last full window. Cache full: keep its newest half and prefill that once.
+        start = max(0, n - window) if cache is None else n - max(1, window // 2)
+        positions, mask = _window_inputs(valid[:, start:n])
+        logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask)
+        row_pos = positions[:, -1:]
+
+
+def generate(
+    model: BabyGPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` tokens; returns (B, T + max_new_tokens)."""
+    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+    new = list(stream(model, idx, max_new_tokens, sampling, use_cache, generator))
+    if not new:
+        return idx
+    return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1)
+
+
+@dataclass
+class Completion:
+    """One generated sample: the prompt, its continuation, and how fast it came."""
+
+    prompt: str
+    text: str
+    tokens: int
+    seconds: float
+    sample: int = 0
+    stopped: bool = False
+    tokens_per_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens_per_s = self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def encode_prompt(
+    tokenizer: CharTokenizer, prompt: str, window: int, oov: OOVPolicy = "error", warn: Callable[[str], None] = print
+) -> list[int]:
+    """Token ids of a prompt: unknown characters handled per ``oov``, cropped to the last ``window``."""
+    ids = tokenizer.encode(prompt, oov=oov)
+    if not ids:
+        raise UserError(f"prompt {prompt!r} is empty (after the oov policy): give at least one known character")
+    if len(ids) > window:
+        warn(f"prompt of {len(ids)} characters is longer than the window; keeping its last {window}")
+        ids = ids[-window:]
+    return ids
+
+
+def complete(
+    model: BabyGPT,
+    tokenizer: CharTokenizer,
+    prompts: Sequence[str],
+    config: GenerationConfig | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+    warn: Callable[[str], None] = print,
+) -> list[Completion]:
+    """Generate ``config.num_samples`` continuations of each prompt, all in one batch.
+
+    A row stops at the first of ``config.stop`` (the stop string is cut off) or after ``max_new_tokens``.
+    ``on_text(row, piece)`` receives each row's new text as it is generated (for streaming).
+    """
+    config = config or GenerationConfig()
+    stop = config.stop
+    device = next(model.parameters()).device
+    ids = [encode_prompt(tokenizer, p, model.config.block_size, config.oov, warn) for p in prompts]
+    rows = [(p, i, s) for p, i in zip(prompts, ids, strict=True) for s in range(config.num_samples)]
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    texts = [""] * len(rows)
+    counts = [0] * len(rows)
+    done = [False] * len(rows)
+    t0 = time.perf_counter()
+    tokens = stream(model, [r[1] for r in rows], config.max_new_tokens, config.sampling, config.use_cache, generator)
+    for nxt in tokens:
+        for row, token in enumerate(nxt.tolist()):
+            if done[row]:
+                continue
+            piece = tokenizer.vocab[token]
+            texts[row] += piece
+            counts[row] += 1
+            hit = next((s for s in stop if s and texts[row].endswith(s)), None)
+            if hit:
+                texts[row] = texts[row][: -len(hit)]
+                done[row] = True
+            elif on_text is not None:
+                on_text(row, piece)
+        if all(done):
+            break
+    seconds = time.perf_counter() - t0
+    return [
+        Completion(prompt=p, text=t, tokens=c, seconds=seconds, sample=s, stopped=d)
+        for (p, _, s), t, c, d in zip(rows, texts, counts, done, strict=True)
+    ]

