@@ -7,18 +7,20 @@ import sys
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ThroughputMonitor
 
 from babygpt_pl.files import write_atomic
 
 
 def batch_size(batch: Any) -> int:
-    return batch[0].size(0)
+    """Windows in an (x, y) batch, or prompts in a predict batch."""
+    return batch[0].size(0) if torch.is_tensor(batch[0]) else len(batch)
 
 
 def batch_tokens(batch: Any) -> int:
-    """Tokens in a training batch (B*T), so ThroughputMonitor's items/s are tokens/s."""
-    return batch[0].numel()
+    """Tokens in an (x, y) batch (B*T), so ThroughputMonitor's items/s are tokens/s; prompt characters else."""
+    return batch[0].numel() if torch.is_tensor(batch[0]) else sum(map(len, batch))
 
 
 def token_throughput() -> ThroughputMonitor:

@@ -102,6 +102,8 @@ class CiDataModule(L.LightningDataModule):
         self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def prepare_data(self) -> None:
+        if self.trainer is not None and self.trainer.predicting:
+            return  # prediction needs only the checkpoint, never the corpus
         ensure_corpus(self.path, self.source)
 
     def build_tokenizer(self) -> CharTokenizer:

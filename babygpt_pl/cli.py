@@ -1,0 +1,142 @@
+"""The ``babygpt`` command: LightningCLI over BabyGPTModule and CiDataModule.
+
+    babygpt fit --config configs/cpu.yaml
+    babygpt fit --config configs/cpu.yaml --ckpt_path checkpoints/last.ckpt     # resume
+    babygpt validate --config configs/cpu.yaml --ckpt_path checkpoints/last.ckpt
+    babygpt predict --ckpt_path checkpoints/last.ckpt                            # no corpus needed
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from babygpt_pl.callbacks import PredictionPrinter, token_throughput
+from babygpt_pl.data import CiDataModule
+from babygpt_pl.errors import UserError
+from babygpt_pl.generation import GenerationConfig
+from babygpt_pl.module import BabyGPTModule
+
+# ckpt_path values Lightning resolves itself rather than as file names.
+_SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+
+TRAINER_DEFAULTS = {
+    "max_steps": 5000,
+    "val_check_interval": 50,
+    "check_val_every_n_epoch": None,
+    "log_every_n_steps": 10,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
+        # --trainer.logger.init_args.offline false logs online.
+        "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
+    },
+    "callbacks": [LearningRateMonitor(logging_interval="step"), RichProgressBar(), token_throughput()],
+}
+
+CHECKPOINT_DEFAULTS = {
+    "checkpoint.dirpath": "checkpoints",
+    "checkpoint.filename": "best-{step}-{val_loss:.3f}",
+    "checkpoint.monitor": "val_loss",
+    "checkpoint.save_top_k": 1,
+    "checkpoint.save_last": True,
+}
+
+
+def check_checkpoint(path: str) -> dict:
+    """Read a checkpoint safely (tensors and plain types only) or explain in one line why it can't be used."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"checkpoint {path} holds pickled Python objects, which could run code: refusing to load it "
+                "(babygpt checkpoints hold only tensors and plain values)"
+            ) from None
+        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "vocab" not in ckpt.get("hyper_parameters", {}):
+        raise UserError(f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters)")
+    return ckpt
+
+
+class BabyGPTCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            BabyGPTModule,
+            CiDataModule,
+            # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=1337,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.block_size", "data.block_size")
+        parser.add_class_arguments(GenerationConfig, "generation")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters here; check the file first so a missing, truncated
+        # or unsafe file gets one clear line instead of a traceback.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in _SPECIAL_CKPT:
+            check_checkpoint(path)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if self.subcommand == "predict":
+            if config.model.vocab is None:
+                raise UserError("predict needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
+            config.trainer.logger = False
+            config.trainer.enable_model_summary = False
+            self.save_config_callback = None  # nothing to record: predict trains nothing
+            return
+        # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
+        data = config.data
+        vocab = CiDataModule(path=data.path, source=data.source).build_tokenizer().vocab
+        if config.model.vocab is None:
+            config.model.vocab = vocab
+        elif list(config.model.vocab) != vocab:
+            raise UserError(
+                f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) differs from that of "
+                f"{data.path} ({len(vocab)} characters): use the corpus it was trained on"
+            )
+
+    def after_instantiate_classes(self) -> None:
+        self.model.generation = self._get(self.config_init, "generation")
+        if self.subcommand == "predict":
+            self.trainer.callbacks.insert(0, PredictionPrinter())
+
+
+def main(args: list[str] | None = None) -> None:
+    debug = bool(os.environ.get("JSONARGPARSE_DEBUG")) or "--debug" in (args or sys.argv[1:])
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    # Our train loader yields placeholders (windows are drawn on the device), so workers would not help.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself
+    try:
+        BabyGPTCLI(args=args)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
