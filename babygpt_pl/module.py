@@ -121,11 +121,11 @@ class BabyGPTModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for module in self.model.modules():
-            for name, param in module.named_parameters(recurse=False):
-                is_matmul = name == "weight" and isinstance(module, torch.nn.Linear)
-                (decay if is_matmul else no_decay).append(param)
+        # Decay only the matmul weights; a tied head weight is the embedding's, so it counts as an embedding.
+        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)}
+        matmuls = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Linear)} - embeddings
+        decay = [p for p in self.model.parameters() if id(p) in matmuls]
+        no_decay = [p for p in self.model.parameters() if id(p) not in matmuls]
         if hp.lr_schedule == "cosine" and (self.trainer.max_steps is None or self.trainer.max_steps < 0):
             raise UserError("model.lr_schedule: cosine needs trainer.max_steps, the length of the schedule")
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
