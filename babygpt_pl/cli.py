@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -26,19 +27,23 @@ from babygpt_pl.module import BabyGPTModule
 # ckpt_path values Lightning resolves itself rather than as file names.
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 
-TRAINER_DEFAULTS = {
-    "max_steps": 5000,
-    "val_check_interval": 50,
-    "check_val_every_n_epoch": None,
-    "log_every_n_steps": 10,
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
-        # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
-        # --trainer.logger.init_args.offline false logs online.
-        "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
-    },
-    "callbacks": [LearningRateMonitor(logging_interval="step"), RichProgressBar(), token_throughput()],
-}
+
+def trainer_defaults() -> dict:
+    """Trainer settings the configs may override; fresh callback objects for each CLI run."""
+    return {
+        "max_steps": 5000,
+        "val_check_interval": 50,
+        "check_val_every_n_epoch": None,
+        "log_every_n_steps": 10,
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
+            # --trainer.logger.init_args.offline false logs online.
+            "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
+        },
+        "callbacks": [LearningRateMonitor(logging_interval="step"), token_throughput()],
+    }
+
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint.dirpath": "checkpoints",
@@ -46,6 +51,8 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val_loss",
     "checkpoint.save_top_k": 1,
     "checkpoint.save_last": True,
+    # Always overwrite last.ckpt (never last-v1.ckpt), so `--ckpt_path checkpoints/last.ckpt` is the newest run.
+    "checkpoint.enable_version_counter": False,
 }
 
 
@@ -75,7 +82,7 @@ class BabyGPTCLI(LightningCLI):
             CiDataModule,
             # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
             save_config_kwargs={"overwrite": True},
-            trainer_defaults=TRAINER_DEFAULTS,
+            trainer_defaults=trainer_defaults(),
             seed_everything_default=1337,
             args=args,
             run=run,
@@ -98,6 +105,9 @@ class BabyGPTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if config.trainer.enable_progress_bar is not False:
+            # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
+            self.trainer_defaults["callbacks"].append(RichProgressBar())
         if self.subcommand == "predict":
             if config.model.vocab is None:
                 raise UserError("predict needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
@@ -129,6 +139,8 @@ def main(args: list[str] | None = None) -> None:
     # Our train loader yields placeholders (windows are drawn on the device), so workers would not help.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself
+    # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
         BabyGPTCLI(args=args)
     except UserError as err:

@@ -1,0 +1,89 @@
+"""End to end through the `babygpt` console script: fit, predict from the checkpoint alone, resume, validate."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+NO_MODEL = "predict needs a trained model: pass --ckpt_path checkpoints/last.ckpt"
+
+TINY = [
+    "--model.n_layer=2",
+    "--model.n_embed=32",
+    "--model.n_head=2",
+    "--model.block_size=32",
+    "--data.batch_size=8",
+    "--data.val_batches=2",
+    "--trainer.val_check_interval=10",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def babygpt(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "babygpt_pl.cli", *args]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> Path:
+    """A folder where `babygpt fit` ran 20 steps on a small corpus."""
+    run = tmp_path_factory.mktemp("run")
+    (run / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+    babygpt(run, "fit", "--data.path=corpus.txt", "--trainer.max_steps=20", *TINY)
+    return run
+
+
+def test_fit_writes_best_and_last_checkpoints(trained: Path) -> None:
+    names = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert "last.ckpt" in names
+    assert any(n.startswith("best-") for n in names)
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 20
+    assert isinstance(ckpt["hyper_parameters"]["vocab"], list)
+    assert "春" in ckpt["hyper_parameters"]["vocab"]
+
+
+def test_predict_needs_only_the_checkpoint(trained: Path, tmp_path: Path) -> None:
+    shutil.copy(trained / "checkpoints" / "last.ckpt", tmp_path / "model.ckpt")
+    result = babygpt(tmp_path, "predict", "--ckpt_path=model.ckpt", "--generation.max_new_tokens=12")
+    for prompt in ("春江", "往事"):
+        assert f"--- {prompt}\n{prompt}" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]  # no corpus, no config, no logs
+
+
+def test_resume_continues_from_the_checkpoint(trained: Path, tmp_path: Path) -> None:
+    shutil.copytree(trained, tmp_path / "run")
+    run = tmp_path / "run"
+    babygpt(run, "fit", "--data.path=corpus.txt", "--trainer.max_steps=30", "--ckpt_path=checkpoints/last.ckpt", *TINY)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 30
+
+
+def test_fit_twice_in_the_same_folder(trained: Path, tmp_path: Path) -> None:
+    shutil.copytree(trained, tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "outputs" / "config.yaml").is_file()
+    babygpt(run, "fit", "--data.path=corpus.txt", "--trainer.max_steps=10", *TINY)
+
+
+def test_validate_reports_val_loss(trained: Path) -> None:
+    result = babygpt(trained, "validate", "--data.path=corpus.txt", "--ckpt_path=checkpoints/last.ckpt", *TINY[4:])
+    assert "val_loss" in result.stdout
+
+
+def test_predict_without_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    result = babygpt(tmp_path, "predict", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {NO_MODEL}"]
