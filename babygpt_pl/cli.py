@@ -1,9 +1,10 @@
 """The ``babygpt`` command: LightningCLI over BabyGPTModule and CiDataModule.
 
-    babygpt fit --config configs/cpu.yaml
-    babygpt fit --config configs/cpu.yaml --ckpt_path checkpoints/last.ckpt     # resume
-    babygpt validate --config configs/cpu.yaml --ckpt_path checkpoints/last.ckpt
-    babygpt predict --ckpt_path checkpoints/last.ckpt                            # no corpus needed
+babygpt fit --config configs/cpu.yaml
+babygpt fit --config configs/cpu.yaml --ckpt_path checkpoints/last.ckpt     # resume
+babygpt validate --config configs/cpu.yaml --ckpt_path checkpoints/last.ckpt
+babygpt predict --ckpt_path checkpoints/last.ckpt                            # no corpus needed
+babygpt chat --ckpt_path checkpoints/last.ckpt                               # interactive, streaming
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from babygpt_pl.callbacks import PredictionPrinter, token_throughput
+from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.data import CiDataModule
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig
@@ -75,6 +78,18 @@ def check_checkpoint(path: str) -> dict:
     return ckpt
 
 
+class Trainer(L.Trainer):
+    """Lightning's Trainer plus ``chat``: LightningCLI's subcommands must be Trainer methods."""
+
+    def chat(self, model: BabyGPTModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None):
+        """Generate interactively: type a prompt and the continuation streams out; an empty line exits."""
+        if ckpt_path is None:
+            raise UserError("chat needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
+        load_weights(model, ckpt_path)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        chat_loop(model.model.to(device), model.tokenizer, model.generation)
+
+
 class BabyGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -82,11 +97,16 @@ class BabyGPTCLI(LightningCLI):
             CiDataModule,
             # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
             save_config_kwargs={"overwrite": True},
+            trainer_class=Trainer,
             trainer_defaults=trainer_defaults(),
             seed_everything_default=1337,
             args=args,
             run=run,
         )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "chat": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.block_size", "data.block_size")
@@ -108,9 +128,9 @@ class BabyGPTCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False:
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
             self.trainer_defaults["callbacks"].append(RichProgressBar())
-        if self.subcommand == "predict":
+        if self.subcommand in ("predict", "chat"):
             if config.model.vocab is None:
-                raise UserError("predict needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
+                raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
             config.trainer.logger = False
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
