@@ -137,7 +137,8 @@ class BabyGPTCLI(LightningCLI):
             return
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
         data = config.data
-        vocab = CiDataModule(path=data.path, source=data.source).build_tokenizer().vocab
+        probe = CiDataModule(data.path, block_size=data.block_size, train_ratio=data.train_ratio, source=data.source)
+        vocab = probe.build_tokenizer().vocab
         if config.model.vocab is None:
             config.model.vocab = vocab
         elif list(config.model.vocab) != vocab:

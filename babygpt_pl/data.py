@@ -107,25 +107,29 @@ class CiDataModule(L.LightningDataModule):
         ensure_corpus(self.path, self.source)
 
     def build_tokenizer(self) -> CharTokenizer:
-        """The vocabulary of the corpus (building the corpus first if it is the missing default)."""
+        """The corpus's vocabulary, after checking the corpus can feed training (building it if missing)."""
         self.prepare_data()
-        return CharTokenizer.from_text(read_text(self.path))
+        return self._read()[1]
+
+    def _read(self) -> tuple[str, CharTokenizer]:
+        text = read_text(self.path)
+        split = int(self.train_ratio * len(text))
+        for name, size in (("training", split), ("validation", len(text) - split)):
+            if size < self.block_size + 1:
+                raise UserError(
+                    f"the {name} split of {self.path} has {size} characters, fewer than one window "
+                    f"(block_size + 1 = {self.block_size + 1}): use a longer text, a smaller model.block_size, "
+                    "or another data.train_ratio"
+                )
+        return text, CharTokenizer.from_text(text)
 
     def setup(self, stage: str) -> None:
         if stage == "predict" or self.train_data is not None:
             return
-        text = read_text(self.path)
-        self.tokenizer = CharTokenizer.from_text(text)
+        text, self.tokenizer = self._read()
         data = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         split = int(self.train_ratio * len(data))
         self.train_data, self.val_data = data[:split], data[split:]
-        for name, part in (("training", self.train_data), ("validation", self.val_data)):
-            if len(part) < self.block_size + 1:
-                raise UserError(
-                    f"the {name} split of {self.path} has {len(part)} characters, fewer than one window "
-                    f"(block_size + 1 = {self.block_size + 1}): use a longer text, a smaller model.block_size, "
-                    "or another data.train_ratio"
-                )
         generator = torch.Generator().manual_seed(self.seed)
         count = self.val_batches * self.batch_size
         self.val_starts = torch.randint(len(self.val_data) - self.block_size, (count,), generator=generator)

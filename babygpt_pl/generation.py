@@ -147,8 +147,10 @@ def stream(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, shape (B,), ``max_new_tokens`` times.
 
-    Prompts may differ in length; each row sees only its own tokens and its own positions, so its tokens
-    equal those of generating it alone. The model's train/eval mode is left to the caller.
+    Prompts may differ in length; each row sees only its own tokens and its own positions, so inside the
+    window its tokens equal those of generating it alone. Past the window the cache of the whole batch moves
+    on together, so a shorter row drops its oldest tokens sooner than it would alone (without the cache each
+    row keeps its own last ``block_size`` tokens). The model's train/eval mode is left to the caller.
     """
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -159,8 +161,9 @@ def stream(
     n = tokens.size(1) - max_new_tokens  # filled slots
     seen = None
     if sampling.repetition_penalty != 1.0:
-        seen = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, tokens[:, :n], valid[:, :n])
+        # scatter_add, not scatter_: a padding 0 and a real token 0 in one row must not race for seen[row, 0].
+        counts = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.int32, device=device)
+        seen = counts.scatter_add_(1, tokens[:, :n], valid[:, :n].int()) > 0
     cache = KVCache(model.config, len(rows), device, next(model.parameters()).dtype) if use_cache else None
     start = max(0, n - window)  # first slot of the window the cache holds
     positions, mask = _window_inputs(valid[:, start:n])
@@ -235,6 +238,11 @@ def encode_prompt(
     return ids
 
 
+def _stop_prefix(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is a proper start of a stop string."""
+    return max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
 def complete(
     model: BabyGPT,
     tokenizer: CharTokenizer,
@@ -259,23 +267,29 @@ def complete(
     texts = [""] * len(rows)
     counts = [0] * len(rows)
     done = [False] * len(rows)
+    shown = [0] * len(rows)
     t0 = time.perf_counter()
     tokens = stream(model, [r[1] for r in rows], config.max_new_tokens, config.sampling, config.use_cache, generator)
     for nxt in tokens:
         for row, token in enumerate(nxt.tolist()):
             if done[row]:
                 continue
-            piece = tokenizer.vocab[token]
-            texts[row] += piece
+            texts[row] += tokenizer.vocab[token]
             counts[row] += 1
             hit = next((s for s in stop if s and texts[row].endswith(s)), None)
             if hit:
                 texts[row] = texts[row][: -len(hit)]
                 done[row] = True
-            elif on_text is not None:
-                on_text(row, piece)
+            if on_text is not None:
+                # Hold back a tail that may still grow into a stop string, so it is never shown.
+                safe = len(texts[row]) if done[row] else len(texts[row]) - _stop_prefix(texts[row], stop)
+                on_text(row, texts[row][shown[row] : safe])
+                shown[row] = max(shown[row], safe)
         if all(done):
             break
+    if on_text is not None:
+        for row, text in enumerate(texts):
+            on_text(row, text[shown[row] :])
     seconds = time.perf_counter() - t0
     return [
         Completion(prompt=p, text=t, tokens=c, seconds=seconds, sample=s, stopped=d)

@@ -181,6 +181,8 @@ class BabyGPT(nn.Module):
         attend a key, overrides the causal mask.
         """
         B, T = idx.shape
+        if pos and cache is None:
+            raise ValueError("pos > 0 needs the KV cache that holds positions 0..pos-1")
         if pos + T > self.config.block_size:
             raise ValueError(f"positions {pos}..{pos + T - 1} exceed block_size {self.config.block_size}")
         if positions is None:

@@ -40,6 +40,8 @@ class CharTokenizer:
 
     def encode(self, text: str, oov: OOVPolicy = "error", replacement: str = " ") -> list[int]:
         """Token ids of ``text``. Unknown characters raise (``oov="error"``), are dropped, or replaced."""
+        if oov not in ("error", "drop", "replace"):
+            raise UserError(f"unknown oov policy {oov!r}: use error, drop or replace")
         missing = self.unknown(text)
         if missing:
             if oov == "error":

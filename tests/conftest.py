@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_CI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ci.txt"
 
@@ -27,6 +28,15 @@ def corpus(tmp_path: Path, corpus_text: str) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(corpus_text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: intra-op threads only add sync overhead (100x on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from babygpt_pl import corpus
+from babygpt_pl import corpus, files
 from babygpt_pl.errors import UserError
 
 # File name -> poems; numbers 0, 2000, 10000 sort differently as text, so the expected text proves numeric order.
@@ -110,7 +110,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path, monkeypatch: p
         raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(corpus.os, "replace", killed)
+        patch.setattr(files.os, "replace", killed)
         with pytest.raises(Killed):
             corpus.build_ci(source, out_dir / "ci.txt")
     assert [p.name for p in out_dir.iterdir()] == ["ci.txt"]

@@ -1,0 +1,281 @@
+"""Tests for babygpt_pl.data: reading the corpus, the split, the seeded windows and the prompts."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_text, window_seed
+from babygpt_pl.errors import UserError
+from babygpt_pl.tokenizer import CharTokenizer
+
+POOL = "明月几时有把酒问青天不知上宫阙今夕是何年我欲乘风归去又恐琼楼玉宇高处胜寒"
+BLOCK = 8
+BATCH = 4
+
+
+@pytest.fixture
+def text() -> str:
+    """~300 characters of ci-like text in which every window of BLOCK characters occurs once."""
+    rng = random.Random(0)
+    lines = ["".join(rng.choice(POOL) for _ in range(rng.choice((4, 5, 7)))) for _ in range(50)]
+    return "".join(line + rng.choice("，。") for line in lines) + "\n"
+
+
+@pytest.fixture
+def path(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "poems.txt"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def make(path: Path, **kwargs) -> CiDataModule:
+    kwargs = {"batch_size": BATCH, "block_size": BLOCK, "val_batches": 3, "seed": 7, **kwargs}
+    return CiDataModule(path=str(path), **kwargs)
+
+
+@pytest.fixture
+def dm(path: Path) -> CiDataModule:
+    module = make(path)
+    module.setup("fit")
+    return module
+
+
+def test_setup_builds_tokenizer_and_split(dm: CiDataModule, text: str) -> None:
+    assert dm.tokenizer is not None
+    assert dm.tokenizer.vocab == sorted(set(text))
+    assert len(dm.train_data) == int(0.9 * len(text))
+    assert len(dm.train_data) + len(dm.val_data) == len(text)
+    assert dm.train_data.dtype == torch.long
+    assert dm.tokenizer.decode(dm.train_data.tolist()) + dm.tokenizer.decode(dm.val_data.tolist()) == text
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_split_follows_train_ratio(path: Path, text: str, ratio: float) -> None:
+    module = make(path, train_ratio=ratio)
+    module.setup("fit")
+    assert len(module.train_data) == int(ratio * len(text))
+    assert len(module.val_data) == len(text) - int(ratio * len(text))
+
+
+def test_setup_is_idempotent_and_skips_predict(dm: CiDataModule, path: Path) -> None:
+    data = dm.train_data
+    dm.setup("validate")
+    assert dm.train_data is data
+    fresh = make(path)
+    fresh.setup("predict")
+    assert fresh.train_data is None and fresh.tokenizer is None
+
+
+def test_build_tokenizer_reads_the_file(path: Path, text: str) -> None:
+    assert make(path).build_tokenizer().vocab == sorted(set(text))
+
+
+def window_starts(data: torch.Tensor) -> dict[tuple[int, ...], int]:
+    """Where each window of BLOCK + 1 tokens starts (the fixture's text makes them unique)."""
+    starts = {tuple(data[i : i + BLOCK + 1].tolist()): i for i in range(len(data) - BLOCK)}
+    assert len(starts) == len(data) - BLOCK
+    return starts
+
+
+def test_train_batch_shapes_and_targets(dm: CiDataModule, text: str) -> None:
+    x, y = dm.train_batch(0, 0, torch.device("cpu"))
+    assert x.shape == y.shape == (BATCH, BLOCK)
+    assert x.dtype == y.dtype == torch.long
+    train_text = text[: len(dm.train_data)]
+    for row in range(BATCH):
+        window = dm.tokenizer.decode(x[row].tolist())
+        start = train_text.find(window)
+        assert start >= 0, window
+        assert train_text.find(window, start + 1) == -1
+        # y is x shifted by one character of the original text.
+        assert dm.tokenizer.decode(y[row].tolist()) == train_text[start + 1 : start + 1 + BLOCK]
+
+
+def test_train_windows_cover_the_split(path: Path) -> None:
+    module = make(path, batch_size=64)
+    module.setup("fit")
+    starts = window_starts(module.train_data)
+    drawn = set()
+    for index in range(30):
+        x, y = module.train_batch(index, 0, torch.device("cpu"))
+        for row in range(x.size(0)):
+            key = tuple(x[row].tolist()) + (y[row, -1].item(),)
+            assert key in starts, "not a window of the training split, or y is not x shifted by one"
+            assert torch.equal(y[row, :-1], x[row, 1:])
+            drawn.add(starts[key])
+    # Every start is possible, the last one (ending at the split's last character) included.
+    assert drawn == set(range(len(module.train_data) - BLOCK))
+
+
+def test_train_batch_is_seeded(dm: CiDataModule, path: Path) -> None:
+    cpu = torch.device("cpu")
+    x0, y0 = dm.train_batch(3, 0, cpu)
+    x1, y1 = dm.train_batch(3, 0, cpu)
+    assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    other = make(path)
+    other.setup("fit")
+    assert torch.equal(other.train_batch(3, 0, cpu)[0], x0)
+    assert not torch.equal(dm.train_batch(4, 0, cpu)[0], x0)  # another index
+    assert not torch.equal(dm.train_batch(3, 1, cpu)[0], x0)  # another rank
+    reseeded = make(path, seed=8)
+    reseeded.setup("fit")
+    assert not torch.equal(reseeded.train_batch(3, 0, cpu)[0], x0)  # another seed
+
+
+def test_val_loader_and_windows(dm: CiDataModule) -> None:
+    batches = list(dm.val_dataloader())
+    assert len(batches) == 3
+    for (starts,) in batches:
+        assert starts.shape == (BATCH,)
+        assert starts.dtype == torch.long
+        assert ((starts >= 0) & (starts < len(dm.val_data) - BLOCK)).all()
+        x, y = dm.windows("val", starts)
+        assert x.shape == y.shape == (BATCH, BLOCK)
+        for row, start in enumerate(starts.tolist()):
+            assert torch.equal(x[row], dm.val_data[start : start + BLOCK])
+            assert torch.equal(y[row], dm.val_data[start + 1 : start + 1 + BLOCK])
+    assert list(dm.test_dataloader())[0][0].tolist() == batches[0][0].tolist()
+
+
+def test_val_starts_reproducible(dm: CiDataModule, path: Path) -> None:
+    other = make(path)
+    other.setup("fit")
+    assert torch.equal(dm.val_starts, other.val_starts)
+    assert len(dm.val_starts) == 3 * BATCH
+    assert len(set(dm.val_starts.tolist())) > 1
+
+
+def test_window_seed_distinct() -> None:
+    seeds = {window_seed(s, r, i) for s in range(3) for r in range(4) for i in range(50)}
+    assert len(seeds) == 3 * 4 * 50
+    assert all(0 <= s < 2**63 - 1 for s in seeds)
+    assert window_seed(1337, 0, 5) == window_seed(1337, 0, 5)
+    assert window_seed(2**40, 7, 10**6) != window_seed(2**40, 7, 10**6 + 1)
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        read_text(tmp_path / "nope.txt")
+    module = make(tmp_path / "nope.txt")
+    with pytest.raises(UserError, match="not found"):
+        module.setup("fit")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.txt"
+    p.write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        make(p).setup("fit")
+
+
+def test_non_utf8_file_names_the_offset(tmp_path: Path) -> None:
+    p = tmp_path / "gbk.txt"
+    p.write_bytes("春江".encode() + "明月".encode("gbk"))  # 6 bytes of UTF-8, then GBK
+    with pytest.raises(UserError) as info:
+        make(p).setup("fit")
+    message = str(info.value)
+    assert "UTF-8" in message
+    assert "byte offset 6" in message
+    assert f"0x{'明'.encode('gbk')[0]:02x}" in message
+
+
+@pytest.mark.parametrize("ratio, split", [(0.9, "validation"), (0.1, "training")])
+def test_text_too_short_for_a_window(tmp_path: Path, ratio: float, split: str) -> None:
+    p = tmp_path / "short.txt"
+    p.write_text("春江潮水连海平，海上明月共潮生。", encoding="utf-8")  # 16 characters
+    with pytest.raises(UserError, match=split):
+        make(p, train_ratio=ratio).setup("fit")
+
+
+def test_smallest_possible_split_works(tmp_path: Path) -> None:
+    p = tmp_path / "exact.txt"
+    text = "一二三四五六七八九十甲乙丙丁戊己庚辛壬癸子丑"  # 22 = 11 + 11 characters
+    p.write_text(text, encoding="utf-8")
+    module = make(p, block_size=10, train_ratio=0.5)
+    module.setup("fit")
+    x, y = module.train_batch(0, 0, torch.device("cpu"))
+    assert module.tokenizer.decode(x[0].tolist()) == text[:10]
+    assert module.tokenizer.decode(y[0].tolist()) == text[1:11]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"train_ratio": 0.0},
+        {"train_ratio": 1.0},
+        {"train_ratio": -0.5},
+        {"batch_size": 0},
+        {"block_size": 0},
+        {"val_batches": 0},
+    ],
+)
+def test_bad_settings(path: Path, kwargs: dict) -> None:
+    with pytest.raises(UserError, match=next(iter(kwargs))):
+        make(path, **kwargs)
+
+
+# --- prompts -------------------------------------------------------------------------------------------------------
+
+
+def test_predict_dataloader_yields_the_prompts(path: Path) -> None:
+    module = make(path, prompts=["春江", "明月", "往事"])
+    batches = list(module.predict_dataloader())
+    assert batches == [["春江", "明月", "往事"]]
+    assert list(make(path).predict_dataloader()) == [DEFAULT_PROMPTS]
+
+
+def test_prompts_file(path: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("春江\n\n明月 几时\n   \n往事\n", encoding="utf-8")
+    module = make(path, prompts=["ignored"], prompts_file=str(prompts))
+    assert module.load_prompts() == ["春江", "明月 几时", "往事"]
+    assert list(module.predict_dataloader()) == [["春江", "明月 几时", "往事"]]
+
+
+@pytest.mark.parametrize("prompts", [[""], ["春江", ""], []])
+def test_empty_prompt_rejected(path: Path, prompts: list[str]) -> None:
+    with pytest.raises(UserError, match="empty prompt"):
+        make(path, prompts=prompts).load_prompts()
+
+
+def test_prompts_file_errors(path: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(UserError, match="empty prompt"):
+        make(path, prompts_file=str(blank)).load_prompts()
+    with pytest.raises(UserError, match="not found"):
+        make(path, prompts_file=str(tmp_path / "missing.txt")).load_prompts()
+
+
+def test_tokenizer_matches_char_tokenizer(dm: CiDataModule, text: str) -> None:
+    assert dm.tokenizer.vocab == CharTokenizer.from_text(text).vocab
+
+
+def fake_trainer(training: bool, ready: int = 0, rank: int = 0, predicting: bool = False) -> SimpleNamespace:
+    progress = SimpleNamespace(total=SimpleNamespace(ready=ready))
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+    return SimpleNamespace(predicting=predicting, training=training, fit_loop=loop, global_rank=rank)
+
+
+def test_on_after_batch_transfer(dm: CiDataModule) -> None:
+    placeholder = next(iter(dm.train_dataloader()))
+    assert placeholder.numel() == 0
+    assert dm.on_after_batch_transfer(placeholder, 0) is placeholder  # no trainer: untouched
+    dm.trainer = fake_trainer(training=True, ready=5, rank=1)
+    x, y = dm.on_after_batch_transfer(placeholder, 0)
+    ex, ey = dm.train_batch(5, 1, torch.device("cpu"))
+    assert torch.equal(x, ex) and torch.equal(y, ey)
+    dm.trainer = fake_trainer(training=False)
+    (starts,) = next(iter(dm.val_dataloader()))
+    x, y = dm.on_after_batch_transfer([starts], 0)
+    assert torch.equal(x, dm.windows("val", starts)[0])
+    dm.trainer = fake_trainer(training=False, predicting=True)
+    assert dm.on_after_batch_transfer(["春江"], 0) == ["春江"]

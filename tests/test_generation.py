@@ -1,0 +1,442 @@
+"""Tests for babygpt_pl.generation: KV-cache decoding, batching, sampling, and text completion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babygpt_pl import generation
+from babygpt_pl.errors import UserError
+from babygpt_pl.generation import (
+    Completion,
+    GenerationConfig,
+    Sampling,
+    complete,
+    encode_prompt,
+    generate,
+    sample_next,
+    stream,
+)
+from babygpt_pl.model import BabyGPT, GPTConfig
+from babygpt_pl.tokenizer import CharTokenizer
+
+VOCAB = list(" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV")
+V = len(VOCAB)  # 50
+BLOCK = 16
+GREEDY = Sampling(temperature=0)
+
+
+def make_model(seed: int = 0) -> BabyGPT:
+    """A tiny fp32 model in eval mode with large random weights, so greedy decoding is varied, not constant."""
+    torch.manual_seed(seed)
+    model = BabyGPT(GPTConfig(vocab_size=V, block_size=BLOCK, n_embed=32, n_head=4, n_layer=2, dropout=0.0))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        model.head.bias[:V] = torch.randn(V, generator=g)
+    return model.eval()
+
+
+def constant_model(bias: torch.Tensor) -> BabyGPT:
+    """A model whose logits are ``bias`` at every position, whatever the input (all other weights are 0)."""
+    model = make_model()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "head.bias":
+                p.zero_()
+        model.head.bias[:V] = bias
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> BabyGPT:
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> CharTokenizer:
+    return CharTokenizer(VOCAB)
+
+
+def run(model: BabyGPT, prompts, n: int, sampling: Sampling = GREEDY, use_cache: bool = True, generator=None):
+    return torch.stack(list(stream(model, prompts, n, sampling, use_cache, generator)), dim=1)
+
+
+def record_logits(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Make stream's sample_next also record the last-position logits it is given."""
+    seen: list[torch.Tensor] = []
+    original = generation.sample_next
+
+    def spy(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return original(logits, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "sample_next", spy)
+    return seen
+
+
+# --- KV cache vs recomputation -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, BLOCK - 1])
+def test_cached_and_uncached_greedy_agree(model: BabyGPT, prompt_len: int) -> None:
+    prompt = torch.randint(V, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+    n = BLOCK - prompt_len + 1  # the last step reads a full window
+    cached = generate(model, prompt, n, temperature=0, use_cache=True)
+    uncached = generate(model, prompt, n, temperature=0, use_cache=False)
+    assert cached.shape == (2, prompt_len + n)
+    assert torch.equal(cached[:, :prompt_len], prompt)
+    assert torch.equal(cached, uncached)
+    assert len(set(cached[:, prompt_len:].flatten().tolist())) > 1  # not a constant output
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stream_logits_match_full_forward_each_step(
+    model: BabyGPT, monkeypatch: pytest.MonkeyPatch, use_cache: bool
+) -> None:
+    logits_seen = record_logits(monkeypatch)
+    prompt = [4, 9, 17]
+    n = 3 * BLOCK
+    out = run(model, [prompt], n, use_cache=use_cache)[0].tolist()
+    assert len(logits_seen) == n
+    tokens = prompt + out
+    start = 0
+    with torch.no_grad():
+        for step, got in enumerate(logits_seen):
+            end = len(prompt) + step  # tokens[:end] is the context of this step
+            if use_cache:
+                # Documented: when the cache is full, its newest half window is prefilled again at positions 0..
+                if end - start > BLOCK:
+                    start = end - BLOCK // 2
+            else:
+                start = max(0, end - BLOCK)  # the tutorial's crop
+            expected = model(torch.tensor([tokens[start:end]]))[0][:, -1]
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+    assert start > 0  # the test went past the window
+
+
+def test_cache_logits_inside_window_equal_full_forward(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    logits_seen = record_logits(monkeypatch)
+    prompt = [[1, 2], [30, 31]]
+    n = BLOCK - 1
+    out = run(model, prompt, n)
+    full = torch.cat([torch.tensor(prompt), out], dim=1)
+    with torch.no_grad():
+        reference, _ = model(full[:, :-1])
+    for step, got in enumerate(logits_seen):
+        torch.testing.assert_close(got, reference[:, 1 + step], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
+    prompt = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    out = generate(model, prompt, 3 * BLOCK, temperature=0, use_cache=use_cache)
+    assert out.shape == (2, 3 + 3 * BLOCK)
+    assert out.dtype == torch.long
+    assert ((out >= 0) & (out < V)).all()
+    assert torch.equal(out[:, :3], prompt)
+
+
+def test_cache_and_no_cache_differ_only_after_the_window(model: BabyGPT) -> None:
+    prompt = torch.tensor([[3]])
+    n = 3 * BLOCK
+    cached = generate(model, prompt, n, temperature=0, use_cache=True)
+    uncached = generate(model, prompt, n, temperature=0, use_cache=False)
+    assert torch.equal(cached[:, : BLOCK + 1], uncached[:, : BLOCK + 1])
+
+
+def test_generate_zero_new_tokens_returns_input(model: BabyGPT) -> None:
+    idx = torch.tensor([[1, 2, 3]])
+    out = generate(model, idx, 0)
+    assert torch.equal(out, idx)
+    assert list(stream(model, [[1, 2, 3]], 0)) == []
+
+
+def test_stream_rejects_bad_inputs(model: BabyGPT) -> None:
+    with pytest.raises(UserError):
+        list(stream(model, [[1, 2], []], 3))
+    with pytest.raises(UserError):
+        list(stream(model, [], 3))
+    with pytest.raises(UserError):
+        list(stream(model, [[1]], -1))
+
+
+# --- batching ------------------------------------------------------------------------------------------------------
+
+PROMPTS = [[3], [5, 6, 7, 8, 9], list(range(10, 10 + BLOCK - 1))]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_prompts_match_generating_alone_inside_window(model: BabyGPT, use_cache: bool) -> None:
+    n = 2  # the longest prompt fills the window after 1 step
+    batched = run(model, PROMPTS, n, use_cache=use_cache)
+    assert batched.shape == (3, n)
+    for row, prompt in enumerate(PROMPTS):
+        assert torch.equal(batched[row], run(model, [prompt], n, use_cache=use_cache)[0]), row
+    short = [[3], [5, 6, 7, 8, 9]]
+    n = BLOCK - 4  # stays inside the window for both rows
+    batched = run(model, short, n, use_cache=use_cache)
+    for row, prompt in enumerate(short):
+        assert torch.equal(batched[row], run(model, [prompt], n, use_cache=use_cache)[0]), row
+
+
+def test_batched_prompts_match_alone_past_window_without_cache(model: BabyGPT) -> None:
+    n = 3 * BLOCK
+    batched = run(model, PROMPTS, n, use_cache=False)
+    for row, prompt in enumerate(PROMPTS):
+        assert torch.equal(batched[row], run(model, [prompt], n, use_cache=False)[0]), row
+
+
+def test_stream_accepts_tensor_prompts(model: BabyGPT) -> None:
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert torch.equal(run(model, prompt, 4), run(model, prompt.tolist(), 4))
+
+
+# --- Sampling ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -0.1},
+        {"top_k": 0},
+        {"top_k": -3},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_p": -0.2},
+        {"repetition_penalty": 0.0},
+        {"repetition_penalty": -1.0},
+    ],
+)
+def test_sampling_validation(kwargs: dict) -> None:
+    with pytest.raises(UserError):
+        Sampling(**kwargs)
+    with pytest.raises(UserError):
+        GenerationConfig(**kwargs)
+
+
+def test_sampling_valid_edges() -> None:
+    Sampling(temperature=0, top_k=1, top_p=1.0, repetition_penalty=0.5)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_new_tokens": -1}, {"num_samples": 0}])
+def test_generation_config_validation(kwargs: dict) -> None:
+    with pytest.raises(UserError):
+        GenerationConfig(**kwargs)
+
+
+def test_generation_config_sampling() -> None:
+    config = GenerationConfig(temperature=0.5, top_k=3, top_p=0.9, repetition_penalty=1.2, max_new_tokens=0)
+    assert config.sampling == Sampling(0.5, 3, 0.9, 1.2)
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy(model: BabyGPT) -> None:
+    prompt = torch.tensor([[1, 2, 3], [7, 8, 9]])
+    greedy = generate(model, prompt, 12, temperature=0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(model, prompt, 12, temperature=1.5, top_k=1, generator=g), greedy)
+    assert torch.equal(generate(model, prompt, 12, temperature=1.5, top_p=1e-6, generator=g), greedy)
+
+
+def test_seeded_generator_is_reproducible(model: BabyGPT) -> None:
+    prompt = torch.tensor([[1, 2, 3]])
+
+    def sample(seed: int) -> torch.Tensor:
+        return generate(model, prompt, 30, temperature=3.0, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(sample(1), sample(1))
+    assert not torch.equal(sample(1), sample(2))
+
+
+def test_sample_next_greedy_and_top_k_top_p_support() -> None:
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0, 2.8]]).repeat(400, 1)
+    assert sample_next(logits, GREEDY).tolist() == [1] * 400
+    g = torch.Generator().manual_seed(0)
+    top2 = sample_next(logits, Sampling(temperature=1.0, top_k=2), g)
+    assert set(top2.tolist()) == {1, 2}
+    # probs of [3, 2.9, 2.8] are ~[.37, .33, .30] of the 3 big ones (plus a little for the rest): 0.6 keeps 2.
+    top_p = sample_next(logits, Sampling(temperature=1.0, top_p=0.6), g)
+    assert set(top_p.tolist()) == {1, 2}
+    everything = sample_next(logits, Sampling(temperature=1.0), g)
+    assert {0, 1, 2, 4} <= set(everything.tolist())
+
+
+def test_repetition_penalty_demotes_seen_tokens() -> None:
+    logits = torch.tensor([[2.0, 1.9, 0.5], [-1.0, -1.4, -3.0]])
+    seen = torch.tensor([[True, False, False], [True, False, False]])
+    assert sample_next(logits, GREEDY, seen=seen).tolist() == [0, 0]  # no penalty: argmax
+    penalised = sample_next(logits, Sampling(temperature=0, repetition_penalty=1.5), seen=seen)
+    # 2.0 / 1.5 < 1.9 and -1.0 * 1.5 < -1.4: a seen token with the highest logit is demoted in both signs.
+    assert penalised.tolist() == [1, 1]
+    # A penalty below 1 promotes seen tokens instead.
+    assert sample_next(logits[:, [1, 0, 2]], Sampling(temperature=0, repetition_penalty=0.5), seen=seen).tolist() == [
+        0,
+        0,
+    ]
+
+
+def test_repetition_penalty_in_stream_tracks_prompt_and_generated_tokens() -> None:
+    model = constant_model(5 - 0.1 * torch.arange(V))  # logits prefer 0, then 1, then 2, ...
+    assert run(model, [[0]], 5).tolist() == [[0] * 5]
+    penalised = Sampling(temperature=0, repetition_penalty=10)
+    # The prompt's 0 is seen, so the first new token is 1; every generated token is then seen in turn.
+    assert run(model, [[0]], 5, penalised).tolist() == [[1, 2, 3, 4, 5]]
+    assert run(model, [[2, 0]], 4, penalised).tolist() == [[1, 3, 4, 5]]
+    # Batched rows track their own tokens (the left padding of the short row is not a "seen" token 0).
+    assert run(model, [[1, 2, 3], [5]], 3, penalised).tolist() == [[0, 4, 5], [0, 1, 2]]
+    assert run(model, [[1, 2, 3], [0]], 3, penalised).tolist() == [[0, 4, 5], [1, 2, 3]]
+
+
+# --- text level ----------------------------------------------------------------------------------------------------
+
+
+def fake_stream(text: str, tokenizer: CharTokenizer, calls: list | None = None):
+    """A replacement for generation.stream that emits ``text`` on every row, ignoring the model."""
+
+    def fake(model, prompts, max_new_tokens, sampling=None, use_cache=True, generator=None):
+        if calls is not None:
+            calls.append({"prompts": [list(p) for p in prompts], "max_new_tokens": max_new_tokens})
+        for token in tokenizer.encode(text)[:max_new_tokens]:
+            yield torch.full((len(prompts),), token, dtype=torch.long)
+
+    return fake
+
+
+def test_complete_cuts_at_stop_string(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generation, "stream", fake_stream("abc\n\ndef", tokenizer))
+    pieces: list[tuple[int, str]] = []
+    config = GenerationConfig(max_new_tokens=20, stop=["\n\n"])
+    (result,) = complete(model, tokenizer, ["ab"], config, on_text=lambda row, piece: pieces.append((row, piece)))
+    assert isinstance(result, Completion)
+    assert result.prompt == "ab"
+    assert result.text == "abc"
+    assert result.stopped is True
+    assert result.tokens == 5  # the stop string's tokens were generated
+    assert "".join(p for _, p in pieces) == "abc"  # the first "\n" of the stop string is never streamed
+    assert all(row == 0 for row, _ in pieces)
+
+
+def test_streamed_text_is_the_whole_text_when_no_stop_string_completes(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generation, "stream", fake_stream("abc\n", tokenizer))
+    pieces: list[str] = []
+    config = GenerationConfig(max_new_tokens=4, stop=["\n\n"])
+    (result,) = complete(model, tokenizer, ["ab"], config, on_text=lambda row, piece: pieces.append(piece))
+    assert result.text == "abc\n"
+    assert "".join(pieces) == "abc\n"  # the held-back "\n" is flushed at the end
+
+
+def test_complete_without_stop_runs_to_max_new_tokens(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generation, "stream", fake_stream("abc\n\ndef", tokenizer))
+    (result,) = complete(model, tokenizer, ["ab"], GenerationConfig(max_new_tokens=6, stop=["zz", ""]))
+    assert result.text == "abc\n\nd"
+    assert result.stopped is False
+    assert result.tokens == 6
+    assert result.seconds >= 0
+    assert result.tokens_per_s == (6 / result.seconds if result.seconds > 0 else 0.0)
+
+
+def test_complete_first_stop_string_wins(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generation, "stream", fake_stream("xyzabcdef", tokenizer))
+    (result,) = complete(model, tokenizer, ["a"], GenerationConfig(max_new_tokens=20, stop=["de", "bc"]))
+    assert result.text == "xyza"
+    assert result.stopped
+
+
+def test_complete_num_samples(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    config = GenerationConfig(max_new_tokens=5, num_samples=3, seed=0, temperature=2.0)
+    results = complete(model, tokenizer, ["ab", "xyz"], config)
+    assert len(results) == 6
+    assert [(r.prompt, r.sample) for r in results] == [(p, s) for p in ("ab", "xyz") for s in range(3)]
+    assert all(len(r.text) == 5 and r.tokens == 5 and not r.stopped for r in results)
+    assert all(set(r.text) <= set(VOCAB) for r in results)
+    # The samples of one prompt are independent draws, not copies of one.
+    assert len({r.text for r in results[:3]}) > 1
+
+
+def test_complete_seed_reproducible(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    def texts(seed: int) -> list[str]:
+        config = GenerationConfig(max_new_tokens=20, num_samples=2, seed=seed, temperature=3.0)
+        return [r.text for r in complete(model, tokenizer, ["ab"], config)]
+
+    assert texts(5) == texts(5)
+    assert texts(5) != texts(6)
+
+
+def test_complete_greedy_matches_generate(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    (result,) = complete(model, tokenizer, ["hello"], GenerationConfig(max_new_tokens=8, temperature=0))
+    ids = generate(model, torch.tensor([tokenizer.encode("hello")]), 8, temperature=0)[0, 5:]
+    assert result.text == tokenizer.decode(ids.tolist())
+
+
+def test_complete_empty_prompt_raises(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    with pytest.raises(UserError, match="empty"):
+        complete(model, tokenizer, ["ab", ""], GenerationConfig(max_new_tokens=2))
+    with pytest.raises(UserError, match="empty"):
+        complete(model, tokenizer, ["??"], GenerationConfig(max_new_tokens=2, oov="drop"))
+
+
+def test_complete_long_prompt_is_cropped_with_warning(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(generation, "stream", fake_stream("abc", tokenizer, calls))
+    warnings: list[str] = []
+    prompt = "abcdefghijklmnopqrstuvwxyz"  # 26 > BLOCK
+    complete(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=3), warn=warnings.append)
+    assert len(warnings) == 1
+    assert "26" in warnings[0] and str(BLOCK) in warnings[0]
+    assert calls[0]["prompts"] == [tokenizer.encode(prompt[-BLOCK:])]
+    # A prompt that fits is passed through without a warning.
+    complete(model, tokenizer, [prompt[:BLOCK]], GenerationConfig(max_new_tokens=3), warn=warnings.append)
+    assert len(warnings) == 1
+    assert calls[1]["prompts"] == [tokenizer.encode(prompt[:BLOCK])]
+
+
+def test_complete_long_prompt_really_generates(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    warnings: list[str] = []
+    prompt = "abcdefghijklmnopqrstuvwxyz"
+    (result,) = complete(
+        model, tokenizer, [prompt], GenerationConfig(max_new_tokens=4, temperature=0), warn=warnings.append
+    )
+    (short,) = complete(model, tokenizer, [prompt[-BLOCK:]], GenerationConfig(max_new_tokens=4, temperature=0))
+    assert warnings
+    assert result.text == short.text
+    assert len(result.text) == 4
+
+
+def test_complete_oov_policies(model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match="vocabulary"):
+        complete(model, tokenizer, ["ab?c"], GenerationConfig(max_new_tokens=2))
+    calls: list[dict] = []
+    monkeypatch.setattr(generation, "stream", fake_stream("xy", tokenizer, calls))
+    (result,) = complete(model, tokenizer, ["ab?c"], GenerationConfig(max_new_tokens=2, oov="drop"))
+    assert result.prompt == "ab?c"
+    assert result.text == "xy"
+    assert calls[0]["prompts"] == [tokenizer.encode("abc")]
+    complete(model, tokenizer, ["ab?c"], GenerationConfig(max_new_tokens=2, oov="replace"))
+    assert calls[1]["prompts"] == [tokenizer.encode("ab c")]
+
+
+def test_encode_prompt(tokenizer: CharTokenizer) -> None:
+    warnings: list[str] = []
+    assert encode_prompt(tokenizer, "abc", 2, warn=warnings.append) == tokenizer.encode("bc")
+    assert len(warnings) == 1
+    assert encode_prompt(tokenizer, "abc", 3, warn=warnings.append) == tokenizer.encode("abc")
+    assert len(warnings) == 1
+    with pytest.raises(UserError):
+        encode_prompt(tokenizer, "", 3)
+
+
+def test_complete_max_new_tokens_zero(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    results = complete(model, tokenizer, ["ab"], GenerationConfig(max_new_tokens=0))
+    assert [(r.text, r.tokens, r.stopped) for r in results] == [("", 0, False)]

@@ -1,0 +1,202 @@
+"""Tests for babygpt_pl.model: config validation, shapes, loss, padded vocabulary, weight tying, KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.model import BabyGPT, GPTConfig, KVCache
+
+VOCAB = 50
+BLOCK = 16
+
+
+def tiny_config(**overrides) -> GPTConfig:
+    kwargs = dict(vocab_size=VOCAB, block_size=BLOCK, n_embed=32, n_head=4, n_layer=2, dropout=0.0)
+    kwargs.update(overrides)
+    return GPTConfig(**kwargs)
+
+
+def tiny_model(seed: int = 0, **overrides) -> BabyGPT:
+    torch.manual_seed(seed)
+    return BabyGPT(tiny_config(**overrides)).eval()
+
+
+def randomize_head(model: BabyGPT, seed: int = 1) -> None:
+    """Larger real head weights, so that logits differ clearly between positions (the init makes them ~0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        model.head.bias[: model.config.vocab_size] = torch.randn(model.config.vocab_size, generator=g)
+
+
+# --- GPTConfig ---------------------------------------------------------------------------------------------------
+
+
+def test_config_n_embed_not_divisible_by_n_head() -> None:
+    with pytest.raises(UserError, match="divisible") as info:
+        tiny_config(n_embed=30, n_head=4)
+    assert isinstance(info.value, ValueError)
+    assert "[1, 2, 3, 5, 6, 10" in str(info.value)  # suggests valid head counts
+
+
+@pytest.mark.parametrize("name", ["vocab_size", "block_size", "n_embed", "n_head", "n_layer", "pad_vocab_to"])
+@pytest.mark.parametrize("value", [0, -1, 2.0])
+def test_config_non_positive_or_non_int_sizes(name: str, value) -> None:
+    with pytest.raises(ValueError, match=name):
+        tiny_config(**{name: value})
+
+
+@pytest.mark.parametrize("name", ["dropout", "attn_dropout"])
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+def test_config_dropout_out_of_range(name: str, value: float) -> None:
+    with pytest.raises(UserError, match=name):
+        tiny_config(**{name: value})
+
+
+def test_config_valid_edges_and_derived_sizes() -> None:
+    c = tiny_config(dropout=0.0, attn_dropout=None)
+    assert c.head_dim == 8
+    assert c.padded_vocab_size == 64
+    assert tiny_config(pad_vocab_to=1).padded_vocab_size == VOCAB
+    assert tiny_config(pad_vocab_to=25).padded_vocab_size == 50
+    assert tiny_config(vocab_size=65).padded_vocab_size == 128
+    assert tiny_config(dropout=0.99).dropout == 0.99
+
+
+# --- forward ------------------------------------------------------------------------------------------------------
+
+
+def test_forward_shapes_without_targets() -> None:
+    model = tiny_model()
+    idx = torch.randint(VOCAB, (3, 7))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 7, VOCAB)
+    assert loss is None
+    assert torch.isfinite(logits).all()
+
+
+def test_forward_shapes_with_targets_and_initial_loss() -> None:
+    model = tiny_model()
+    idx = torch.randint(VOCAB, (4, BLOCK))
+    targets = torch.randint(VOCAB, (4, BLOCK))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (4, BLOCK, VOCAB)
+    assert loss.shape == ()
+    assert abs(loss.item() - math.log(VOCAB)) < 0.1
+
+
+def test_padded_vocab_loss_matches_unpadded_cross_entropy() -> None:
+    model = tiny_model(pad_vocab_to=64)
+    randomize_head(model)
+    assert model.head.weight.shape[0] == 64
+    idx = torch.randint(VOCAB, (2, BLOCK))
+    targets = torch.randint(VOCAB, (2, BLOCK))
+    logits, loss = model(idx, targets)
+    assert logits.shape[-1] == VOCAB
+    assert torch.isfinite(logits).all()
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert abs(loss.item() - math.log(VOCAB)) > 0.2  # the randomised head makes this a real comparison
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_padded_head_bias_stays_minus_inf_with_zero_grad(tie: bool) -> None:
+    model = tiny_model(pad_vocab_to=64, tie_weights=tie).train()
+    bias = model.head.bias
+    assert torch.isneginf(bias[VOCAB:]).all()
+    assert torch.isfinite(bias[:VOCAB]).all()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        idx = torch.randint(VOCAB, (2, BLOCK))
+        _, loss = model(idx, torch.randint(VOCAB, (2, BLOCK)))
+        opt.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert (bias.grad[VOCAB:] == 0).all()
+        assert bias.grad[:VOCAB].abs().sum() > 0
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+        assert torch.isneginf(bias[VOCAB:]).all()
+        assert torch.isfinite(bias[:VOCAB]).all()
+        assert all(torch.isfinite(p).all() for n, p in model.named_parameters() if n != "head.bias")
+
+
+def test_tie_weights_shares_the_tensor() -> None:
+    tied = tiny_model(tie_weights=True)
+    assert tied.head.weight is tied.tok_emb.weight
+    untied = tiny_model(tie_weights=False)
+    assert untied.head.weight is not untied.tok_emb.weight
+    assert untied.num_parameters() - tied.num_parameters() == 64 * 32
+
+
+def test_forward_past_block_size_raises() -> None:
+    model = tiny_model()
+    model(torch.zeros(1, BLOCK, dtype=torch.long))  # exactly one window is fine
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, BLOCK + 1, dtype=torch.long))
+    cache = KVCache(model.config, 1, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=cache, pos=BLOCK - 1)
+
+
+def test_attn_dropout_none_means_dropout() -> None:
+    model = tiny_model(dropout=0.3, attn_dropout=None)
+    assert all(block.attn.attn_dropout == 0.3 for block in model.blocks)
+    model = tiny_model(dropout=0.3, attn_dropout=0.1)
+    assert all(block.attn.attn_dropout == 0.1 for block in model.blocks)
+    model = tiny_model(dropout=0.3)  # the default: off
+    assert all(block.attn.attn_dropout == 0.0 for block in model.blocks)
+
+
+def test_attn_dropout_only_in_training() -> None:
+    model = tiny_model(dropout=0.0, attn_dropout=0.5)
+    idx = torch.randint(VOCAB, (1, 8))
+    torch.testing.assert_close(model.eval()(idx)[0], model(idx)[0])
+    torch.manual_seed(0)
+    a = model.train()(idx)[0]
+    assert not torch.allclose(a, model.eval()(idx)[0])
+
+
+def test_flops_per_token() -> None:
+    model = tiny_model()
+    f8, f16 = model.flops_per_token(8), model.flops_per_token(16)
+    assert 0 < f8 < f16
+    assert f16 - f8 == 12 * 2 * 32 * 8
+    assert model.flops_per_token() == f16  # defaults to block_size
+    assert f16 > 6 * 2 * 12 * 32 * 32  # at least the blocks' matmuls
+
+
+# --- KV cache -----------------------------------------------------------------------------------------------------
+
+
+def test_kv_cache_shapes() -> None:
+    cache = KVCache(tiny_config(), 3, "cpu", torch.float32)
+    assert len(cache.k) == len(cache.v) == 2
+    assert cache.k[0].shape == (3, 4, BLOCK, 8)
+    assert cache.capacity == BLOCK
+
+
+@pytest.mark.parametrize("chunks", [[5, 4, 1], [1] * 10, [10], [3, 7, 6]])
+def test_kv_cache_chunked_prefill_matches_full_forward(chunks: list[int]) -> None:
+    model = tiny_model()
+    randomize_head(model)
+    total = sum(chunks)
+    idx = torch.randint(VOCAB, (2, total))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(model.config, 2, "cpu", torch.float32)
+        pieces, pos = [], 0
+        for size in chunks:
+            logits, _ = model(idx[:, pos : pos + size], cache=cache, pos=pos)
+            pieces.append(logits)
+            pos += size
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    # The logits really depend on the context, so a wrong cache would show.
+    assert not torch.allclose(full[:, 0], full[:, -1], atol=1e-3)

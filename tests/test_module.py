@@ -1,0 +1,182 @@
+"""Tests for babygpt_pl.module.BabyGPTModule without a real training run."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.generation import GenerationConfig
+from babygpt_pl.module import BabyGPTModule
+
+VOCAB = list("abcdefghijklmnopqrstuvwxyz春江花月夜")
+TINY = {"block_size": 16, "n_embed": 32, "n_head": 4, "n_layer": 2, "dropout": 0.0}
+
+
+def make(**kwargs) -> BabyGPTModule:
+    torch.manual_seed(0)
+    return BabyGPTModule(vocab=list(VOCAB), **{**TINY, **kwargs})
+
+
+def attach(module: BabyGPTModule, max_steps: int = 100, **extra) -> BabyGPTModule:
+    """A stand-in for the Trainer: the module reads only these attributes of it here."""
+    module.trainer = SimpleNamespace(max_steps=max_steps, **extra)
+    return module
+
+
+def test_vocab_required() -> None:
+    with pytest.raises(UserError, match="vocab"):
+        BabyGPTModule(vocab=None, **TINY)
+
+
+def test_bad_lr_schedule() -> None:
+    with pytest.raises(UserError, match="lr_schedule"):
+        make(lr_schedule="linear")
+
+
+def test_bad_model_size_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="divisible"):
+        make(n_head=5)
+
+
+def test_hparams_and_model_config() -> None:
+    module = make(tie_weights=True, pad_vocab_to=8)
+    assert module.hparams.vocab == VOCAB
+    assert type(module.hparams.vocab) is list
+    assert module.hparams.block_size == 16
+    assert module.config.vocab_size == len(VOCAB)
+    assert module.config.padded_vocab_size == 32
+    assert module.model.head.weight is module.model.tok_emb.weight
+    assert module.tokenizer.vocab == VOCAB
+
+
+def test_forward_returns_logits_and_loss() -> None:
+    module = make()
+    idx = torch.randint(len(VOCAB), (2, 16))
+    logits, loss = module(idx, idx)
+    assert logits.shape == (2, 16, len(VOCAB))
+    assert abs(loss.item() - math.log(len(VOCAB))) < 0.1
+
+
+def param_groups(module: BabyGPTModule):
+    result = module.configure_optimizers()
+    optimizer = result if isinstance(result, torch.optim.Optimizer) else result["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    return optimizer, decay, no_decay
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_weight_decay_groups(tie: bool) -> None:
+    module = make(tie_weights=tie, weight_decay=0.1)
+    optimizer, decay, no_decay = param_groups(module)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decay_ids = [id(p) for p in decay["params"]]
+    no_decay_ids = [id(p) for p in no_decay["params"]]
+    # Every parameter exactly once.
+    assert len(set(decay_ids)) == len(decay_ids) and len(set(no_decay_ids)) == len(no_decay_ids)
+    assert not set(decay_ids) & set(no_decay_ids)
+    assert set(decay_ids) | set(no_decay_ids) == {id(p) for p in module.parameters()}
+    assert len(decay_ids) + len(no_decay_ids) == len(list(module.parameters()))
+
+    model = module.model
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            if id(m.weight) in embeddings:
+                assert tie and m is model.head
+                assert id(m.weight) in no_decay_ids
+            else:
+                assert id(m.weight) in decay_ids
+            if m.bias is not None:
+                assert id(m.bias) in no_decay_ids
+        if isinstance(m, (nn.LayerNorm, nn.Embedding)):
+            assert all(id(p) in no_decay_ids for p in m.parameters())
+    assert (id(model.head.weight) in no_decay_ids) == tie
+    # 2 layers x (qkv, proj, fc, proj) + the untied head.
+    assert len(decay_ids) == 8 + (0 if tie else 1)
+
+
+def test_constant_schedule_has_no_scheduler_and_needs_no_trainer() -> None:
+    result = make(lr=1e-3).configure_optimizers()
+    assert isinstance(result, torch.optim.AdamW)
+    assert result.param_groups[0]["lr"] == 1e-3
+
+
+def test_constant_schedule_with_warmup() -> None:
+    module = make(lr=1e-3, warmup_steps=4)
+    result = module.configure_optimizers()
+    assert result["lr_scheduler"]["interval"] == "step"
+    assert [module._lr_factor(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    scheduler = result["lr_scheduler"]["scheduler"]
+    assert math.isclose(result["optimizer"].param_groups[0]["lr"], 0.25e-3)
+    result["optimizer"].step()
+    scheduler.step()
+    assert math.isclose(result["optimizer"].param_groups[0]["lr"], 0.5e-3)
+
+
+def test_cosine_schedule() -> None:
+    module = attach(make(lr=1e-3, min_lr=1e-4, lr_schedule="cosine", warmup_steps=10), max_steps=110)
+    result = module.configure_optimizers()
+    assert "lr_scheduler" in result
+    f = module._lr_factor
+    warmup = [f(s) for s in range(10)]
+    assert warmup == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: the mean of peak and floor
+    decay = [f(s) for s in range(10, 111)]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    assert f(110) == pytest.approx(0.1)  # min_lr / lr at max_steps
+    assert f(500) == pytest.approx(0.1)  # and it stays there
+
+
+def test_cosine_schedule_without_warmup_drives_the_optimizer() -> None:
+    module = attach(make(lr=1e-3, lr_schedule="cosine"), max_steps=4)
+    result = module.configure_optimizers()
+    optimizer, scheduler = result["optimizer"], result["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(5):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1e-3, 1e-3 * (1 + math.cos(math.pi / 4)) / 2, 0.5e-3, 1e-3 * 0.1464466, 0.0], abs=1e-8)
+    assert optimizer.param_groups[1]["lr"] == optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("max_steps", [-1, None])
+def test_cosine_needs_max_steps(max_steps) -> None:
+    module = attach(make(lr_schedule="cosine"), max_steps=max_steps)
+    with pytest.raises(UserError, match="max_steps"):
+        module.configure_optimizers()
+
+
+def test_setup_computes_flops_per_batch() -> None:
+    module = attach(make(), datamodule=SimpleNamespace(batch_size=3))
+    module.setup("fit")
+    assert module.flops_per_batch == module.model.flops_per_token() * 3 * 16
+    assert module.flops_per_batch > 0
+
+
+def test_predict_step() -> None:
+    module = make().eval()
+    module.generation = GenerationConfig(max_new_tokens=4, temperature=0)
+    out = module.predict_step(["春江", "ab"], 0)
+    assert len(out) == 2
+    for item, prompt in zip(out, ["春江", "ab"], strict=True):
+        assert {"prompt", "text", "tokens", "seconds", "tokens_per_s"} <= item.keys()
+        assert item["prompt"] == prompt
+        assert len(item["text"]) == 4 and item["tokens"] == 4
+        assert set(item["text"]) <= set(VOCAB)
+        assert item["seconds"] >= 0 and item["tokens_per_s"] >= 0
+
+
+def test_predict_step_num_samples() -> None:
+    module = make().eval()
+    module.generation = GenerationConfig(max_new_tokens=3, num_samples=2, seed=0)
+    out = module.predict_step(["春江"], 0)
+    assert [item["sample"] for item in out] == [0, 1]
