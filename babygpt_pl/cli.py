@@ -138,10 +138,10 @@ class BabyGPTCLI(LightningCLI):
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
         data = config.data
         probe = CiDataModule(data.path, block_size=data.block_size, train_ratio=data.train_ratio, source=data.source)
-        vocab = probe.build_tokenizer().vocab
+        vocab = "".join(probe.build_tokenizer().vocab)
         if config.model.vocab is None:
             config.model.vocab = vocab
-        elif list(config.model.vocab) != vocab:
+        elif config.model.vocab != vocab:
             raise UserError(
                 f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) differs from that of "
                 f"{data.path} ({len(vocab)} characters): use the corpus it was trained on"

@@ -18,8 +18,9 @@ class BabyGPTModule(L.LightningModule):
     """Trains a :class:`BabyGPT` and generates from it.
 
     Args:
-        vocab: the characters of the vocabulary, in id order. The CLI fills it from the corpus (``fit``) or
-            from the checkpoint (``predict``); it is saved in the checkpoint so generation needs no corpus.
+        vocab: the characters of the vocabulary in id order, as one string. The CLI fills it from the corpus
+            (``fit``) or from the checkpoint (``predict``); it is saved in the checkpoint so generation needs no
+            corpus. One string, not a list: jsonargparse takes minutes to validate a 6,000-item list.
         block_size, n_embed, n_head, n_layer, dropout, attn_dropout, tie_weights, pad_vocab_to: see GPTConfig.
         lr: peak learning rate of AdamW.
         betas: AdamW's betas.
@@ -32,7 +33,7 @@ class BabyGPTModule(L.LightningModule):
 
     def __init__(
         self,
-        vocab: list[str] | None = None,
+        vocab: str | None = None,
         block_size: int = 256,
         n_embed: int = 384,
         n_head: int = 6,

@@ -51,7 +51,7 @@ def test_fit_writes_best_and_last_checkpoints(trained: Path) -> None:
     assert any(n.startswith("best-") for n in names)
     ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 20
-    assert isinstance(ckpt["hyper_parameters"]["vocab"], list)
+    assert isinstance(ckpt["hyper_parameters"]["vocab"], str)
     assert "春" in ckpt["hyper_parameters"]["vocab"]
 
 

@@ -19,7 +19,7 @@ TINY = {"block_size": 16, "n_embed": 32, "n_head": 4, "n_layer": 2, "dropout": 0
 
 def make(**kwargs) -> BabyGPTModule:
     torch.manual_seed(0)
-    return BabyGPTModule(vocab=list(VOCAB), **{**TINY, **kwargs})
+    return BabyGPTModule(vocab="".join(VOCAB), **{**TINY, **kwargs})
 
 
 def attach(module: BabyGPTModule, max_steps: int = 100, **extra) -> BabyGPTModule:
@@ -45,8 +45,8 @@ def test_bad_model_size_is_a_user_error() -> None:
 
 def test_hparams_and_model_config() -> None:
     module = make(tie_weights=True, pad_vocab_to=8)
-    assert module.hparams.vocab == VOCAB
-    assert type(module.hparams.vocab) is list
+    assert module.hparams.vocab == "".join(VOCAB)
+    assert type(module.hparams.vocab) is str
     assert module.hparams.block_size == 16
     assert module.config.vocab_size == len(VOCAB)
     assert module.config.padded_vocab_size == 32
