@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ThroughputMonitor
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ThroughputMonitor
+from lightning.pytorch.utilities import rank_zero_info
 
 from babygpt_pl.files import write_atomic
 
@@ -55,3 +59,50 @@ class PredictionPrinter(BasePredictionWriter):
         output = getattr(pl_module, "generation", None) and pl_module.generation.output
         if output and trainer.is_global_zero:
             write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records).encode())
+
+
+class GracefulStop(Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM during fit: finish the current step, save last.ckpt, stop.
+
+    Lightning's own handling raises KeyboardInterrupt wherever the signal lands (even inside an optimizer
+    step) and does not save; this waits for a step boundary so the checkpoint resumes exactly. A second
+    Ctrl-C interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        received = self.received is not None
+        if trainer.world_size > 1:  # every rank must take part in the save, so stop together
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
+        path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / "last.ckpt"
+        trainer.save_checkpoint(path)
+        trainer.should_stop = True
+        rank_zero_info(
+            f"\nstopped by signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

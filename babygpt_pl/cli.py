@@ -13,15 +13,15 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from babygpt_pl.callbacks import PredictionPrinter, token_throughput
+from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, token_throughput
 from babygpt_pl.chat import chat_loop, load_weights
+from babygpt_pl.checkpoint import AtomicCheckpointIO, check_checkpoint
 from babygpt_pl.data import CiDataModule
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig
@@ -44,7 +44,7 @@ def trainer_defaults() -> dict:
             # --trainer.logger.init_args.offline false logs online.
             "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
         },
-        "callbacks": [LearningRateMonitor(logging_interval="step"), token_throughput()],
+        "callbacks": [LearningRateMonitor(logging_interval="step"), token_throughput(), GracefulStop()],
     }
 
 
@@ -57,25 +57,6 @@ CHECKPOINT_DEFAULTS = {
     # Always overwrite last.ckpt (never last-v1.ckpt), so `--ckpt_path checkpoints/last.ckpt` is the newest run.
     "checkpoint.enable_version_counter": False,
 }
-
-
-def check_checkpoint(path: str) -> dict:
-    """Read a checkpoint safely (tensors and plain types only) or explain in one line why it can't be used."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise UserError(
-                f"checkpoint {path} holds pickled Python objects, which could run code: refusing to load it "
-                "(babygpt checkpoints hold only tensors and plain values)"
-            ) from None
-        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or "vocab" not in ckpt.get("hyper_parameters", {}):
-        raise UserError(f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters)")
-    return ckpt
 
 
 class Trainer(L.Trainer):
@@ -119,9 +100,13 @@ class BabyGPTCLI(LightningCLI):
         # or unsafe file gets one clear line instead of a traceback.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and path not in _SPECIAL_CKPT:
-            check_checkpoint(path)
+        self.checkpoint = check_checkpoint(path) if path and path not in _SPECIAL_CKPT else {}
         super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        if not self._get(self.config_init, "trainer", {}).get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -135,6 +120,12 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
             return
+        logger = config.trainer.logger
+        run_id = self.checkpoint.get("wandb_run_id")
+        if run_id and getattr(logger, "class_path", "").endswith("WandbLogger") and not logger.init_args.get("id"):
+            # Resuming from a checkpoint of a wandb run: log into that same run.
+            logger.init_args.id = run_id
+            logger.init_args.resume = "allow"
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
         data = config.data
         probe = CiDataModule(data.path, block_size=data.block_size, train_ratio=data.train_ratio, source=data.source)
@@ -163,12 +154,15 @@ def main(args: list[str] | None = None) -> None:
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
-        BabyGPTCLI(args=args)
+        cli = BabyGPTCLI(args=args)
     except UserError as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]
+    if stopped:
+        sys.exit(128 + stopped[0])  # the shell's convention for "ended by a signal", after a clean save
 
 
 if __name__ == "__main__":

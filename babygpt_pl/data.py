@@ -162,7 +162,11 @@ class CiDataModule(L.LightningDataModule):
         if self.trainer.training:
             # The index of the batch about to run; restored with the loop state on resume.
             index = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
-            return self.train_batch(index, self.trainer.global_rank, batch.device)
+            rank = self.trainer.global_rank
+            # Dropout's randomness too is a function of (seed, rank, batch): a resumed run repeats it exactly
+            # without saving RNG states (a checkpoint's RNG state would include what validation consumed).
+            torch.manual_seed(window_seed(self.seed + 1, rank, index))
+            return self.train_batch(index, rank, batch.device)
         return self.windows("val", batch[0])
 
     def train_batch(self, index: int, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

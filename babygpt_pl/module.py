@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torchmetrics import MeanMetric
 
 from babygpt_pl.errors import UserError
@@ -94,7 +95,33 @@ class BabyGPTModule(L.LightningModule):
         x, y = batch
         _, loss = self.model(x, y)
         self.log("train_loss", loss, prog_bar=True)
+        # Remember the first step whose loss was not finite, on the device: no host sync in the hot loop.
+        step = torch.tensor(self.global_step, device=loss.device)
+        self._first_bad_step = torch.where(
+            ~torch.isfinite(loss) & (self._first_bad_step < 0), step, self._first_bad_step
+        )
         return loss
+
+    def on_train_start(self) -> None:
+        self._first_bad_step = torch.tensor(-1, device=self.device)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Stop (with the previous checkpoint kept) once the training loss has become NaN or infinite."""
+        bad = int(getattr(self, "_first_bad_step", torch.tensor(-1)))
+        if bad >= 0:
+            raise UserError(
+                f"the training loss became NaN or infinite at step {bad}; the last good checkpoint is kept. "
+                "Lower model.lr, add warmup (model.warmup_steps) or gradient clipping (trainer.gradient_clip_val)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never let weights that saw a NaN loss overwrite last.ckpt
+        if isinstance(self.logger, WandbLogger) and self.logger._experiment is not None:
+            checkpoint["wandb_run_id"] = self.logger.version  # so a resumed run continues the same wandb run
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

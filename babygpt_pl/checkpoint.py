@@ -1,0 +1,45 @@
+"""Checkpoint files: read only tensors and plain values, and write atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.files import atomic_writer
+
+
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain types only) or explain in one line why it can't be used."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for bad files; all of them mean "unusable"
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"checkpoint {path} holds pickled Python objects, which could run code: refusing to load it "
+                "(babygpt checkpoints hold only tensors and plain values)"
+            ) from None
+        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "vocab" not in ckpt.get("hyper_parameters", {}):
+        raise UserError(f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters)")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves like Lightning's TorchCheckpointIO, but through a synced temp file in the checkpoint's own folder.
+
+    Lightning's save goes through fsspec, whose temp file is in the system temp dir: when that is another
+    file system, the final move is a copy, and a kill during it leaves a truncated last.ckpt.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        with atomic_writer(path) as f:
+            torch.save(checkpoint, f)
