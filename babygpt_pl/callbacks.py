@@ -6,15 +6,18 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ThroughputMonitor
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from babygpt_pl.files import write_atomic
+from babygpt_pl.generation import complete
 
 
 def batch_size(batch: Any) -> int:
@@ -106,3 +109,23 @@ class GracefulStop(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class SampleTable(Callback):
+    """After each validation, generate from the data module's prompts and log the text to wandb as a table,
+    so runs can be compared by eye. (Lightning has no sample logger; WandbLogger.log_text makes the table.)"""
+
+    def __init__(self, max_new_tokens: int = 60) -> None:
+        self.max_new_tokens = max_new_tokens
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = trainer.logger
+        if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(logger, WandbLogger):
+            return
+        config = replace(pl_module.generation, max_new_tokens=self.max_new_tokens, num_samples=1)
+        was_training = pl_module.model.training
+        pl_module.model.eval()
+        completions = complete(pl_module.model, pl_module.tokenizer, trainer.datamodule.load_prompts(), config)
+        pl_module.model.train(was_training)
+        rows = [[trainer.global_step, c.prompt, c.prompt + c.text] for c in completions]
+        logger.log_text("samples", columns=["step", "prompt", "text"], data=rows, step=trainer.global_step)

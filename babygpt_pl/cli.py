@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, token_throughput
+from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, SampleTable, token_throughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, check_checkpoint
 from babygpt_pl.data import CiDataModule
@@ -27,6 +27,8 @@ from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 
+# The model settings that decide the shapes of the weights.
+_SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to")
 # ckpt_path values Lightning resolves itself rather than as file names.
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 
@@ -44,7 +46,7 @@ def trainer_defaults() -> dict:
             # --trainer.logger.init_args.offline false logs online.
             "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
         },
-        "callbacks": [LearningRateMonitor(logging_interval="step"), token_throughput(), GracefulStop()],
+        "callbacks": [LearningRateMonitor(logging_interval="step"), token_throughput(), GracefulStop(), SampleTable()],
     }
 
 
@@ -101,6 +103,15 @@ class BabyGPTCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.checkpoint = check_checkpoint(path) if path and path not in _SPECIAL_CKPT else {}
+        if subcommand == "fit" and self.checkpoint:
+            # Lightning would silently replace this run's model settings with the checkpoint's.
+            saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
+            wrong = [f"{k}={saved[k]!r} (this run: {model[k]!r})" for k in _SHAPE if saved.get(k, model[k]) != model[k]]
+            if wrong:
+                raise UserError(
+                    f"checkpoint {path} has a different model: {', '.join(wrong)}; resume with the config it was "
+                    "trained with, or drop --ckpt_path to start a new run"
+                )
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
@@ -145,9 +156,12 @@ class BabyGPTCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    debug = bool(os.environ.get("JSONARGPARSE_DEBUG")) or "--debug" in (args or sys.argv[1:])
-    if "--debug" in sys.argv:
-        sys.argv.remove("--debug")
+    argv = sys.argv[1:] if args is None else args
+    debug = bool(os.environ.get("JSONARGPARSE_DEBUG")) or "--debug" in argv
+    if args is None:
+        sys.argv[1:] = [a for a in argv if a != "--debug"]  # LightningCLI reads sys.argv itself
+    else:
+        args = [a for a in args if a != "--debug"]
     # Our train loader yields placeholders (windows are drawn on the device), so workers would not help.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helper import TINY, babygpt
 
 pytestmark = pytest.mark.slow
 
 NO_MODEL = "predict needs a trained model: pass --ckpt_path checkpoints/last.ckpt"
-
-TINY = [
-    "--model.n_layer=2",
-    "--model.n_embed=32",
-    "--model.n_head=2",
-    "--model.block_size=32",
-    "--data.batch_size=8",
-    "--data.val_batches=2",
-    "--trainer.val_check_interval=10",
-    "--trainer.enable_progress_bar=false",
-]
-
-
-def babygpt(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "babygpt_pl.cli", *args]
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")

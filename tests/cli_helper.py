@@ -1,0 +1,47 @@
+"""Run the `babygpt` command in a subprocess, as a user would, with tiny model settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+TINY = [
+    "--model.n_layer=2",
+    "--model.n_embed=32",
+    "--model.n_head=2",
+    "--model.block_size=32",
+    "--data.batch_size=8",
+    "--data.val_batches=2",
+    "--trainer.val_check_interval=10",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def babygpt_env(**extra: str | None) -> dict[str, str]:
+    """The test environment; an ``extra`` value of None removes that variable."""
+    # One thread: tiny models only lose to thread sync, and it keeps CPU results bitwise repeatable.
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]))
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def babygpt_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "babygpt_pl.cli", *args]
+
+
+def babygpt(cwd: Path, *args: str, check: bool = True, **env: str | None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        babygpt_cmd(*args), cwd=cwd, env=babygpt_env(**env), capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result

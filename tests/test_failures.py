@@ -1,0 +1,170 @@
+"""Every user mistake gets one clear line on stderr, a non-zero exit, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from cli_helper import TINY, babygpt
+
+from babygpt_pl.checkpoint import check_checkpoint
+from babygpt_pl.cli import main
+from babygpt_pl.data import CiDataModule
+from babygpt_pl.errors import UserError
+from babygpt_pl.module import BabyGPTModule
+
+SMALL = [a for a in TINY if not a.startswith("--trainer.enable_progress_bar")]
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: str) -> int:
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
+
+
+def one_error_line(capsys: pytest.CaptureFixture) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "expected"),
+    [
+        (None, [], "corpus file missing.txt not found"),
+        (b"", [], "is empty"),
+        ("春江花月".encode() + b"\xff\xfe" + "夜".encode(), [], "invalid byte 0xff at byte offset 12"),
+        ("短".encode() * 20, [], "fewer than one window"),
+        ("长".encode() * 300, ["--data.train_ratio=0.95"], "validation split"),
+        ("长".encode() * 300, ["--data.train_ratio=1.5"], "train_ratio must be strictly between 0 and 1"),
+        ("长".encode() * 300, ["--model.n_head=5"], "must be divisible by n_head"),
+        ("长".encode() * 300, ["--model.n_layer=0"], "n_layer must be a positive integer"),
+        ("长".encode() * 300, ["--data.batch_size=0"], "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_corpus_or_settings(tmp_path, monkeypatch, capsys, content, extra, expected) -> None:
+    if content is not None:
+        (tmp_path / "missing.txt").write_bytes(content)
+    args = ["fit", "--data.path=missing.txt", *SMALL, *extra]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert expected in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["missing.txt"] if content is not None else [])
+
+
+def test_unknown_config_key(tmp_path, monkeypatch, capsys, corpus) -> None:
+    assert run_main(monkeypatch, tmp_path, "fit", f"--data.path={corpus}", "--model.n_layers=3") == 2
+    assert "n_layers" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        main(["fit", "--data.path=missing.txt", "--debug"])
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path, corpus: Path) -> Path:
+    """A real checkpoint of a tiny model trained for 2 steps on the small corpus."""
+    data = CiDataModule(str(corpus), batch_size=4, block_size=16, val_batches=1)
+    vocab = "".join(data.build_tokenizer().vocab)
+    model = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, data)
+    path = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
+    assert check_checkpoint(checkpoint)["hyper_parameters"]["vocab"]
+    with pytest.raises(UserError, match="nope.ckpt not found"):
+        check_checkpoint(tmp_path / "nope.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    with pytest.raises(UserError, match="truncated or not a PyTorch checkpoint"):
+        check_checkpoint(truncated)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserError, match="not a babygpt checkpoint"):
+        check_checkpoint(foreign)
+
+
+class Payload:
+    """Unpickling this would create a marker file: the stand-in for code in a malicious checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"vocab": "ab"}, "x": Payload(marker)}, evil)
+    result = babygpt(tmp_path, "predict", f"--ckpt_path={evil}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint {evil} holds pickled Python objects, which could run code: refusing to load it "
+        "(babygpt checkpoints hold only tensors and plain values)"
+    ]
+    assert not marker.exists()
+
+
+def test_predict_prompt_errors(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=[春江, 火星X]")
+    assert code == 2
+    assert "not in the model's vocabulary: '火星X'" in capsys.readouterr().err.splitlines()[-1]
+    code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=['']")
+    assert code == 2
+    assert "empty prompt" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_resume_with_another_model_shape(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", "--model.block_size=16"]
+    assert run_main(monkeypatch, tmp_path, *args, "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=2") == 2
+    assert "n_layer=1 (this run: 2)" in one_error_line(capsys)
+
+
+def test_validate_on_a_corpus_with_another_vocabulary(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text("abcdefghij" * 100, encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "validate", f"--data.path={other}", f"--ckpt_path={checkpoint}") == 2
+    assert "vocabulary" in one_error_line(capsys)
+
+
+class NaNAfter(BabyGPTModule):
+    """Its loss turns NaN from step 3 on, as a diverging run's would."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 3 else loss
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from babygpt_pl.checkpoint import AtomicCheckpointIO
+
+    data = CiDataModule(str(corpus), batch_size=4, block_size=16, val_batches=1)
+    model = NaNAfter(vocab="".join(data.build_tokenizer().vocab), block_size=16, n_embed=16, n_head=2, n_layer=1)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
+    trainer = L.Trainer(
+        max_steps=8,
+        logger=False,
+        callbacks=[checkpoints],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    with pytest.raises(UserError, match="NaN or infinite at step 3"):
+        trainer.fit(model, data)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(t).all() for k, t in ckpt["state_dict"].items() if "head.bias" not in k)

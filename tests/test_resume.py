@@ -1,0 +1,150 @@
+"""Exact resume after SIGKILL, checkpoints on Ctrl-C/SIGTERM, the same wandb run, atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env
+
+from babygpt_pl.checkpoint import AtomicCheckpointIO
+
+pytestmark = pytest.mark.slow
+
+N = 10  # steps before the kill; the runs go to 2N
+RUN = [
+    "fit",
+    "--data.path=corpus.txt",
+    f"--trainer.max_steps={2 * N}",
+    f"--trainer.val_check_interval={N}",
+    "--trainer.log_every_n_steps=1",
+    "--model.dropout=0.1",  # dropout's randomness must repeat too
+    "--model.lr_schedule=cosine",
+    "--model.warmup_steps=3",
+    *TINY[:6],
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def csv_logger(folder: str) -> list[str]:
+    return ["--trainer.logger=CSVLogger", f"--trainer.logger.init_args.save_dir={folder}"]
+
+
+def train_losses(run: Path, folder: str) -> dict[int, str]:
+    """step -> train_loss as written (the exact decimal repr of the float) from every CSV log of a run."""
+    losses: dict[int, str] = {}
+    for path in sorted((run / folder).rglob("metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("train_loss"):
+                    losses[int(row["step"])] = row["train_loss"]
+    return losses
+
+
+def last(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, corpus_text: str):
+    def make(name: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+        return path
+
+    return make
+
+
+def test_resume_after_sigkill_is_exact(run_dir) -> None:
+    a = run_dir("a")
+    babygpt(a, *RUN, *csv_logger("logs"))
+
+    b = run_dir("b")
+    killed = babygpt(
+        b,
+        *RUN,
+        *csv_logger("logs1"),
+        "--trainer.callbacks+=signals_helper.KillAfterStep",
+        f"--trainer.callbacks.init_args.step={N}",
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert last(b)["global_step"] == N
+    babygpt(b, *RUN, *csv_logger("logs2"), "--ckpt_path=checkpoints/last.ckpt")
+
+    losses_a, losses_b = train_losses(a, "logs"), train_losses(b, "logs2")
+    after = list(range(N, 2 * N))
+    assert [losses_b.get(s) for s in after] == [losses_a[s] for s in after]
+    ckpt_a, ckpt_b = last(a), last(b)
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 2 * N
+    for key, tensor in ckpt_a["state_dict"].items():
+        assert torch.equal(tensor, ckpt_b["state_dict"][key]), key
+    val = [k for k in ckpt_a["callbacks"] if k.startswith("ModelCheckpoint")][0]
+    assert torch.equal(ckpt_a["callbacks"][val]["best_model_score"], ckpt_b["callbacks"][val]["best_model_score"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_resumable_checkpoint(run_dir, signum: int) -> None:
+    run = run_dir("run")
+    marker = run / "started"
+    args = [
+        *RUN[:2],
+        "--trainer.max_steps=100000",
+        *RUN[3:],
+        "--trainer.callbacks+=signals_helper.MarkStep",
+        "--trainer.callbacks.init_args.step=3",
+        f"--trainer.callbacks.init_args.path={marker}",
+    ]
+    proc = subprocess.Popen(
+        babygpt_cmd(*args), cwd=run, env=babygpt_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    step = last(run)["global_step"]
+    assert step >= 3
+    assert f"stopped by a signal at step {step}" in err
+    babygpt(run, *RUN[:2], f"--trainer.max_steps={step + 2}", *RUN[3:], "--ckpt_path=checkpoints/last.ckpt")
+    assert last(run)["global_step"] == step + 2
+
+
+def test_resume_continues_the_same_wandb_run(run_dir) -> None:
+    run = run_dir("run")
+    babygpt(run, *RUN[:2], f"--trainer.max_steps={N}", *RUN[3:])
+    run_id = last(run)["wandb_run_id"]
+    babygpt(run, *RUN[:2], f"--trainer.max_steps={N + 2}", *RUN[3:], "--ckpt_path=checkpoints/last.ckpt")
+    assert last(run)["wandb_run_id"] == run_id
+    assert len(list((run / "outputs" / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+
+
+def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
+    run = run_dir("run")
+    start = time.monotonic()
+    # A closed port on loopback: anything that tried to reach wandb's server would hang until its timeout.
+    babygpt(run, *RUN[:2], "--trainer.max_steps=3", *RUN[3:], WANDB_BASE_URL="http://127.0.0.1:9", WANDB_MODE=None)
+    assert time.monotonic() - start < 60
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f) -> None:
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # a kill in the middle of torch.save
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert torch.load(path, weights_only=True)["step"] == 1
