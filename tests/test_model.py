@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.model import BabyGPT, GPTConfig, KVCache
+from babygpt_pl.model import BabyGPT, ChunkedCrossEntropy, GPTConfig, KVCache
 
 VOCAB = 50
 BLOCK = 16
@@ -87,7 +87,7 @@ def test_forward_shapes_with_targets_and_initial_loss() -> None:
     idx = torch.randint(VOCAB, (4, BLOCK))
     targets = torch.randint(VOCAB, (4, BLOCK))
     logits, loss = model(idx, targets)
-    assert logits.shape == (4, BLOCK, VOCAB)
+    assert logits is None  # training needs only the loss; model(idx) gives the logits
     assert loss.shape == ()
     assert abs(loss.item() - math.log(VOCAB)) < 0.1
 
@@ -98,12 +98,33 @@ def test_padded_vocab_loss_matches_unpadded_cross_entropy() -> None:
     assert model.head.weight.shape[0] == 64
     idx = torch.randint(VOCAB, (2, BLOCK))
     targets = torch.randint(VOCAB, (2, BLOCK))
-    logits, loss = model(idx, targets)
+    _, loss = model(idx, targets)
+    logits, _ = model(idx)
     assert logits.shape[-1] == VOCAB
     assert torch.isfinite(logits).all()
     expected = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     assert abs(loss.item() - math.log(VOCAB)) > 0.2  # the randomised head makes this a real comparison
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_cross_entropy_matches_the_plain_loss_and_gradients(tie: bool, monkeypatch) -> None:
+    monkeypatch.setattr(ChunkedCrossEntropy, "CHUNK", 7)  # several chunks, the last one partial
+    model = tiny_model(pad_vocab_to=64, tie_weights=tie).double()
+    randomize_head(model)
+    idx, targets = torch.randint(VOCAB, (3, BLOCK)), torch.randint(VOCAB, (3, BLOCK))
+    _, fused = model(idx, targets)
+    fused.backward()
+    fused_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    logits, _ = model(idx)
+    plain = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused_grads[name], p.grad, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, targets)[1], plain)
 
 
 @pytest.mark.parametrize("tie", [False, True])
