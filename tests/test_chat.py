@@ -1,0 +1,112 @@
+"""The interactive loop: streaming, tokens/s, Ctrl-C stops one answer, empty line or end of input exits."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from cli_helper import babygpt_cmd, babygpt_env
+
+from babygpt_pl import chat as chat_module
+from babygpt_pl.chat import chat_loop
+from babygpt_pl.generation import GenerationConfig, complete
+from babygpt_pl.model import BabyGPT, GPTConfig
+from babygpt_pl.module import BabyGPTModule
+from babygpt_pl.tokenizer import CharTokenizer
+
+VOCAB = "\n 。春江花月夜往事知多少"
+
+
+@pytest.fixture
+def model() -> BabyGPT:
+    torch.manual_seed(0)
+    return BabyGPT(GPTConfig(vocab_size=len(VOCAB), block_size=16, n_embed=16, n_head=2, n_layer=1, dropout=0.0))
+
+
+def run(model: BabyGPT, text: str, config: GenerationConfig | None = None) -> str:
+    out = io.StringIO()
+    config = config or GenerationConfig(max_new_tokens=5, temperature=0)
+    chat_loop(model, CharTokenizer(VOCAB), config, stdin=io.StringIO(text), stdout=out)
+    return out.getvalue()
+
+
+def test_answers_each_prompt_until_an_empty_line(model: BabyGPT) -> None:
+    out = run(model, "春江\n往事\n\n月夜\n")
+    assert out.count("tokens/s]") == 2
+    assert "> 春江" in out and "> 往事" in out
+    assert "月夜" not in out  # the empty line ended the loop
+
+
+def test_end_of_input_exits_cleanly(model: BabyGPT) -> None:
+    assert run(model, "春江").count("tokens/s]") == 1
+
+
+def test_a_bad_prompt_is_reported_and_the_loop_goes_on(model: BabyGPT) -> None:
+    out = run(model, "火星\n春江\n")
+    assert "error: 2 character(s) not in the model's vocabulary: '火星'" in out
+    assert out.count("tokens/s]") == 1
+
+
+def test_ctrl_c_stops_the_answer_not_the_loop(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = chat_module.complete
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "complete", interrupted_once)
+    out = run(model, "春江\n往事\n")
+    assert "[stopped]" in out
+    assert calls == [["春江"], ["往事"]]
+    assert out.count("tokens/s]") == 1
+
+
+def test_streamed_text_is_the_answer(model: BabyGPT) -> None:
+    out = run(model, "春\n", GenerationConfig(max_new_tokens=8, temperature=0))
+    answer = out.split("> ", 1)[1].split("\n[", 1)[0]
+    [expected] = complete(model, CharTokenizer(VOCAB), ["春"], GenerationConfig(max_new_tokens=8, temperature=0))
+    assert answer == "春" + expected.text
+
+
+@pytest.mark.slow
+def test_chat_in_a_terminal(tmp_path: Path, corpus: Path) -> None:
+    """`babygpt chat` under a pseudo-terminal: type a prompt, see it answered, Ctrl-D leaves."""
+    vocab = "".join(sorted(set(corpus.read_text(encoding="utf-8"))))
+    module = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    leader, follower = pty.openpty()
+    cmd = babygpt_cmd("chat", f"--ckpt_path={ckpt}", "--generation.max_new_tokens=10")
+    proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=subprocess.DEVNULL, env=babygpt_env())
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 120) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 4096)
+        assert marker in seen, seen.decode(errors="replace")
+
+    read_until(b"> ")
+    os.write(leader, "春江\n".encode())
+    read_until(b"tokens/s]")
+    os.write(leader, b"\x04")  # Ctrl-D
+    assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    assert "春江".encode() in seen
