@@ -82,6 +82,8 @@ class BabyGPTModule(L.LightningModule):
             self._compiled = True
 
     def setup(self, stage: str) -> None:
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for what runs in fp32 on Ampere and later
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "batch_size"):
             # For ThroughputMonitor's MFU: model FLOPs of one training batch (forward and backward).
