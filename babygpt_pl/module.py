@@ -82,7 +82,7 @@ class BabyGPTModule(L.LightningModule):
             self._compiled = True
 
     def setup(self, stage: str) -> None:
-        if self.device.type == "cuda":
+        if self.trainer.strategy.root_device.type == "cuda":  # (the model itself moves there only after setup)
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for what runs in fp32 on Ampere and later
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "batch_size"):
