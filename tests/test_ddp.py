@@ -1,0 +1,40 @@
+"""Two-process DDP on CPU (gloo) through the CLI: it trains, logs, checkpoints once, and resumes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helper import TINY, babygpt
+
+pytestmark = pytest.mark.slow
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+
+def test_two_process_ddp_trains_logs_checkpoints_and_resumes(tmp_path: Path, corpus_text: str) -> None:
+    (tmp_path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+    common = ["fit", "--data.path=corpus.txt", *TINY, *DDP, "--trainer.logger=CSVLogger"]
+    common += ["--trainer.logger.init_args.save_dir=logs", "--trainer.log_every_n_steps=1"]
+    result = babygpt(tmp_path, *common, "--trainer.max_steps=10")
+    assert "Starting with 2 processes" in result.stderr + result.stdout
+
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert len(names) == 2 and names[0].startswith("best-step=10-") and names[1] == "last.ckpt"  # written once
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    rows = metrics(tmp_path)
+    assert any(r.get("val_loss") for r in rows)
+    assert len([r for r in rows if r.get("train_loss")]) == 10
+
+    babygpt(tmp_path, *common, "--trainer.max_steps=14", "--ckpt_path=checkpoints/last.ckpt")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in sorted(run.glob("logs/**/metrics.csv")):
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
+    return rows
