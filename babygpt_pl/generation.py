@@ -108,7 +108,11 @@ def sample_next(
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling: one uniform per row and a binary search, a fraction of torch.multinomial's cost
+    # per step at this vocabulary size (it draws V exponentials). Zero-probability tokens are never chosen.
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
 def _window_inputs(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -440,3 +440,12 @@ def test_encode_prompt(tokenizer: CharTokenizer) -> None:
 def test_complete_max_new_tokens_zero(model: BabyGPT, tokenizer: CharTokenizer) -> None:
     results = complete(model, tokenizer, ["ab"], GenerationConfig(max_new_tokens=0))
     assert [(r.text, r.tokens, r.stopped) for r in results] == [("", 0, False)]
+
+
+def test_sampling_follows_the_distribution_and_never_picks_impossible_tokens() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    logits = probs.clamp_min(1e-45).log().masked_fill(probs == 0, float("-inf")).repeat(20000, 1)
+    draws = sample_next(logits, Sampling(), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5) / len(draws)
+    assert freq[1] == 0 and freq[4] == 0
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
