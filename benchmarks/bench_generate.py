@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Generation speed of BabyGPT through the public API: prefill, KV-cache decode, no-cache decode, past the window.
+
+    python benchmarks/bench_generate.py                         # seed shape, cuda if available
+    python benchmarks/bench_generate.py --device cpu --batch 1 --new-tokens 50
+    python benchmarks/bench_generate.py --compile               # also a torch.compile'd decode (GPU only)
+
+Every time is the median of ``--rounds`` runs after one warm-up, under torch.inference_mode with the model in
+eval mode. Weights are random: speed does not depend on them (sampling is at temperature 1 over the full vocab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import (  # noqa: E402
+    default_device,
+    default_out,
+    environment,
+    median,
+    peak_memory_mib,
+    print_table,
+    reset_peak,
+    timed,
+    write_json,
+)
+
+from babygpt_pl.generation import generate  # noqa: E402
+from babygpt_pl.model import BabyGPT, GPTConfig  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/generate-<device>.json)")
+    p.add_argument("--vocab", type=int, default=6148, help="vocabulary size (6148: the ci corpus)")
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--n-embed", type=int, default=384)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--n-layer", type=int, default=6)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and KV cache")
+    p.add_argument("--new-tokens", type=int, default=200, help="tokens per decode run")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes for the cached decode")
+    p.add_argument("--prompt-len", type=int, default=128, help="prompt of the prefill and the window runs")
+    p.add_argument("--decode-prompt-len", type=int, default=8, help="prompt of the decode runs")
+    p.add_argument(
+        "--no-cache-tokens", type=int, help="tokens of the use_cache=False run (default: new-tokens; at most 50 on cpu)"
+    )
+    p.add_argument("--window-tokens", type=int, help="tokens of the past-window run (default: 3 * block-size)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="also measure a torch.compile'd decode (GPU only)")
+    p.add_argument("--skip-past-window", action="store_true", help="skip the in-window vs past-window runs")
+    return p.parse_args(argv)
+
+
+def build_model(args: argparse.Namespace) -> BabyGPT:
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=args.vocab,
+        block_size=args.block_size,
+        n_embed=args.n_embed,
+        n_head=args.n_head,
+        n_layer=args.n_layer,
+        dropout=0.0,
+    )
+    return BabyGPT(config).to(args.device, dtype=getattr(torch, args.dtype)).eval()
+
+
+def prompt(args: argparse.Namespace, batch: int, length: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(batch * 1000 + length)
+    return torch.randint(args.vocab, (batch, length), generator=generator).to(args.device)
+
+
+def seconds(model: BabyGPT, idx: torch.Tensor, new_tokens: int, args: argparse.Namespace, **kw: Any) -> float:
+    """Median wall time of ``generate`` over the rounds."""
+    with torch.inference_mode():
+        return median(timed(lambda: generate(model, idx, new_tokens, **kw), args.device, args.rounds))
+
+
+def bench_prefill(model: BabyGPT, args: argparse.Namespace, batch: int) -> dict[str, float]:
+    # One new token is the prefill plus one sample: the closest the public API gets to a bare prefill.
+    t = seconds(model, prompt(args, batch, args.prompt_len), 1, args)
+    return {f"prefill_b{batch}_ms": t * 1e3, f"prefill_b{batch}_tokens_per_s": batch * args.prompt_len / t}
+
+
+def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str = "") -> dict[str, float]:
+    """Cached decode of ``new_tokens`` after a short prompt, so it stays inside the window."""
+    reset_peak(args.device)
+    t = seconds(model, prompt(args, batch, args.decode_prompt_len), args.new_tokens, args)
+    key = f"decode{tag}_b{batch}"
+    return {
+        f"{key}_tokens_per_s": batch * args.new_tokens / t,
+        f"{key}_ms_per_step": t * 1e3 / args.new_tokens,
+        f"{key}_peak_mib": peak_memory_mib(args.device),
+    }
+
+
+def bench_no_cache(model: BabyGPT, args: argparse.Namespace) -> dict[str, float]:
+    """use_cache=False for batch 1, and the cached run over the very same tokens for a fair ratio."""
+    n = args.no_cache_tokens or (args.new_tokens if args.device.startswith("cuda") else min(args.new_tokens, 50))
+    idx = prompt(args, 1, args.decode_prompt_len)
+    slow = seconds(model, idx, n, args, use_cache=False)
+    fast = seconds(model, idx, n, args, use_cache=True)
+    return {
+        "no_cache_tokens": n,
+        "no_cache_b1_tokens_per_s": n / slow,
+        "cache_b1_same_run_tokens_per_s": n / fast,
+        "cache_speedup_b1": slow / fast,
+    }
+
+
+def bench_past_window(model: BabyGPT, args: argparse.Namespace) -> dict[str, float]:
+    """ms/token inside the window vs past it (where the cache refills its newest half window)."""
+    idx = prompt(args, 1, args.prompt_len)
+    inside = args.block_size - args.prompt_len
+    total = args.window_tokens or 3 * args.block_size
+    t_in = seconds(model, idx, inside, args)
+    t_all = seconds(model, idx, total, args)
+    ms_in = t_in * 1e3 / inside
+    ms_past = max(t_all - t_in, 0.0) * 1e3 / (total - inside)
+    return {
+        "window_in_tokens": inside,
+        "window_past_tokens": total - inside,
+        "window_in_ms_per_token": ms_in,
+        "window_past_ms_per_token": ms_past,
+        "window_past_over_in": ms_past / ms_in,
+    }
+
+
+def bench_compiled(model: BabyGPT, args: argparse.Namespace) -> dict[str, Any]:
+    """The same cached decode with the model compiled in place (dynamic shapes: the cache length grows)."""
+    if not args.device.startswith("cuda"):
+        print("compile: skipped (CPU: compiled decode is only measured on a GPU)")
+        return {"compile": "skipped: cpu"}
+    t0 = time.perf_counter()
+    model.compile(dynamic=True)
+    try:
+        with torch.inference_mode():
+            generate(model, prompt(args, 1, args.decode_prompt_len), args.new_tokens)  # compiles
+        out: dict[str, Any] = {"compile_warmup_s": time.perf_counter() - t0}
+        for batch in args.batch:
+            out.update(bench_decode(model, args, batch, tag="_compiled"))
+        return out
+    except Exception as err:  # a compile failure must not lose the eager figures
+        print(f"compile: failed: {type(err).__name__}: {err}")
+        return {"compile": f"failed: {type(err).__name__}: {str(err)[:500]}"}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = build_model(args)
+    shape = {k: getattr(args, k) for k in ("vocab", "block_size", "n_embed", "n_head", "n_layer", "dtype")}
+    res: dict[str, Any] = {**environment(args.device), **shape, "parameters": model.num_parameters()}
+    res.update(new_tokens=args.new_tokens, prompt_len=args.prompt_len, rounds=args.rounds)
+    sections = [lambda b=b: bench_prefill(model, args, b) for b in args.batch]
+    sections += [lambda b=b: bench_decode(model, args, b) for b in args.batch]
+    sections.append(lambda: bench_no_cache(model, args))
+    if not args.skip_past_window:
+        sections.append(lambda: bench_past_window(model, args))
+    if args.compile:
+        sections.append(lambda: bench_compiled(model, args))
+    peak = 0.0
+    for section in sections:
+        reset_peak(args.device)
+        res.update(section())
+        peak = max(peak, peak_memory_mib(args.device))
+    # GPU: the largest allocation of any section; CPU: the process's peak RSS (includes Python and torch).
+    res["peak_mib"] = peak
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.decode_prompt_len + args.new_tokens > args.block_size:
+        print(f"note: decode prompt + new tokens exceed block_size {args.block_size}: decode includes refills")
+    if args.prompt_len >= args.block_size:
+        sys.exit(f"--prompt-len must be below --block-size ({args.block_size})")
+    res = run(args)
+    print_table(f"generate: {res['device_name']}, torch {res['torch']}", [(k, v) for k, v in res.items()])
+    write_json(args.out or default_out("generate", args.device), res)
+
+
+if __name__ == "__main__":
+    main()

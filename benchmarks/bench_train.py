@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Training-step speed of BabyGPT at a config's shape: seconds/step, tokens/s, MFU and peak memory.
+
+    python benchmarks/bench_train.py --config configs/base.yaml               # cuda if available
+    python benchmarks/bench_train.py --config configs/cpu.yaml --device cpu --steps 3
+    python benchmarks/bench_train.py --config configs/base.yaml --compile both  # eager, then compiled
+
+A plain PyTorch loop (no Lightning) on random tokens: forward with the loss, backward, AdamW (fused on CUDA),
+under torch.autocast in bf16 for --precision bf16-mixed. Each step is synchronised and timed; the figure is
+the median after the warm-up steps (the first compiled step, which compiles, is reported apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import (  # noqa: E402
+    default_device,
+    default_out,
+    environment,
+    median,
+    peak_memory_mib,
+    print_table,
+    reset_peak,
+    sync,
+    write_json,
+)
+
+from babygpt_pl.model import BabyGPT, GPTConfig  # noqa: E402
+
+MODEL_FIELDS = ("block_size", "n_embed", "n_head", "n_layer", "dropout", "attn_dropout", "tie_weights", "pad_vocab_to")
+# Dense bf16 peaks for GPUs Lightning's table lacks or lists with sparsity (its H200 figures are 2:4 sparse).
+DENSE_BF16_FALLBACK = {"h200": 989.4e12, "h100": 989.4e12, "gh200": 989.4e12}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=Path("configs/base.yaml"), help="model/data sizes (YAML)")
+    p.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
+    p.add_argument("--batch", type=int, help="override data.batch_size")
+    p.add_argument("--vocab", type=int, default=6148, help="vocabulary size (6148: the ci corpus)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="compiled",
+        default="eager",
+        choices=["eager", "compiled", "both"],
+        help="--compile: compiled only; --compile both: eager then compiled",
+    )
+    p.add_argument("--precision", choices=["32", "bf16-mixed"], help="default: bf16-mixed on cuda, 32 on cpu")
+    p.add_argument("--cpu-peak-gflops", type=float, default=192.0, help="CPU peak for MFU (2 cores AVX2 FMA)")
+    p.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/train-<device>.json)")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.steps = args.steps or (20 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    args.precision = args.precision or ("bf16-mixed" if cuda else "32")
+    return args
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], int]:
+    """The model fields and the batch size of a babygpt config file."""
+    config = yaml.safe_load(path.read_text()) or {}
+    model = {k: v for k, v in (config.get("model") or {}).items() if k in MODEL_FIELDS}
+    return model, int((config.get("data") or {}).get("batch_size", 64))
+
+
+def peak_flops(args: argparse.Namespace) -> tuple[float | None, str]:
+    """Peak FLOP/s of the device at the training precision, and where the figure comes from."""
+    if not args.device.startswith("cuda"):
+        return args.cpu_peak_gflops * 1e9, f"--cpu-peak-gflops {args.cpu_peak_gflops:g} (assumed: 2 cores AVX2 FMA)"
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
+    name = torch.cuda.get_device_name().lower()
+    flops = get_available_flops(torch.device(args.device), dtype)
+    if dtype is torch.bfloat16 and (flops is None or "h200" in name):
+        dense = next((v for k, v in DENSE_BF16_FALLBACK.items() if k in name), None)
+        if dense is not None:
+            return dense, "dense bf16 figure of the H100/H200 datasheet (Lightning's H200 figure is sparse)"
+    return (float(flops), "lightning get_available_flops") if flops else (None, "unknown GPU: no MFU")
+
+
+def build(args: argparse.Namespace, model_cfg: dict[str, Any]) -> tuple[BabyGPT, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = BabyGPT(GPTConfig(vocab_size=args.vocab, **model_cfg)).to(args.device).train()
+    cuda = args.device.startswith("cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=cuda)
+    return model, opt
+
+
+def train_times(
+    model: BabyGPT, opt: torch.optim.Optimizer, args: argparse.Namespace, batch: int
+) -> tuple[list[float], float]:
+    """Seconds of every step (warm-up first) and the last loss."""
+    block = model.config.block_size
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(args.vocab, (batch, block), generator=generator).to(args.device)
+    y = torch.randint(args.vocab, (batch, block), generator=generator).to(args.device)
+    bf16 = args.precision == "bf16-mixed"
+    times, loss = [], torch.zeros(())
+    for _ in range(args.warmup + args.steps):
+        sync(args.device)
+        t0 = time.perf_counter()
+        with torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(args.device)
+        times.append(time.perf_counter() - t0)
+    return times, float(loss.detach())
+
+
+def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compiled: bool) -> dict[str, Any]:
+    tag = "compiled" if compiled else "eager"
+    model, opt = build(args, model_cfg)
+    if compiled:
+        model.compile()  # in place, as BabyGPTModule does
+    reset_peak(args.device)
+    try:
+        times, loss = train_times(model, opt, args, batch)
+    except Exception as err:  # e.g. no C compiler for inductor: keep the other mode's figures
+        print(f"{tag}: failed: {type(err).__name__}: {err}")
+        return {f"{tag}_error": f"{type(err).__name__}: {str(err)[:500]}"}
+    step = median(times[args.warmup :])
+    tokens_per_s = batch * model.config.block_size / step
+    flops, _ = peak_flops(args)
+    out = {
+        f"{tag}_s_per_step": step,
+        f"{tag}_first_step_s": times[0],
+        f"{tag}_tokens_per_s": tokens_per_s,
+        f"{tag}_mfu": model.flops_per_token() * tokens_per_s / flops if flops else None,
+        f"{tag}_peak_mib": peak_memory_mib(args.device),
+        f"{tag}_final_loss": loss,
+    }
+    del model, opt
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_cfg, batch = read_config(args.config)
+    batch = args.batch or batch
+    if args.device == "cpu" and args.compile != "eager":
+        print("note: torch.compile on CPU needs a C compiler and takes minutes to compile; expect a slow first step")
+    flops, source = peak_flops(args)
+    probe = BabyGPT(GPTConfig(vocab_size=args.vocab, **model_cfg))
+    res: dict[str, Any] = {**environment(args.device), "config": str(args.config), **model_cfg}
+    res.update(
+        vocab=args.vocab,
+        batch=batch,
+        precision=args.precision,
+        steps=args.steps,
+        warmup=args.warmup,
+        parameters=probe.num_parameters(),
+        flops_per_token=probe.flops_per_token(),
+        peak_flops=flops,
+        peak_flops_source=source,
+    )
+    del probe
+    modes = {"eager": [False], "compiled": [True], "both": [False, True]}[args.compile]
+    for compiled in modes:
+        res.update(bench(args, model_cfg, batch, compiled))
+    if "eager_s_per_step" in res and "compiled_s_per_step" in res:
+        res["compile_speedup"] = res["eager_s_per_step"] / res["compiled_s_per_step"]
+    print_table(f"train: {res['device_name']}, torch {res['torch']}", list(res.items()))
+    if not args.device.startswith("cuda"):
+        print(f"MFU on CPU uses an assumed peak: {source}")
+    write_json(args.out or default_out("train", args.device), res)
+
+
+if __name__ == "__main__":
+    main()

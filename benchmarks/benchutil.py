@@ -1,0 +1,114 @@
+"""Helpers shared by the benchmark scripts: device naming, timing, memory, output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(device: str) -> str:
+    """A human name for the device: the GPU's model, or the CPU's model and thread count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
+
+
+def default_out(kind: str, device: str) -> Path:
+    name = "cpu" if device == "cpu" else slug(device_name(device))
+    return RESULTS / f"{kind}-{name}.json"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str, rounds: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``rounds`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak allocated GPU memory since the last reset, or the process's peak RSS on CPU (never reset)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def environment(device: str) -> dict[str, Any]:
+    env = {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if device.startswith("cuda"):
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
+    """Two columns, figure and value; floats get a sensible number of digits."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}\n{'-' * len(title)}")
+    for name, value in rows:
+        print(f"{name:<{width}}  {fmt(value)}")

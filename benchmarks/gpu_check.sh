@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# GPU verification: one run on a rented H100/H200 box that has torch, lightning and torchmetrics but not
+# jsonargparse, wandb or this project, and no internet. Run from the repository root:
+#
+#   bash benchmarks/gpu_check.sh                        # results in ./gpu_out (OUT=... to change)
+#   TINY=1 OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh  # tiny sizes: a few minutes on a CPU, to test this script
+#
+# Needs .whl/ (the missing Python packages, see benchmarks/README.md) and data/ci.txt beside it.
+# benchmarks/gpu/bench/vs_seed.py and benchmarks/gpu/reference/seed_babygpt.py are copies of ../shared (bench/ and
+# reference/) for the device run, which does not get shared/; a shared/ in the tree, if there is one, wins.
+#
+# Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT):
+#   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled
+#   3 babygpt fit + validate on configs/base.yaml and configs/best.yaml (if it exists)
+#   4 bench_generate.py --compile                          5 babygpt predict from each best checkpoint
+# then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
+set -u
+
+OUT=${OUT:-./gpu_out}
+TINY=${TINY:-0}
+PY=${PY:-python3}
+WORK=${WORK:-/tmp/gpu_work}  # checkpoints and wandb files: too big to bring back in $OUT
+SITE=${SITE:-/tmp/site}
+TOTAL_S=${TOTAL_S:-550}       # the device allows 600 s per command; later steps are skipped past this
+T_WHEELS=${T_WHEELS:-60}
+T_VS_SEED=${T_VS_SEED:-75}
+T_TRAIN_BENCH=${T_TRAIN_BENCH:-90}
+T_FIT_BASE=${T_FIT_BASE:-100}
+T_FIT_BEST=${T_FIT_BEST:-150}  # best.yaml compiles the model first
+T_VALIDATE=${T_VALIDATE:-60}   # a checkpoint trained with model.compile compiles again
+T_GENERATE=${T_GENERATE:-60}
+T_PREDICT=${T_PREDICT:-60}
+
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd)
+START=$(date +%s)
+rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train.json,generate.json,summary.json}  # no stale figures
+: >"$OUT/steps.tsv"
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK" TOKENIZERS_PARALLELISM=false
+
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/run.log"; }
+
+# step NAME LIMIT CMD...: run CMD under timeout (never past TOTAL_S), log to $OUT/NAME.log, record rc and seconds.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((TOTAL_S - ($(date +%s) - START)))
+    if ((left < 10)); then
+        log "$name: skipped (the run's $TOTAL_S s are spent)"
+        printf '%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+        return 1
+    fi
+    ((limit > left)) && limit=$left
+    log "$name (limit ${limit}s): $*"
+    local t0 rc
+    t0=$(date +%s.%N)
+    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    ((rc == 124 || rc == 137)) && log "$name: TIMED OUT after ${limit}s"
+    log "$name: rc=$rc in ${secs}s (last lines below)"
+    tail -n 5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$OUT/run.log"
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >>"$OUT/steps.tsv"
+    return "$rc"
+}
+
+# --- the wheels: only what is missing, into $SITE; this checkout's babygpt_pl/ beats the project's wheel ---
+install_wheels() {
+    if $PY -c "import jsonargparse, wandb, rich, docstring_parser, typeshed_client" 2>/dev/null && [ -z "${FORCE_WHEELS:-}" ]; then
+        echo "jsonargparse, wandb and rich are already importable: not installing .whl/"
+        return 0
+    fi
+    local wheels
+    wheels=$(ls .whl/*.whl | grep -v '/babygpt-' || true)
+    [ -d babygpt_pl ] || wheels=$(ls .whl/*.whl)
+    # shellcheck disable=SC2086
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $wheels
+}
+export -f install_wheels
+export PY SITE PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+step wheels "$T_WHEELS" bash -c install_wheels
+$PY -c "import jsonargparse, wandb, babygpt_pl; print('imports ok')" 2>&1 | tee -a "$OUT/run.log"
+
+log "nvidia-smi"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
+else
+    echo "nvidia-smi not found: no NVIDIA driver here" | tee "$OUT/nvidia-smi.txt"
+fi
+
+if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    DEVICE=cuda PRECISION=bf16-mixed TRAIN_COMPILE=both
+elif [ "$TINY" = 1 ]; then
+    DEVICE=cpu PRECISION=32 TRAIN_COMPILE=eager  # inductor on 2 CPU cores would take minutes
+    log "no CUDA: TINY=1 runs everything on the CPU"
+else
+    log "no CUDA device: this script is for a GPU box (TINY=1 runs it on a CPU)"
+    exit 1
+fi
+
+# --- sizes ---
+GEN_SIZES=()
+FIT_SIZES=(--trainer.precision "$PRECISION")
+TRAIN_CONFIG=configs/base.yaml
+if [ "$TINY" = 1 ]; then
+    cat >"$WORK/tiny.yaml" <<'EOF'
+model: {block_size: 32, n_embed: 32, n_head: 2, n_layer: 2, dropout: 0.0}
+data: {batch_size: 8}
+EOF
+    TRAIN_CONFIG=$WORK/tiny.yaml
+    GEN_SIZES=(--block-size 64 --n-embed 32 --n-head 2 --n-layer 2 --new-tokens 20 --batch 1 4 --prompt-len 16
+        --no-cache-tokens 10 --rounds 1)
+    FIT_SIZES+=(--model.block_size 32 --model.n_embed 32 --model.n_head 2 --model.n_layer 2 --data.batch_size 8
+        --trainer.max_steps 20 --trainer.val_check_interval 10 --data.val_batches 2)
+    [ "$DEVICE" = cpu ] && FIT_SIZES+=(--model.compile false)  # inductor on a CPU: minutes, or no C++ toolchain
+fi
+
+# --- 1. the project against the tutorial's model ---
+VS_SEED=benchmarks/gpu/bench/vs_seed.py
+[ -f shared/bench/vs_seed.py ] && [ -f shared/reference/seed_babygpt.py ] && VS_SEED=shared/bench/vs_seed.py
+if [ "$TINY" = 1 ]; then
+    # vs_seed.py fixes the seed shape; TINY loads it as a module, shrinks SEED_SHAPE and runs its quality check.
+    step vs_seed "$T_VS_SEED" $PY -c '
+import importlib.util, sys
+path = sys.argv[1]
+sys.argv = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("vs_seed", path)
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+mod.SEED_SHAPE = dict(block_size=256, n_embed=32, n_head=2, n_layer=2)  # 256: its 200 tokens stay in the window
+mod.main()' "$VS_SEED" --device "$DEVICE" --what quality-check
+else
+    step vs_seed "$T_VS_SEED" $PY "$VS_SEED" --device "$DEVICE" --what all
+fi
+
+# --- 2. training-step speed, eager and compiled ---
+TRAIN_STEPS=()
+[ "$TINY" = 1 ] && TRAIN_STEPS=(--steps 3 --warmup 1)
+step train_bench "$T_TRAIN_BENCH" $PY benchmarks/bench_train.py --config "$TRAIN_CONFIG" --device "$DEVICE" \
+    --compile "$TRAIN_COMPILE" --precision "$PRECISION" "${TRAIN_STEPS[@]}" --out "$OUT/train.json"
+
+# --- 3. the real training runs, then validate on each best checkpoint ---
+CORPUS=data/ci.txt
+[ -f "$CORPUS" ] || { [ -f shared/data/ci.txt ] && CORPUS=shared/data/ci.txt; }
+for name in base best; do
+    config=configs/$name.yaml
+    if [ ! -f "$config" ]; then
+        log "fit_$name: skipped ($config does not exist)"
+        printf 'fit_%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+        continue
+    fi
+    if [ ! -f "$CORPUS" ]; then
+        log "fit_$name: skipped (no data/ci.txt: carry it with the run)"
+        printf 'fit_%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+        continue
+    fi
+    ckpt_dir=$WORK/ckpt-$name
+    rm -rf "$ckpt_dir"
+    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" --trainer.enable_progress_bar false)
+    limit=$T_FIT_BASE
+    [ "$name" = best ] && limit=$T_FIT_BEST
+    step "fit_$name" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
+        --trainer.logger.init_args.offline true --trainer.logger.init_args.save_dir "$WORK"
+    best=$(ls -t "$ckpt_dir"/best-*.ckpt 2>/dev/null | head -n 1)
+    [ -n "$best" ] || best=$(ls "$ckpt_dir"/last.ckpt 2>/dev/null)
+    if [ -z "$best" ]; then
+        log "validate_$name: skipped (fit wrote no checkpoint)"
+        continue
+    fi
+    echo "$best" >"$OUT/best_$name.txt"
+    step "validate_$name" "$T_VALIDATE" $PY -m babygpt_pl.cli validate "${common[@]}" --ckpt_path "$best" \
+        --trainer.logger false
+done
+
+# --- 4. generation speed, with a compiled decode ---
+step generate_bench "$T_GENERATE" $PY benchmarks/bench_generate.py --device "$DEVICE" --compile "${GEN_SIZES[@]}" \
+    --out "$OUT/generate.json"
+
+# --- 5. text from each best checkpoint ---
+for name in base best; do
+    [ -f "$OUT/best_$name.txt" ] || continue
+    step "predict_$name" "$T_PREDICT" $PY -m babygpt_pl.cli predict --ckpt_path "$(cat "$OUT/best_$name.txt")" \
+        --generation.max_new_tokens 100 --generation.seed 0 --generation.output "$OUT/predict_$name.jsonl"
+done
+
+# --- summary: every step's figures in one JSON ---
+$PY - "$OUT" <<'EOF'
+import json, re, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+
+
+def read_json(name):
+    path = out / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def last_json_line(name):
+    path = out / name
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    return None
+
+
+def val_loss(name):
+    """From validate's printed table, else from the best checkpoint's file name."""
+    log = out / f"validate_{name}.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    found = re.findall(r"val_loss\s*[│|]\s*([0-9.eE+-]+|nan|inf)", text)
+    if found:
+        return float(found[-1]), "validate"
+    best = out / f"best_{name}.txt"
+    hit = re.search(r"val_loss=([0-9.]+)", best.read_text()) if best.exists() else None
+    return (float(hit.group(1).rstrip(".")), "checkpoint name") if hit else (None, None)
+
+
+steps = {}
+for line in (out / "steps.tsv").read_text().splitlines():
+    name, rc, secs = line.split("\t")
+    steps[name] = {"rc": rc, "seconds": round(float(secs), 1)}
+
+summary = {"gpu": None, "versions": {}, "steps": steps}
+try:
+    import torch
+
+    summary["versions"]["torch"] = torch.__version__
+    summary["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (cpu)"
+except Exception as err:
+    summary["gpu"] = f"torch failed: {err}"
+for mod in ("lightning", "torchmetrics", "jsonargparse", "wandb", "babygpt_pl"):
+    try:
+        summary["versions"][mod] = getattr(__import__(mod), "__version__", "?")
+    except Exception as err:
+        summary["versions"][mod] = f"import failed: {type(err).__name__}"
+summary["vs_seed"] = last_json_line("vs_seed.log")
+summary["train_bench"] = read_json("train.json")
+summary["generate_bench"] = read_json("generate.json")
+for name in ("base", "best"):
+    if f"fit_{name}" in steps:
+        loss, source = val_loss(name)
+        best = out / f"best_{name}.txt"
+        summary[f"fit_{name}"] = {
+            "wall_s": steps[f"fit_{name}"]["seconds"],
+            "rc": steps[f"fit_{name}"]["rc"],
+            "best_checkpoint": best.read_text().strip() if best.exists() else None,
+            "val_loss": loss,
+            "val_loss_from": source,
+        }
+for name in ("base", "best"):
+    pred = out / f"predict_{name}.jsonl"
+    if pred.exists():
+        summary[f"predict_{name}"] = [json.loads(line) for line in pred.read_text().splitlines() if line.strip()]
+(out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+print(json.dumps({k: summary[k] for k in ("gpu", "versions", "steps")}, indent=1))
+print(f"wrote {out / 'summary.json'}")
+EOF
+log "done in $(($(date +%s) - START)) s; results in $OUT"
