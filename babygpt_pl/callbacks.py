@@ -96,7 +96,7 @@ class GracefulStop(Callback):
         trainer.save_checkpoint(path)
         trainer.should_stop = True
         rank_zero_info(
-            f"\nstopped by signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"
+            f"\nstopped by a signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -157,7 +157,8 @@ def test_cosine_needs_max_steps(max_steps) -> None:
 
 
 def test_setup_computes_flops_per_batch() -> None:
-    module = attach(make(), datamodule=SimpleNamespace(batch_size=3))
+    cpu = SimpleNamespace(root_device=torch.device("cpu"))
+    module = attach(make(), datamodule=SimpleNamespace(batch_size=3), strategy=cpu)
     module.setup("fit")
     assert module.flops_per_batch == module.model.flops_per_token() * 3 * 16
     assert module.flops_per_batch > 0
