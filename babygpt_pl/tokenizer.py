@@ -48,7 +48,7 @@ class CharTokenizer:
                 shown = "".join(missing[:20]) + ("…" if len(missing) > 20 else "")
                 raise UserError(
                     f"{len(missing)} character(s) not in the model's vocabulary: {shown!r}; remove them from the "
-                    "prompt or choose another policy (oov: drop or replace)"
+                    "prompt, or pass --generation.oov drop (or replace)"
                 )
             if oov == "replace":
                 if replacement not in self.stoi:
