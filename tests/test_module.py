@@ -182,3 +182,14 @@ def test_predict_step_num_samples() -> None:
     module.generation = GenerationConfig(max_new_tokens=3, num_samples=2, seed=0)
     out = module.predict_step(["春江"], 0)
     assert [item["sample"] for item in out] == [0, 1]
+
+
+def test_compiled_checkpoints_keep_the_eager_parameter_names() -> None:
+    compiled = make(compile=True)
+    compiled.configure_model()
+    eager = make()
+    assert compiled.model._compiled_call_impl is not None  # nn.Module.compile() in place: no wrapper module
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert not any("_orig_mod" in key for key in compiled.state_dict())
+    eager.load_state_dict(compiled.state_dict())  # a compiled run's checkpoint loads uncompiled...
+    compiled.load_state_dict(eager.state_dict())  # ...and back
