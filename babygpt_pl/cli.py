@@ -165,6 +165,8 @@ def main(args: list[str] | None = None) -> None:
     # Our train loader yields placeholders (windows are drawn on the device), so workers would not help.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself
+    # checkpoints/ ships with its .gitignore, and last.ckpt is meant to be overwritten.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
