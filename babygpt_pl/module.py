@@ -98,7 +98,7 @@ class BabyGPTModule(L.LightningModule):
         _, loss = self.model(x, y)
         self.log("train_loss", loss, prog_bar=True)
         # Remember the first step whose loss was not finite, on the device: no host sync in the hot loop.
-        step = torch.tensor(self.global_step, device=loss.device)
+        step = torch.full((), self.global_step, device=loss.device)  # a fill kernel, not a host-to-device copy
         self._first_bad_step = torch.where(
             ~torch.isfinite(loss) & (self._first_bad_step < 0), step, self._first_bad_step
         )
