@@ -1,0 +1,73 @@
+"""The callbacks: the printed and JSONL predictions, and the wandb table of samples at each validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from babygpt_pl.callbacks import PredictionPrinter, SampleTable, batch_size, batch_tokens
+from babygpt_pl.generation import GenerationConfig
+from babygpt_pl.module import BabyGPTModule
+
+VOCAB = "\n 。春江花月夜往事知多少"
+
+
+@pytest.fixture
+def module() -> BabyGPTModule:
+    torch.manual_seed(0)
+    return BabyGPTModule(vocab=VOCAB, block_size=16, n_embed=16, n_head=2, n_layer=1, dropout=0.0)
+
+
+def test_throughput_counts_tokens_of_training_batches_and_prompts_of_predict_batches() -> None:
+    x = torch.zeros(4, 16, dtype=torch.long)
+    assert (batch_size((x, x)), batch_tokens((x, x))) == (4, 64)
+    assert (batch_size(["春江", "往事知"]), batch_tokens(["春江", "往事知"])) == (2, 5)
+
+
+def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out" / "samples.jsonl"
+    module.generation = GenerationConfig(max_new_tokens=6, temperature=0, num_samples=2, output=str(out))
+    printer = PredictionPrinter()
+    trainer = SimpleNamespace(is_global_zero=True)
+    printer.on_predict_start(trainer, module)
+    prediction = module.predict_step(["春江", "往事"], 0)
+    printer.write_on_batch_end(trainer, module, prediction, None, ["春江", "往事"], 0, 0)
+    printer.on_predict_end(trainer, module)
+
+    printed = capsys.readouterr().out
+    assert printed.count("--- 春江") == 2 and "(sample 2)" in printed
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["prompt"], r["sample"], r["tokens"]) for r in rows] == [
+        ("春江", 0, 6),
+        ("春江", 1, 6),
+        ("往事", 0, 6),
+        ("往事", 1, 6),
+    ]
+    assert all(len(r["text"]) == 6 and r["tokens_per_s"] > 0 for r in rows)
+    assert [p.name for p in out.parent.iterdir()] == ["samples.jsonl"]  # no temp file left behind
+
+
+def test_sample_table_logs_each_prompt_after_validation(module, tmp_path: Path, monkeypatch) -> None:
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    logged = []
+    monkeypatch.setattr(logger, "log_text", lambda key, columns, data, step: logged.append((key, columns, data, step)))
+    datamodule = SimpleNamespace(load_prompts=lambda: ["春江", "往事"])
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, logger=logger, datamodule=datamodule)
+    trainer.global_step = 40
+    module.train()
+    SampleTable(max_new_tokens=5).on_validation_end(trainer, module)
+
+    [(key, columns, rows, step)] = logged
+    assert (key, columns, step) == ("samples", ["step", "prompt", "text"], 40)
+    assert [(r[0], r[1]) for r in rows] == [(40, "春江"), (40, "往事")]
+    assert all(r[2].startswith(r[1]) and len(r[2]) == len(r[1]) + 5 for r in rows)
+    assert module.model.training  # generation ran in eval mode and left the model as it found it
+
+    trainer.sanity_checking = True
+    SampleTable().on_validation_end(trainer, module)
+    assert len(logged) == 1  # nothing during the sanity check
