@@ -23,21 +23,22 @@ from babygpt_pl.tokenizer import CharTokenizer
 DEFAULT_PROMPTS = ["春江", "往事"]
 
 
-def read_text(path: str | Path) -> str:
-    """The whole file as text; a clear error if it is missing, empty or not UTF-8."""
+def read_text(path: str | Path, what: str = "corpus file", option: str = "--data.path") -> str:
+    """The whole file as text; a clear error, naming ``what`` and the ``option`` to fix, if it is missing,
+    empty or not UTF-8."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"corpus file {path} not found: pass --data.path to an existing UTF-8 text file")
+        raise UserError(f"{what} {path} not found: pass {option} to an existing UTF-8 text file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UserError(
-            f"corpus file {path} is not UTF-8: invalid byte 0x{raw[err.start]:02x} at byte offset {err.start}; "
-            "convert it (e.g. iconv -t UTF-8) or pass another --data.path"
+            f"{what} {path} is not UTF-8: invalid byte 0x{raw[err.start]:02x} at byte offset {err.start}; "
+            f"convert it (e.g. iconv -t UTF-8) or pass another {option}"
         ) from None
     if not text:
-        raise UserError(f"corpus file {path} is empty: pass --data.path to a UTF-8 text file with some text in it")
+        raise UserError(f"{what} {path} is empty: pass {option} to a UTF-8 text file with some text in it")
     return text
 
 
@@ -151,7 +152,8 @@ class CiDataModule(L.LightningDataModule):
         if self.prompts_file is None:
             prompts = self.prompts
         else:
-            prompts = [line for line in read_text(self.prompts_file).splitlines() if line.strip()]
+            text = read_text(self.prompts_file, "prompts file", "--data.prompts_file")
+            prompts = [line for line in text.splitlines() if line.strip()]
         if not prompts or any(not p for p in prompts):
             raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
         return prompts

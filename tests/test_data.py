@@ -251,7 +251,7 @@ def test_prompts_file_errors(path: Path, tmp_path: Path) -> None:
     blank.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(UserError, match="empty prompt"):
         make(path, prompts_file=str(blank)).load_prompts()
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match=r"prompts file .*missing.txt not found: pass --data.prompts_file"):
         make(path, prompts_file=str(tmp_path / "missing.txt")).load_prompts()
 
 
