@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, SampleTable, token_throughput
+from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, check_checkpoint
 from babygpt_pl.data import CiDataModule
@@ -46,7 +46,7 @@ def trainer_defaults() -> dict:
             # --trainer.logger.init_args.offline false logs online.
             "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
         },
-        "callbacks": [LearningRateMonitor(logging_interval="step"), token_throughput(), GracefulStop(), SampleTable()],
+        "callbacks": [LearningRateMonitor(logging_interval="step"), TokenThroughput(), GracefulStop(), SampleTable()],
     }
 
 

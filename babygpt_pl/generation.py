@@ -13,7 +13,10 @@ tokens (the tutorial's crop), so the two agree exactly inside the window and dif
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +63,9 @@ class GenerationConfig:
         stop: stop a sample at the first of these strings, e.g. "\\n\\n" for the end of a poem.
         oov: what to do with prompt characters outside the vocabulary: error, drop, or replace (with a space).
         use_cache: decode with the KV cache (False recomputes the whole window per token).
+        cuda_graph: on a CUDA device, replay each decode step from a CUDA graph (ignored on a CPU).
+        compile: on a CUDA device, also fuse the graph's kernels with torch.compile: faster per token, after
+            a compilation of tens of seconds on the first call. Worth it for long or many generations.
         output: also write one JSON line per sample (prompt, text, tokens, seconds, tokens/s) to this file.
     """
 
@@ -73,6 +79,8 @@ class GenerationConfig:
     stop: list[str] = field(default_factory=list)
     oov: OOVPolicy = "error"
     use_cache: bool = True
+    cuda_graph: bool = True
+    compile: bool = False
     output: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +106,8 @@ def sample_next(
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / sampling.temperature
+    if sampling.temperature != 1:
+        logits = logits / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -140,6 +149,96 @@ def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device, extra: int
     return tokens.to(device), valid.to(device)
 
 
+class GraphedDecoder:
+    """The decode step of one model at one batch size, captured in a CUDA graph and replayed per token.
+
+    At small batches a GPU spends a decode step waiting for Python to launch ~80 tiny kernels one by one; a
+    graph replay launches them all at once. Its shapes are fixed: the decoder owns the KV cache, reads its
+    inputs from buffers updated in place, attends every cache slot under a mask, and advances its own
+    position and slot counters, so a token costs one copy of the sampled ids and one replay.
+    """
+
+    def __init__(self, model: BabyGPT, batch_size: int, compile: bool = False) -> None:
+        p = next(model.parameters())
+        window = model.config.block_size
+        self.cache = KVCache(model.config, batch_size, p.device, p.dtype)
+        self.idx = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)
+        self.positions = torch.zeros_like(self.idx)
+        self.slot = torch.zeros(1, dtype=torch.long, device=p.device)
+        self.valid = torch.ones(batch_size, 1, 1, window, dtype=torch.bool, device=p.device)  # False: padding
+        self.slots = torch.arange(window, device=p.device)
+        self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False) if compile else model.decode_step
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits = torch.empty(0)
+
+    def _run(self) -> torch.Tensor:
+        # Additive, made once per step: a boolean mask would be converted again in every layer's attention.
+        mask = torch.zeros_like(self.valid, dtype=self.cache.kv[0].dtype)
+        mask.masked_fill_(~(self.valid & (self.slots <= self.slot)), float("-inf"))
+        logits = self.step(self.idx, self.positions, self.slot, mask, self.cache)
+        self.positions += 1
+        self.slot += 1
+        return logits
+
+    def capture(self) -> None:
+        # Warm up on a side stream first (cuBLAS workspaces, compilation), as torch.cuda.graph asks.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()
+
+    def load(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """Set up after a prefill of ``valid.size(1)`` slots: ``positions`` (B, 1) are the next token's, and
+        ``valid`` (B, slots) is False on the slots that hold padding."""
+        filled = valid.size(1)
+        self.positions.copy_(positions)
+        self.slot.fill_(filled)
+        self.valid[:, 0, 0, :filled] = valid
+        self.valid[:, 0, 0, filled:] = True
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, vocab) after feeding ``idx`` (B, 1); valid until the next call."""
+        self.idx.copy_(idx)
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        return self.logits
+
+
+_DECODERS: weakref.WeakKeyDictionary[BabyGPT, dict] = weakref.WeakKeyDictionary()
+
+
+def graphed_decoder(model: BabyGPT, batch_size: int, compile: bool = False) -> GraphedDecoder | None:
+    """The model's captured decoder for this batch size (made once, then reused), or None where it does not
+    apply (not on CUDA, or in training mode, where dropout draws new numbers per call)."""
+    p = next(model.parameters())
+    if p.device.type != "cuda" or model.training:
+        return None
+    amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+    # The graph reads the weights where they were at capture: new storage (.to(), a new model) needs a new graph.
+    key = (batch_size, compile, amp, tuple(t.data_ptr() for t in model.parameters()))
+    decoders = _DECODERS.setdefault(model, {})
+    if key not in decoders:
+        if len(decoders) >= 4:
+            decoders.clear()  # the caches of the last few batch sizes, not of every one ever used
+        decoder = GraphedDecoder(model, batch_size, compile)
+        # Autocast's weight cache would hand the graph copies that are freed when the autocast region ends.
+        amp_ctx = torch.autocast("cuda", amp, cache_enabled=False) if amp else contextlib.nullcontext()
+        try:
+            with amp_ctx:
+                decoder.capture()
+        except Exception as err:  # a speed-up only: say so and decode eagerly
+            warnings.warn(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}", stacklevel=2)
+            return None
+        decoders[key] = decoder
+    return decoders[key]
+
+
 @torch.inference_mode()
 def stream(
     model: BabyGPT,
@@ -148,6 +247,8 @@ def stream(
     sampling: Sampling = Sampling(),
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    cuda_graph: bool = True,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, shape (B,), ``max_new_tokens`` times.
 
@@ -168,11 +269,22 @@ def stream(
         # scatter_add, not scatter_: a padding 0 and a real token 0 in one row must not race for seen[row, 0].
         counts = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.int32, device=device)
         seen = counts.scatter_add_(1, tokens[:, :n], valid[:, :n].int()) > 0
-    cache = KVCache(model.config, len(rows), device, next(model.parameters()).dtype) if use_cache else None
+    decoder = graphed_decoder(model, len(rows), compile) if use_cache and cuda_graph else None
+    cache = None
+    if use_cache:
+        cache = decoder.cache if decoder else KVCache(model.config, len(rows), device, next(model.parameters()).dtype)
+
+    def prefill(start: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Logits after reading slots start..n-1 into the cache from its slot 0, each row's last position, and
+        whether the window holds padding."""
+        positions, mask = _window_inputs(valid[:, start:n])
+        logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask)
+        if decoder is not None:
+            decoder.load(positions[:, -1:] + 1, valid[:, start:n])
+        return logits, positions[:, -1:], mask is not None
+
     start = max(0, n - window)  # first slot of the window the cache holds
-    positions, mask = _window_inputs(valid[:, start:n])
-    logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask)
-    row_pos = positions[:, -1:]
+    logits, row_pos, padded = prefill(start)
     for step in range(max_new_tokens):
         nxt = sample_next(logits[:, -1], sampling, generator, seen)
         yield nxt
@@ -183,15 +295,16 @@ def stream(
         if seen is not None:
             seen[torch.arange(len(rows), device=device), nxt] = True
         if cache is not None and n - start <= window:
+            if decoder is not None:
+                logits = decoder(nxt[:, None])
+                continue
             row_pos = row_pos + 1
-            pad_mask = None if mask is None else valid[:, None, None, start:n]
+            pad_mask = valid[:, None, None, start:n] if padded else None
             logits, _ = model(tokens[:, n - 1 : n], cache=cache, pos=n - 1 - start, positions=row_pos, mask=pad_mask)
             continue
         # No cache: re-read the last full window. Cache full: keep its newest half and prefill that once.
         start = max(0, n - window) if cache is None else n - max(1, window // 2)
-        positions, mask = _window_inputs(valid[:, start:n])
-        logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask)
-        row_pos = positions[:, -1:]
+        logits, row_pos, padded = prefill(start)
 
 
 def generate(
@@ -204,10 +317,12 @@ def generate(
     use_cache: bool = True,
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
+    cuda_graph: bool = True,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` tokens; returns (B, T + max_new_tokens)."""
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    new = list(stream(model, idx, max_new_tokens, sampling, use_cache, generator))
+    new = list(stream(model, idx, max_new_tokens, sampling, use_cache, generator, cuda_graph, compile))
     if not new:
         return idx
     return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1)
@@ -273,7 +388,16 @@ def complete(
     done = [False] * len(rows)
     shown = [0] * len(rows)
     t0 = time.perf_counter()
-    tokens = stream(model, [r[1] for r in rows], config.max_new_tokens, config.sampling, config.use_cache, generator)
+    tokens = stream(
+        model,
+        [r[1] for r in rows],
+        config.max_new_tokens,
+        config.sampling,
+        config.use_cache,
+        generator,
+        config.cuda_graph,
+        config.compile,
+    )
     for nxt in tokens:
         for row, token in enumerate(nxt.tolist()):
             if done[row]:

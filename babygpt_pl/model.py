@@ -104,19 +104,18 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 class KVCache:
     """Keys and values of every layer, preallocated for ``block_size`` positions and written in place.
 
-    ``k[layer]``/``v[layer]`` have shape (B, n_head, block_size, head_dim). The model writes the keys of
-    positions ``pos .. pos+T-1`` and attends to slots ``0 .. pos+T-1``; the caller tracks ``pos``.
+    ``kv[layer]`` has shape (2, B, n_head, block_size, head_dim): keys then values, so one copy writes both.
+    The model writes positions ``pos .. pos+T-1`` and attends to slots ``0 .. pos+T-1``; the caller tracks ``pos``.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
-        shape = (batch_size, config.n_head, config.block_size, config.head_dim)
+        shape = (2, batch_size, config.n_head, config.block_size, config.head_dim)
         # empty, not zeros: a slot is always written before it is read (at batch 64 zeroing is 300 MB a call).
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.kv = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
 
     @property
     def capacity(self) -> int:
-        return self.k[0].size(2)
+        return self.kv[0].size(3)
 
 
 class CausalSelfAttention(nn.Module):
@@ -133,20 +132,26 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         layer: int = 0,
         cache: KVCache | None = None,
-        pos: int = 0,
+        pos: int | torch.Tensor = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            cache.k[layer][:, :, pos : pos + T] = k
-            cache.v[layer][:, :, pos : pos + T] = v
-            k = cache.k[layer][:, :, : pos + T]
-            v = cache.v[layer][:, :, : pos + T]
-        # Causal by default; a single query at the end of the cache sees every key; otherwise an explicit mask.
-        is_causal = mask is None and T > 1 and pos == 0
-        if mask is None and T > 1 and pos > 0:
-            mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, kv = qkv[0], qkv[1:]
+        k, v = kv
+        is_causal = False
+        if isinstance(pos, torch.Tensor):
+            # A step with fixed shapes (for a CUDA graph): write slot `pos`, attend every slot that `mask` allows.
+            cache.kv[layer][:, :, :, pos] = kv.to(cache.kv[layer].dtype)
+            k, v = cache.kv[layer]
+        else:
+            if cache is not None:
+                cache.kv[layer][:, :, :, pos : pos + T] = kv
+                k, v = cache.kv[layer][:, :, :, : pos + T]
+            # Causal by default; a single query at the end of the cache sees every key; else an explicit mask.
+            is_causal = mask is None and T > 1 and pos == 0
+            if mask is None and T > 1 and pos > 0:
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.attn_dropout if self.training else 0.0
         )
@@ -229,10 +234,7 @@ class BabyGPT(nn.Module):
             raise ValueError(f"positions {pos}..{pos + T - 1} exceed block_size {self.config.block_size}")
         if positions is None:
             positions = torch.arange(pos, pos + T, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(positions)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, layer=layer, cache=cache, pos=pos, mask=mask)
-        x = self.ln_f(x)
+        x = self._hidden(idx, positions, cache=cache, pos=pos, mask=mask)
         if targets is None:
             return self.head(x)[..., : self.config.vocab_size], None
         # Training needs only the loss: the logits are not returned, so the CPU path never materialises them.
@@ -240,6 +242,24 @@ class BabyGPT(nn.Module):
         if x.device.type == "cpu" and not torch.is_autocast_enabled(x.device.type):
             return None, ChunkedCrossEntropy.apply(h, self.head.weight, self.head.bias, y)
         return None, F.cross_entropy(self.head(h), y)
+
+    def _hidden(self, idx: torch.Tensor, positions: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        x = self.tok_emb(idx) + self.pos_emb(positions)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, layer=layer, **attn_kwargs)
+        return self.ln_f(x)
+
+    def decode_step(
+        self, idx: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """Logits (B, 1, vocab_size) of one token per row, written to cache slot ``slot`` (a 1-element tensor).
+
+        ``idx`` and ``positions`` are (B, 1); ``mask`` (B, 1, 1, capacity) is True (or 0.0, as an additive
+        float mask) on the cache slots each row may attend, its own slot included. Every shape is fixed and
+        nothing is read back to the host, so a CUDA graph can capture this step once and replay it per token.
+        """
+        x = self._hidden(idx, positions, cache=cache, pos=slot, mask=mask)
+        return self.head(x)[..., : self.config.vocab_size]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
 from babygpt_pl.errors import UserError
@@ -29,7 +30,7 @@ class BabyGPTModule(L.LightningModule):
         lr_schedule: "constant" (the tutorial) or "cosine" (decays to min_lr at trainer.max_steps).
         warmup_steps: linear warm-up from 0 to lr over this many steps (either schedule).
         min_lr: the floor of the cosine schedule.
-        compile: torch.compile the model's forward (keeps the checkpoint's parameter names).
+        compile: torch.compile the model's forward for training (keeps the checkpoint's parameter names).
     """
 
     def __init__(
@@ -77,7 +78,10 @@ class BabyGPTModule(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        # For training only: generation decodes through its own step (CUDA-graphed on a GPU), and a compiled
+        # forward would compile again for each new prompt length.
+        fitting = self._trainer is None or self.trainer.state.fn == TrainerFn.FITTING
+        if self.hparams.compile and fitting and not getattr(self, "_compiled", False):
             self.model.compile()  # in place: parameter names (and so checkpoints) stay those of the eager model
             self._compiled = True
 

@@ -3,7 +3,10 @@
 
     python benchmarks/bench_generate.py                         # seed shape, cuda if available
     python benchmarks/bench_generate.py --device cpu --batch 1 --new-tokens 50
-    python benchmarks/bench_generate.py --compile               # also a torch.compile'd decode (GPU only)
+    python benchmarks/bench_generate.py --compile               # also the compiled decode step (GPU only)
+
+On a GPU the cached decode runs three ways: eager (``cuda_graph=False``), replayed from a CUDA graph (the
+default) and, with ``--compile``, from a CUDA graph of the torch.compile'd step.
 
 Every time is the median of ``--rounds`` runs after one warm-up, under torch.inference_mode with the model in
 eval mode. Weights are random: speed does not depend on them (sampling is at temperature 1 over the full vocab).
@@ -32,6 +35,7 @@ from benchutil import (  # noqa: E402
     write_json,
 )
 
+from babygpt_pl import generation  # noqa: E402
 from babygpt_pl.generation import generate  # noqa: E402
 from babygpt_pl.model import BabyGPT, GPTConfig  # noqa: E402
 
@@ -56,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--window-tokens", type=int, help="tokens of the past-window run (default: 3 * block-size)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="also measure a torch.compile'd decode (GPU only)")
+    p.add_argument("--compile", action="store_true", help="also measure the compiled decode step (GPU only)")
     p.add_argument("--skip-past-window", action="store_true", help="skip the in-window vs past-window runs")
     return p.parse_args(argv)
 
@@ -91,10 +95,10 @@ def bench_prefill(model: BabyGPT, args: argparse.Namespace, batch: int) -> dict[
     return {f"prefill_b{batch}_ms": t * 1e3, f"prefill_b{batch}_tokens_per_s": batch * args.prompt_len / t}
 
 
-def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str = "") -> dict[str, float]:
+def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str = "", **kw: Any) -> dict[str, float]:
     """Cached decode of ``new_tokens`` after a short prompt, so it stays inside the window."""
     reset_peak(args.device)
-    t = seconds(model, prompt(args, batch, args.decode_prompt_len), args.new_tokens, args)
+    t = seconds(model, prompt(args, batch, args.decode_prompt_len), args.new_tokens, args, **kw)
     key = f"decode{tag}_b{batch}"
     return {
         f"{key}_tokens_per_s": batch * args.new_tokens / t,
@@ -136,22 +140,22 @@ def bench_past_window(model: BabyGPT, args: argparse.Namespace) -> dict[str, flo
 
 
 def bench_compiled(model: BabyGPT, args: argparse.Namespace) -> dict[str, Any]:
-    """The same cached decode with the model compiled in place (dynamic shapes: the cache length grows)."""
-    if not args.device.startswith("cuda"):
-        print("compile: skipped (CPU: compiled decode is only measured on a GPU)")
-        return {"compile": "skipped: cpu"}
+    """The cached decode replayed from a CUDA graph of the torch.compile'd step."""
     t0 = time.perf_counter()
-    model.compile(dynamic=True)
     try:
         with torch.inference_mode():
-            generate(model, prompt(args, 1, args.decode_prompt_len), args.new_tokens)  # compiles
+            generate(model, prompt(args, 1, args.decode_prompt_len), 2, compile=True)  # compiles and captures
         out: dict[str, Any] = {"compile_warmup_s": time.perf_counter() - t0}
         for batch in args.batch:
-            out.update(bench_decode(model, args, batch, tag="_compiled"))
+            out.update(bench_decode(model, args, batch, tag="_compiled", compile=True))
         return out
-    except Exception as err:  # a compile failure must not lose the eager figures
+    except Exception as err:  # a compile failure must not lose the other figures
         print(f"compile: failed: {type(err).__name__}: {err}")
         return {"compile": f"failed: {type(err).__name__}: {str(err)[:500]}"}
+
+
+def graph_captured(model: BabyGPT) -> bool:
+    return bool(generation._DECODERS.get(model))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,11 +165,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res.update(new_tokens=args.new_tokens, prompt_len=args.prompt_len, rounds=args.rounds)
     sections = [lambda b=b: bench_prefill(model, args, b) for b in args.batch]
     sections += [lambda b=b: bench_decode(model, args, b) for b in args.batch]
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        sections.append(lambda: {"cuda_graph_captured": graph_captured(model)})
+        sections += [lambda b=b: bench_decode(model, args, b, tag="_eager", cuda_graph=False) for b in args.batch]
     sections.append(lambda: bench_no_cache(model, args))
     if not args.skip_past_window:
         sections.append(lambda: bench_past_window(model, args))
-    if args.compile:
+    if args.compile and cuda:
         sections.append(lambda: bench_compiled(model, args))
+    elif args.compile:
+        print("compile: skipped (the compiled decode step is for CUDA graphs: GPU only)")
     peak = 0.0
     for section in sections:
         reset_peak(args.device)

@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["32", "bf16-mixed"], help="default: bf16-mixed on cuda, 32 on cpu")
     p.add_argument("--cpu-peak-gflops", type=float, default=192.0, help="CPU peak for MFU (2 cores AVX2 FMA)")
     p.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/train-<device>.json)")
+    p.add_argument("--profile", type=Path, help="also write torch.profiler's table of one step's top kernels here")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.steps = args.steps or (20 if cuda else 3)
@@ -73,6 +74,7 @@ def read_config(path: Path) -> tuple[dict[str, Any], int]:
     """The model fields and the batch size of a babygpt config file."""
     config = yaml.safe_load(path.read_text()) or {}
     model = {k: v for k, v in (config.get("model") or {}).items() if k in MODEL_FIELDS}
+    model.setdefault("attn_dropout", None)  # BabyGPTModule's default: the tutorial's dropout on attention too
     return model, int((config.get("data") or {}).get("batch_size", 64))
 
 
@@ -101,16 +103,16 @@ def build(args: argparse.Namespace, model_cfg: dict[str, Any]) -> tuple[BabyGPT,
 
 
 def train_times(
-    model: BabyGPT, opt: torch.optim.Optimizer, args: argparse.Namespace, batch: int
+    model: BabyGPT, opt: torch.optim.Optimizer, args: argparse.Namespace, batch: int, steps: int
 ) -> tuple[list[float], float]:
-    """Seconds of every step (warm-up first) and the last loss."""
+    """Seconds of each of ``steps`` steps and the last loss."""
     block = model.config.block_size
     generator = torch.Generator().manual_seed(1)
     x = torch.randint(args.vocab, (batch, block), generator=generator).to(args.device)
     y = torch.randint(args.vocab, (batch, block), generator=generator).to(args.device)
     bf16 = args.precision == "bf16-mixed"
     times, loss = [], torch.zeros(())
-    for _ in range(args.warmup + args.steps):
+    for _ in range(steps):
         sync(args.device)
         t0 = time.perf_counter()
         with torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
@@ -123,6 +125,22 @@ def train_times(
     return times, float(loss.detach())
 
 
+def write_profile(model: BabyGPT, opt: torch.optim.Optimizer, args: argparse.Namespace, batch: int, tag: str) -> None:
+    """torch.profiler's table of one more step, by self time on the device (what limits the step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        train_times(model, opt, args, batch, 1)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
+    text = f"# one {tag} training step, {args.config}, batch {batch}, {args.precision}\n{table}\n"
+    print(text)
+    with args.profile.open("a") as f:
+        f.write(text)
+
+
 def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compiled: bool) -> dict[str, Any]:
     tag = "compiled" if compiled else "eager"
     model, opt = build(args, model_cfg)
@@ -130,7 +148,9 @@ def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compi
         model.compile()  # in place, as BabyGPTModule does
     reset_peak(args.device)
     try:
-        times, loss = train_times(model, opt, args, batch)
+        times, loss = train_times(model, opt, args, batch, args.warmup + args.steps)
+        if args.profile:
+            write_profile(model, opt, args, batch, tag)
     except Exception as err:  # e.g. no C compiler for inductor: keep the other mode's figures
         print(f"{tag}: failed: {type(err).__name__}: {err}")
         return {f"{tag}_error": f"{type(err).__name__}: {str(err)[:500]}"}

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from babygpt_pl.callbacks import PredictionPrinter, SampleTable, batch_size, batch_tokens
+from babygpt_pl.callbacks import PredictionPrinter, SampleTable, TokenThroughput, batch_size, batch_tokens
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 
@@ -27,6 +29,38 @@ def test_throughput_counts_tokens_of_training_batches_and_prompts_of_predict_bat
     x = torch.zeros(4, 16, dtype=torch.long)
     assert (batch_size((x, x)), batch_tokens((x, x))) == (4, 64)
     assert (batch_size(["春江", "往事知"]), batch_tokens(["春江", "往事知"])) == (2, 5)
+
+
+def test_throughput_reads_the_clock_only_on_logged_steps_and_still_counts_every_batch(
+    module, tmp_path: Path, monkeypatch
+) -> None:
+    clock_reads = []
+    original = ThroughputMonitor._update
+
+    def spy(self, trainer, *args):
+        clock_reads.append(trainer.global_step)  # where the library's monitor would synchronise a GPU
+        return original(self, trainer, *args)
+
+    monkeypatch.setattr(ThroughputMonitor, "_update", spy)
+    x = torch.randint(len(VOCAB), (64, 16))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=6,
+        log_every_n_steps=3,
+        limit_val_batches=0,
+        callbacks=[TokenThroughput()],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    assert clock_reads == [3, 6]  # after the 3rd and 6th steps, whose metrics are logged
+    metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in metrics[1:]]
+    logged = [(float(r["train/samples"]), float(r["train/lengths"])) for r in rows if r.get("train/samples")]
+    assert logged == [(12, 12 * 16), (24, 24 * 16)]  # every batch counted: 4 windows of 16 tokens each
 
 
 def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:

@@ -65,3 +65,19 @@ def test_predict_without_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
     result = babygpt(tmp_path, "predict", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {NO_MODEL}"]
+
+
+def test_compiled_run_round_trips_through_its_checkpoint(tmp_path: Path, corpus_text: str) -> None:
+    """A fit with model.compile (inductor, on the CPU here) saves the eager parameter names; predict loads it
+    without compiling, and fit resumes it compiled."""
+    (tmp_path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+    fit = ("fit", "--data.path=corpus.txt", "--model.compile=true", *TINY)
+    babygpt(tmp_path, *fit, "--trainer.max_steps=3")
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["hyper_parameters"]["compile"] is True
+    assert not any("_orig_mod" in key for key in ckpt["state_dict"])
+    result = babygpt(tmp_path, "predict", "--ckpt_path=checkpoints/last.ckpt", "--generation.max_new_tokens=5")
+    assert "--- 春江" in result.stdout
+    babygpt(tmp_path, *fit, "--trainer.max_steps=5", "--ckpt_path=checkpoints/last.ckpt")
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 5

@@ -10,10 +10,12 @@ from babygpt_pl.errors import UserError
 from babygpt_pl.generation import (
     Completion,
     GenerationConfig,
+    GraphedDecoder,
     Sampling,
     complete,
     encode_prompt,
     generate,
+    graphed_decoder,
     sample_next,
     stream,
 )
@@ -295,7 +297,7 @@ def test_repetition_penalty_in_stream_tracks_prompt_and_generated_tokens() -> No
 def fake_stream(text: str, tokenizer: CharTokenizer, calls: list | None = None):
     """A replacement for generation.stream that emits ``text`` on every row, ignoring the model."""
 
-    def fake(model, prompts, max_new_tokens, sampling=None, use_cache=True, generator=None):
+    def fake(model, prompts, max_new_tokens, *args, **kwargs):
         if calls is not None:
             calls.append({"prompts": [list(p) for p in prompts], "max_new_tokens": max_new_tokens})
         for token in tokenizer.encode(text)[:max_new_tokens]:
@@ -449,3 +451,48 @@ def test_sampling_follows_the_distribution_and_never_picks_impossible_tokens() -
     freq = torch.bincount(draws, minlength=5) / len(draws)
     assert freq[1] == 0 and freq[4] == 0
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+
+
+# --- the fixed-shape decode step that CUDA graphs capture ----------------------------------------------------------
+
+
+def sampled_run(
+    model: BabyGPT, prompts: list, n: int, fixed_shape: bool, compile: bool = False
+) -> tuple[torch.Tensor, list]:
+    """Tokens and per-step logits of a seeded sampled decode, through the fixed-shape step (run on the CPU,
+    where it is not captured; compiled or not) or through the ordinary cached forward."""
+    built: list[GraphedDecoder] = []
+
+    def build(model: BabyGPT, batch_size: int, _compile: bool = False) -> GraphedDecoder:
+        built.append(GraphedDecoder(model, batch_size, compile))
+        return built[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        if fixed_shape:
+            patch.setattr(generation, "graphed_decoder", build)
+        seen = record_logits(patch)
+        tokens = run(model, prompts, n, Sampling(temperature=0.9), generator=torch.Generator().manual_seed(3))
+    assert len(built) == fixed_shape
+    return tokens, seen
+
+
+@pytest.mark.parametrize(
+    ("prompts", "compile"),
+    [([[4, 9, 17]], False), (PROMPTS, False), pytest.param(PROMPTS, True, marks=pytest.mark.slow)],
+)
+def test_fixed_shape_decode_matches_eager_decode(model: BabyGPT, prompts: list, compile: bool) -> None:
+    n = 3 * BLOCK  # inside the window, then past it, where the cache refills its newest half
+    eager_tokens, eager_logits = sampled_run(model, prompts, n, fixed_shape=False)
+    fixed_tokens, fixed_logits = sampled_run(model, prompts, n, fixed_shape=True, compile=compile)
+    assert torch.equal(fixed_tokens, eager_tokens)
+    assert len(fixed_logits) == len(eager_logits) == n
+    for step, (fixed, eager) in enumerate(zip(fixed_logits, eager_logits, strict=True)):
+        torch.testing.assert_close(fixed, eager, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+
+
+def test_graphed_decoder_only_on_cuda_in_eval_mode(model: BabyGPT) -> None:
+    assert graphed_decoder(model, 1) is None  # a CPU model decodes eagerly: no graph, no error
+    if torch.cuda.is_available():
+        gpu = make_model().cuda()
+        assert graphed_decoder(gpu, 2) is graphed_decoder(gpu, 2) is not None  # captured once, reused
+        assert graphed_decoder(gpu.train(), 2) is None  # dropout draws new numbers each call

@@ -199,8 +199,8 @@ def test_flops_per_token() -> None:
 
 def test_kv_cache_shapes() -> None:
     cache = KVCache(tiny_config(), 3, "cpu", torch.float32)
-    assert len(cache.k) == len(cache.v) == 2
-    assert cache.k[0].shape == (3, 4, BLOCK, 8)
+    assert len(cache.kv) == 2
+    assert cache.kv[0].shape == (2, 3, 4, BLOCK, 8)
     assert cache.capacity == BLOCK
 
 
