@@ -33,7 +33,7 @@ class GPTConfig:
     # The output head shares the token embedding's weight (saves V*C parameters; often a lower loss).
     tie_weights: bool = False
     # The embedding/head rows are padded to a multiple of this for faster GPU matmuls. The padded logits get
-    # a fixed -inf bias, so they have probability 0 exactly: the loss and the samples are those of vocab_size.
+    # a fixed bias of PAD_LOGIT, so they have probability 0 exactly: the loss and samples are those of vocab_size.
     pad_vocab_to: int = 64
 
     def __post_init__(self) -> None:
@@ -58,6 +58,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embed // self.n_head
+
+
+# The head bias of the padded vocabulary entries: exp(PAD_LOGIT - max) is exactly 0 in fp32 and bf16. Finite,
+# not -inf: CUDA's fused AdamW decays a weight as p - lr*wd*p, which is NaN for p = -inf (seen on an H200).
+PAD_LOGIT = -1e9
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -198,10 +203,10 @@ class BabyGPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
-        # -inf, not a slice of the logits: a slice costs a copy forward and a zero-filled copy backward of the
-        # B*T*V logits, and a gradient of exactly 0 keeps AdamW from ever moving these entries.
+        # A bias, not a slice of the logits: a slice costs a copy forward and a zero-filled copy backward of the
+        # B*T*V logits, and a gradient of exactly 0 leaves these entries where they are.
         with torch.no_grad():
-            self.head.bias[config.vocab_size :] = float("-inf")
+            self.head.bias[config.vocab_size :] = PAD_LOGIT
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -169,6 +169,18 @@ class BabyGPTModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for a fused AdamW, which may unscale fp16 gradients
+        # inside its step. bf16 has no gradient scaler, so the gradients are already true: clip them here.
+        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def _lr_factor(self, step: int) -> float:
         """The learning rate at ``step`` as a fraction of the peak."""
         hp = self.hparams

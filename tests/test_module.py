@@ -193,3 +193,36 @@ def test_compiled_checkpoints_keep_the_eager_parameter_names() -> None:
     assert not any("_orig_mod" in key for key in compiled.state_dict())
     eager.load_state_dict(compiled.state_dict())  # a compiled run's checkpoint loads uncompiled...
     compiled.load_state_dict(eager.state_dict())  # ...and back
+
+
+def test_gradients_are_clipped_with_a_fused_adamw_in_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """bf16-mixed + gradient_clip_val + fused AdamW (the GPU setup): Lightning's plugin alone refuses to clip."""
+    import lightning as L
+
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: adamw(*a, **{**k, "fused": True}))
+    norms: list[tuple[float, float]] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        norms.append((float(clip(parameters, max_norm, *args, **kwargs)), max_norm))
+        return norms[-1][0]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    x = torch.randint(len(VOCAB), (16, 16))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=2,
+        precision="bf16-mixed",
+        gradient_clip_val=1e-3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    module = make()
+    trainer.fit(module, loader)
+    assert isinstance(trainer.optimizers[0], adamw) and trainer.optimizers[0].defaults["fused"]
+    assert len(norms) == 2 and all(norm > limit for norm, limit in norms)  # both steps really were clipped

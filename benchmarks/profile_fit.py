@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Where a `babygpt fit` step goes: wall time per step of the real Lightning loop, and torch.profiler's tables.
+
+    python benchmarks/profile_fit.py --config configs/base.yaml --trainer.precision bf16-mixed
+    python benchmarks/profile_fit.py --config configs/cpu.yaml --start 5 --steps 5
+
+Every other argument goes to `babygpt fit`. Steps ``--start`` .. ``--start + --steps`` are timed unprofiled, the
+next ``--steps`` are profiled, then the run stops (no checkpoint or validation is needed for it). The first table
+is by self CPU time: a host sync per step shows up there as cudaStreamSynchronize or aten::_local_scalar_dense
+with one call per step. The second is by device time. Compare the wall ms/step with bench_train.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from babygpt_pl import cli
+
+
+class StepProfiler(L.Callback):
+    """Times steps start..start+steps, profiles the next ``steps``, then stops training."""
+
+    def __init__(self, start: int, steps: int, out: Path | None) -> None:
+        self.start, self.steps, self.out = start, steps, out
+        self.t0 = 0.0
+        self.prof: profile | None = None
+
+    def _sync(self, trainer: L.Trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        step = trainer.global_step
+        if step == self.start:
+            self._sync(trainer)
+            self.t0 = time.perf_counter()
+        elif step == self.start + self.steps:
+            self._sync(trainer)
+            self.report(
+                f"wall: {(time.perf_counter() - self.t0) * 1e3 / self.steps:.2f} ms/step over steps "
+                f"{self.start}..{step - 1}, unprofiled"
+            )
+            cuda = trainer.strategy.root_device.type == "cuda"
+            self.prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+            self.prof.__enter__()
+        elif step == self.start + 2 * self.steps and self.prof is not None:
+            self._sync(trainer)
+            self.prof.__exit__(None, None, None)
+            averages = self.prof.key_averages()
+            for key in ("self_cpu_time_total", "self_cuda_time_total"):
+                if key == "self_cpu_time_total" or trainer.strategy.root_device.type == "cuda":
+                    self.report(
+                        f"# {self.steps} profiled steps, by {key}\n"
+                        + averages.table(sort_by=key, row_limit=25, max_name_column_width=60)
+                    )
+            trainer.should_stop = True
+
+    def report(self, text: str) -> None:
+        print(text, flush=True)
+        if self.out is not None:
+            with self.out.open("a") as f:
+                f.write(text + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--start", type=int, default=20, help="first timed step (after warm-up)")
+    parser.add_argument("--steps", type=int, default=10, help="steps timed, then as many profiled")
+    parser.add_argument("--out", type=Path, help="also append the report to this file")
+    args, rest = parser.parse_known_args()
+    profiler = StepProfiler(args.start, args.steps, args.out)
+    defaults = cli.trainer_defaults
+
+    def with_profiler() -> dict:
+        settings = defaults()
+        settings["callbacks"] = [*settings["callbacks"], profiler]
+        return settings
+
+    cli.trainer_defaults = with_profiler
+    sys.argv = [sys.argv[0], "fit", *rest, f"--trainer.max_steps={args.start + 2 * args.steps + 1}"]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
