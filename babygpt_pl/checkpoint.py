@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from babygpt_pl.errors import UserError
@@ -43,3 +45,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         with atomic_writer(path) as f:
             torch.save(checkpoint, f)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` holds the newest weights after every validation.
+
+    Lightning 2.6 rewrites last.ckpt only at a step where it also saved a top-k checkpoint, so once the val loss
+    stops improving last.ckpt stops moving: a resume would go back to the best step, and predict would use old
+    weights (seen on a GPU: a 5000-step run whose last.ckpt was its step-2500 best).
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # Skipped where the parent just saved at this step (its last.ckpt included), and outside fitting.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

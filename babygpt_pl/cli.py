@@ -16,12 +16,12 @@ import warnings
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
-from babygpt_pl.checkpoint import AtomicCheckpointIO, check_checkpoint
+from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig
@@ -94,7 +94,7 @@ class BabyGPTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.block_size", "data.block_size")
         parser.add_class_arguments(GenerationConfig, "generation")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
 
     def _parse_ckpt_path(self) -> None:
