@@ -11,7 +11,7 @@
 #
 # Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT):
 #   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
-#   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode
+#   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode; profile_fit.py: the Lightning loop
 #   4 babygpt fit + validate on configs/base.yaml and configs/best.yaml (validation every VAL_EVERY steps)
 #   5 babygpt predict from each best checkpoint
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
@@ -27,8 +27,9 @@ T_WHEELS=${T_WHEELS:-60}
 T_VS_SEED=${T_VS_SEED:-90}
 T_TRAIN_BENCH=${T_TRAIN_BENCH:-150}  # compiles the training step
 T_GENERATE=${T_GENERATE:-100}        # compiles the decode step
-T_FIT_BASE=${T_FIT_BASE:-130}
-T_FIT_BEST=${T_FIT_BEST:-160}        # best.yaml compiles the model first
+T_PROFILE=${T_PROFILE:-60}
+T_FIT_BASE=${T_FIT_BASE:-160}        # an H200 took 130 s for 4814 steps
+T_FIT_BEST=${T_FIT_BEST:-170}        # best.yaml compiles the model first
 T_VALIDATE=${T_VALIDATE:-45}
 T_PREDICT=${T_PREDICT:-40}
 # The seed recipe validates every 50 steps over 100 batches: 10,000 extra forward passes, more than the
@@ -38,7 +39,7 @@ VAL_EVERY=${VAL_EVERY:-500}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
-rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train.json,train_profile.txt,generate.json,summary.json}  # no stale figures
+rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train.json,train_profile.txt,profile_fit.txt,generate.json,summary.json}  # no stale figures
 : >"$OUT/steps.tsv"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK" TOKENIZERS_PARALLELISM=false
 
@@ -120,6 +121,9 @@ EOF
     [ "$DEVICE" = cpu ] && FIT_SIZES+=(--model.compile false)  # inductor on a CPU: minutes, or no C++ toolchain
 fi
 
+CORPUS=data/ci.txt
+[ -f "$CORPUS" ] || { [ -f shared/data/ci.txt ] && CORPUS=shared/data/ci.txt; }
+
 # --- 1. the project against the tutorial's model ---
 VS_SEED=benchmarks/gpu/bench/vs_seed.py
 [ -f shared/bench/vs_seed.py ] && [ -f shared/reference/seed_babygpt.py ] && VS_SEED=shared/bench/vs_seed.py
@@ -148,10 +152,13 @@ step train_bench "$T_TRAIN_BENCH" $PY benchmarks/bench_train.py --config "$TRAIN
 # --- 3. generation speed: eager, CUDA graph, compiled CUDA graph ---
 step generate_bench "$T_GENERATE" $PY benchmarks/bench_generate.py --device "$DEVICE" --compile "${GEN_SIZES[@]}" \
     --out "$OUT/generate.json"
+PROFILE_SIZES=("${FIT_SIZES[@]}")
+[ "$TINY" = 1 ] && PROFILE_SIZES+=(--start 3 --steps 2)
+step profile_fit "$T_PROFILE" $PY benchmarks/profile_fit.py --config "$TRAIN_CONFIG" --data.path "$CORPUS" \
+    "${PROFILE_SIZES[@]}" --checkpoint.dirpath "$WORK/ckpt-profile" --trainer.enable_progress_bar false \
+    --trainer.logger.init_args.save_dir "$WORK" --out "$OUT/profile_fit.txt"
 
 # --- 4. the real training runs, then validate on each best checkpoint ---
-CORPUS=data/ci.txt
-[ -f "$CORPUS" ] || { [ -f shared/data/ci.txt ] && CORPUS=shared/data/ci.txt; }
 for name in base best; do
     config=configs/$name.yaml
     if [ ! -f "$config" ]; then
@@ -250,6 +257,9 @@ for mod in ("lightning", "torchmetrics", "jsonargparse", "wandb", "babygpt_pl"):
 summary["vs_seed"] = last_json_line("vs_seed.log")
 summary["train_bench"] = read_json("train.json")
 summary["generate_bench"] = read_json("generate.json")
+profile = out / "profile_fit.txt"
+wall = re.search(r"wall: ([0-9.]+) ms/step", profile.read_text()) if profile.exists() else None
+summary["fit_loop_ms_per_step"] = float(wall.group(1)) if wall else None
 for name in ("base", "best"):
     if f"fit_{name}" in steps:
         loss, source = val_loss(name)
