@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ThroughputMonitor
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from babygpt_pl.files import write_atomic
 from babygpt_pl.generation import complete
@@ -35,21 +38,52 @@ class TokenThroughput(ThroughputMonitor):
 
     The library's monitor calls ``torch.cuda.synchronize`` after every batch to read its clock, which stops
     the CPU from queueing the next step while the GPU works: on a ~10 ms GPU step that costs more than the
-    measurement is worth. Here the training batches in between are only counted, so the figures logged every
-    ``log_every_n_steps`` are the same and the steps between them run unsynchronised.
+    measurement is worth. Here the training batches in between are only counted, and the clock is read (and
+    the throughput updated, with the FLOPs of all the batches since the last update) on the steps whose
+    metrics are logged, and before each validation, so that its time is not counted as training.
     """
 
-    def __init__(self) -> None:
-        super().__init__(batch_size_fn=batch_size, length_fn=batch_tokens)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(batch_size_fn=batch_size, length_fn=batch_tokens, **kwargs)
+        self._pending = 0  # training batches counted since the last update
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The library averages over its last 100 updates, one per batch; ours come every log_every_n_steps.
+        self.kwargs.setdefault("window_size", max(2, math.ceil(100 / max(1, trainer.log_every_n_steps))))
+        super().setup(trainer, pl_module, stage)
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
-        if trainer.training and not trainer._logger_connector.should_update_logs:
-            stage = trainer.state.stage
-            self._samples[stage] += self.batch_size_fn(batch)
-            self._lengths[stage] += self.length_fn(batch)
-            self._batches[stage] += 1
+        if not trainer.training:
+            super()._update(trainer, pl_module, batch, iter_num)
             return
-        super()._update(trainer, pl_module, batch, iter_num)
+        stage = trainer.state.stage
+        self._samples[stage] += self.batch_size_fn(batch)
+        self._lengths[stage] += self.length_fn(batch)
+        self._batches[stage] += 1
+        self._pending += 1
+        if trainer._logger_connector.should_update_logs:
+            self._record(trainer, pl_module)
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The library's update for training, over the ``_pending`` batches since the last one."""
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        stage = RunningStage.TRAINING
+        flops = getattr(pl_module, "flops_per_batch", None)
+        self._throughputs[stage].update(
+            time=time.perf_counter() - self._t0s[stage],
+            batches=self._batches[stage],
+            samples=self._samples[stage],
+            lengths=self._lengths[stage],
+            flops=None if flops is None else flops * self._pending,
+        )
+        self._pending = 0
+
+    @rank_zero_only
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending and not trainer.sanity_checking:
+            self._record(trainer, pl_module)
+        super().on_validation_start(trainer, pl_module)
 
 
 def format_completion(completion: dict) -> str:

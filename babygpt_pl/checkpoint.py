@@ -55,8 +55,22 @@ class LatestCheckpoint(ModelCheckpoint):
     weights (seen on a GPU: a 5000-step run whose last.ckpt was its step-2500 best).
     """
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key, so that checkpoints written with it resume this callback's state too.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):  # validation at epoch end: top-k is saved here
+            self._save_latest(trainer)
+
+    def _save_latest(self, trainer: L.Trainer) -> None:
         # Skipped where the parent just saved at this step (its last.ckpt included), and outside fitting.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

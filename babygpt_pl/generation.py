@@ -149,6 +149,14 @@ def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device, extra: int
     return tokens.to(device), valid.to(device)
 
 
+def cache_dtype(model: BabyGPT) -> torch.dtype:
+    """The KV cache's dtype: that of the keys the model computes (the autocast dtype under autocast)."""
+    device = next(model.parameters()).device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)  # keys are computed in it: storing them so is exact, and no cast
+    return next(model.parameters()).dtype
+
+
 class GraphedDecoder:
     """The decode step of one model at one batch size, captured in a CUDA graph and replayed per token.
 
@@ -161,21 +169,28 @@ class GraphedDecoder:
     def __init__(self, model: BabyGPT, batch_size: int, compile: bool = False) -> None:
         p = next(model.parameters())
         window = model.config.block_size
-        self.cache = KVCache(model.config, batch_size, p.device, p.dtype)
+        # zeros, not empty: the step reads every slot, and a NaN in a masked-out one still poisons the softmax.
+        self.cache = KVCache(model.config, batch_size, p.device, cache_dtype(model))
+        for kv in self.cache.kv:
+            kv.zero_()
         self.idx = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)
         self.positions = torch.zeros_like(self.idx)
         self.slot = torch.zeros(1, dtype=torch.long, device=p.device)
         self.valid = torch.ones(batch_size, 1, 1, window, dtype=torch.bool, device=p.device)  # False: padding
         self.slots = torch.arange(window, device=p.device)
-        self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False) if compile else model.decode_step
+        # A weak reference and the unbound step: the decoders live in a dict keyed weakly by the model.
+        self.model = weakref.ref(model)
+        step = type(model).decode_step
+        self.step = torch.compile(step, fullgraph=True, dynamic=False) if compile else step
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits = torch.empty(0)
+        self.busy = False  # one stream at a time uses the cache
 
     def _run(self) -> torch.Tensor:
         # Additive, made once per step: a boolean mask would be converted again in every layer's attention.
         mask = torch.zeros_like(self.valid, dtype=self.cache.kv[0].dtype)
         mask.masked_fill_(~(self.valid & (self.slots <= self.slot)), float("-inf"))
-        logits = self.step(self.idx, self.positions, self.slot, mask, self.cache)
+        logits = self.step(self.model(), self.idx, self.positions, self.slot, mask, self.cache)
         self.positions += 1
         self.slot += 1
         return logits
@@ -186,6 +201,7 @@ class GraphedDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
+                self.slot.zero_()  # stay inside the window however small it is
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
@@ -215,28 +231,38 @@ _DECODERS: weakref.WeakKeyDictionary[BabyGPT, dict] = weakref.WeakKeyDictionary(
 
 def graphed_decoder(model: BabyGPT, batch_size: int, compile: bool = False) -> GraphedDecoder | None:
     """The model's captured decoder for this batch size (made once, then reused), or None where it does not
-    apply (not on CUDA, or in training mode, where dropout draws new numbers per call)."""
-    p = next(model.parameters())
-    if p.device.type != "cuda" or model.training:
+    apply: not on CUDA, in training mode (dropout draws new numbers per call), while another stream of the
+    same batch size is using it, or where capture failed (warned once)."""
+    if not _graphs_apply(model):
         return None
-    amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+    p = next(model.parameters())
     # The graph reads the weights where they were at capture: new storage (.to(), a new model) needs a new graph.
-    key = (batch_size, compile, amp, tuple(t.data_ptr() for t in model.parameters()))
+    key = (batch_size, compile, cache_dtype(model), p.dtype, tuple(t.data_ptr() for t in model.parameters()))
     decoders = _DECODERS.setdefault(model, {})
     if key not in decoders:
         if len(decoders) >= 4:
             decoders.clear()  # the caches of the last few batch sizes, not of every one ever used
-        decoder = GraphedDecoder(model, batch_size, compile)
-        # Autocast's weight cache would hand the graph copies that are freed when the autocast region ends.
-        amp_ctx = torch.autocast("cuda", amp, cache_enabled=False) if amp else contextlib.nullcontext()
-        try:
-            with amp_ctx:
-                decoder.capture()
-        except Exception as err:  # a speed-up only: say so and decode eagerly
-            warnings.warn(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}", stacklevel=2)
-            return None
-        decoders[key] = decoder
-    return decoders[key]
+        decoders[key] = _capture(model, batch_size, compile)
+    decoder = decoders[key]
+    return None if decoder is None or decoder.busy else decoder
+
+
+def _graphs_apply(model: BabyGPT) -> bool:
+    return next(model.parameters()).device.type == "cuda" and not model.training
+
+
+def _capture(model: BabyGPT, batch_size: int, compile: bool) -> GraphedDecoder | None:
+    decoder = GraphedDecoder(model, batch_size, compile)
+    amp = torch.is_autocast_enabled("cuda")
+    # Autocast's weight cache would hand the graph copies that are freed when the autocast region ends.
+    amp_ctx = torch.autocast("cuda", cache_dtype(model), cache_enabled=False) if amp else contextlib.nullcontext()
+    try:
+        with amp_ctx:
+            decoder.capture()
+    except Exception as err:  # a speed-up only: say so once and decode eagerly
+        warnings.warn(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}", stacklevel=3)
+        return None
+    return decoder
 
 
 @torch.inference_mode()
@@ -271,8 +297,11 @@ def stream(
         seen = counts.scatter_add_(1, tokens[:, :n], valid[:, :n].int()) > 0
     decoder = graphed_decoder(model, len(rows), compile) if use_cache and cuda_graph else None
     cache = None
-    if use_cache:
-        cache = decoder.cache if decoder else KVCache(model.config, len(rows), device, next(model.parameters()).dtype)
+    if decoder is not None:
+        decoder.busy = True  # until this generator ends (or is closed, or collected)
+        cache = decoder.cache
+    elif use_cache:
+        cache = KVCache(model.config, len(rows), device, cache_dtype(model))
 
     def prefill(start: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Logits after reading slots start..n-1 into the cache from its slot 0, each row's last position, and
@@ -283,28 +312,33 @@ def stream(
             decoder.load(positions[:, -1:] + 1, valid[:, start:n])
         return logits, positions[:, -1:], mask is not None
 
-    start = max(0, n - window)  # first slot of the window the cache holds
-    logits, row_pos, padded = prefill(start)
-    for step in range(max_new_tokens):
-        nxt = sample_next(logits[:, -1], sampling, generator, seen)
-        yield nxt
-        if step == max_new_tokens - 1:
-            break
-        tokens[:, n] = nxt
-        n += 1
-        if seen is not None:
-            seen[torch.arange(len(rows), device=device), nxt] = True
-        if cache is not None and n - start <= window:
-            if decoder is not None:
-                logits = decoder(nxt[:, None])
-                continue
-            row_pos = row_pos + 1
-            pad_mask = valid[:, None, None, start:n] if padded else None
-            logits, _ = model(tokens[:, n - 1 : n], cache=cache, pos=n - 1 - start, positions=row_pos, mask=pad_mask)
-            continue
-        # No cache: re-read the last full window. Cache full: keep its newest half and prefill that once.
-        start = max(0, n - window) if cache is None else n - max(1, window // 2)
+    try:
+        start = max(0, n - window)  # first slot of the window the cache holds
         logits, row_pos, padded = prefill(start)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1], sampling, generator, seen)
+            yield nxt
+            if step == max_new_tokens - 1:
+                break
+            tokens[:, n] = nxt
+            n += 1
+            if seen is not None:
+                seen[torch.arange(len(rows), device=device), nxt] = True
+            if cache is not None and n - start <= window:
+                if decoder is not None:
+                    logits = decoder(nxt[:, None])
+                    continue
+                row_pos = row_pos + 1
+                pad_mask = valid[:, None, None, start:n] if padded else None
+                pos = n - 1 - start
+                logits, _ = model(tokens[:, n - 1 : n], cache=cache, pos=pos, positions=row_pos, mask=pad_mask)
+                continue
+            # No cache: re-read the last full window. Cache full: keep its newest half and prefill that once.
+            start = max(0, n - window) if cache is None else n - max(1, window // 2)
+            logits, row_pos, padded = prefill(start)
+    finally:
+        if decoder is not None:
+            decoder.busy = False
 
 
 def generate(

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.trainer.states import RunningStage
 
 from babygpt_pl.callbacks import PredictionPrinter, SampleTable, TokenThroughput, batch_size, batch_tokens
 from babygpt_pl.generation import GenerationConfig
@@ -34,33 +35,44 @@ def test_throughput_counts_tokens_of_training_batches_and_prompts_of_predict_bat
 def test_throughput_reads_the_clock_only_on_logged_steps_and_still_counts_every_batch(
     module, tmp_path: Path, monkeypatch
 ) -> None:
-    clock_reads = []
-    original = ThroughputMonitor._update
+    updates = []
+    original = Throughput.update
 
-    def spy(self, trainer, *args):
-        clock_reads.append(trainer.global_step)  # where the library's monitor would synchronise a GPU
-        return original(self, trainer, *args)
+    def spy(self, **kwargs):
+        updates.append((self, kwargs["batches"], kwargs["flops"]))  # where the library would synchronise a GPU
+        return original(self, **kwargs)
 
-    monkeypatch.setattr(ThroughputMonitor, "_update", spy)
+    monkeypatch.setattr(Throughput, "update", spy)
+    module.flops_per_batch = 1000
     x = torch.randint(len(VOCAB), (64, 16))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
+    monitor = TokenThroughput(window_size=2)
     trainer = L.Trainer(
-        max_steps=6,
+        max_steps=9,
         log_every_n_steps=3,
-        limit_val_batches=0,
-        callbacks=[TokenThroughput()],
+        val_check_interval=4,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[monitor],
         logger=CSVLogger(tmp_path),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, loader)
-    assert clock_reads == [3, 6]  # after the 3rd and 6th steps, whose metrics are logged
+    trainer.fit(module, loader, loader)
+    training = monitor._throughputs[RunningStage.TRAINING]
+    # Logged steps 3, 6 and 9, and before the validations after steps 4 and 8; FLOPs of every batch in between.
+    assert [(b, f) for t, b, f in updates if t is training] == [(3, 3000), (4, 1000), (6, 2000), (8, 2000), (9, 1000)]
     metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()
     header = metrics[0].split(",")
     rows = [dict(zip(header, line.split(","), strict=True)) for line in metrics[1:]]
     logged = [(float(r["train/samples"]), float(r["train/lengths"])) for r in rows if r.get("train/samples")]
-    assert logged == [(12, 12 * 16), (24, 24 * 16)]  # every batch counted: 4 windows of 16 tokens each
+    assert logged == [(12, 12 * 16), (24, 24 * 16), (36, 36 * 16)]  # every batch counted: 4 windows of 16 tokens
+    rates = [r for r in rows if r.get("train/device/flops_per_sec")]
+    assert rates and all(
+        float(r["train/device/flops_per_sec"]) == pytest.approx(1000 * float(r["train/device/batches_per_sec"]))
+        for r in rates
+    )
 
 
 def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:

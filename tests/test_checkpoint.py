@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from babygpt_pl.checkpoint import LatestCheckpoint
 
@@ -27,19 +28,35 @@ class WorseningModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_last_checkpoint_follows_training_when_the_best_does_not(tmp_path: Path) -> None:
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 2)), batch_size=4)
+def fit(tmp_path: Path, **trainer_args) -> LatestCheckpoint:
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(48, 2)), batch_size=4)
     checkpoint = LatestCheckpoint(dirpath=tmp_path, filename="best-{step}", monitor="val_loss", save_last=True)
     trainer = L.Trainer(
-        max_steps=12,
-        val_check_interval=4,
-        limit_val_batches=1,
         callbacks=[checkpoint],
+        limit_val_batches=1,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **trainer_args,
     )
     trainer.fit(WorseningModel(), loader, loader)
+    return checkpoint
+
+
+def test_last_checkpoint_follows_training_when_the_best_does_not(tmp_path: Path) -> None:
+    fit(tmp_path, max_steps=12, val_check_interval=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=4.ckpt", "last.ckpt"]
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["global_step"] == 12  # Lightning's own ModelCheckpoint leaves last.ckpt at step 4 here
+
+
+def test_validation_at_epoch_end_keeps_the_best_and_the_last(tmp_path: Path) -> None:
+    checkpoint = fit(tmp_path, max_epochs=3)  # 12 steps an epoch, validated at each epoch's end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=12.ckpt", "last.ckpt"]
+    assert checkpoint.best_model_path.endswith("best-step=12.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 36
+
+
+def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path: Path) -> None:
+    ours = LatestCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True)
+    assert ours.state_key == ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True).state_key

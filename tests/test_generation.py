@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+import weakref
+
 import pytest
 import torch
 
@@ -19,7 +23,7 @@ from babygpt_pl.generation import (
     sample_next,
     stream,
 )
-from babygpt_pl.model import BabyGPT, GPTConfig
+from babygpt_pl.model import BabyGPT, GPTConfig, KVCache
 from babygpt_pl.tokenizer import CharTokenizer
 
 VOCAB = list(" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV")
@@ -496,3 +500,64 @@ def test_graphed_decoder_only_on_cuda_in_eval_mode(model: BabyGPT) -> None:
         gpu = make_model().cuda()
         assert graphed_decoder(gpu, 2) is graphed_decoder(gpu, 2) is not None  # captured once, reused
         assert graphed_decoder(gpu.train(), 2) is None  # dropout draws new numbers each call
+
+
+@pytest.fixture
+def graphs_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let graphed_decoder build (uncaptured) decoders on the CPU, so its bookkeeping runs here."""
+    monkeypatch.setattr(generation, "_graphs_apply", lambda model: not model.training)
+    monkeypatch.setattr(GraphedDecoder, "capture", lambda self: None)
+
+
+def test_fixed_shape_decode_is_not_fooled_by_garbage_in_unused_slots(
+    model: BabyGPT, graphs_on_cpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh cache holds whatever memory held; the fixed-shape step reads every slot, and a masked-out inf
+    (inf - inf) or NaN would still make the softmax NaN."""
+    prompts = [[3, 4], [5, 6, 7, 8, 9]]
+    eager = torch.stack(list(stream(model, prompts, 2 * BLOCK, GREEDY, cuda_graph=False)), dim=1)
+    allocate = KVCache.__init__
+
+    def allocate_garbage(self, *args, **kwargs) -> None:
+        allocate(self, *args, **kwargs)
+        for kv in self.kv:
+            kv.fill_(float("inf"))
+
+    monkeypatch.setattr(KVCache, "__init__", allocate_garbage)
+    fresh = make_model(seed=0)  # the same weights, a new decoder
+    fixed = torch.stack(list(stream(fresh, prompts, 2 * BLOCK, GREEDY)), dim=1)
+    assert generation._DECODERS.get(fresh)
+    assert torch.equal(fixed, eager)
+
+
+def test_decoder_is_reused_not_shared_and_lets_its_model_go(graphs_on_cpu) -> None:
+    model = make_model(seed=1)
+    alone = [run(model, [[3, 4]], 6, use_cache=True)[0].tolist(), run(model, [[7]], 6, use_cache=True)[0].tolist()]
+    first = stream(model, [[3, 4]], 6, GREEDY)
+    tokens_first = [int(next(first))]
+    decoder = graphed_decoder(model, 1)
+    assert decoder is None  # the one decoder of batch size 1 is in use by `first`
+    second = [int(t) for t in stream(model, [[7]], 6, GREEDY)]  # decodes eagerly meanwhile
+    tokens_first += [int(t) for t in first]
+    assert [tokens_first, second] == alone
+    assert graphed_decoder(model, 1) is graphed_decoder(model, 1) is not None  # released, and reused
+    ref = weakref.ref(model)
+    del model, decoder
+    gc.collect()
+    assert ref() is None  # the decoder registry does not keep a model alive
+
+
+def test_a_failed_capture_warns_once_and_decodes_eagerly(graphs_on_cpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(self) -> None:
+        raise RuntimeError("no graphs today")
+
+    monkeypatch.setattr(GraphedDecoder, "capture", fail)
+    fresh = make_model(seed=2)
+    prompt = torch.tensor([[3, 4]])
+    eager = generate(fresh, prompt, 5, temperature=0, cuda_graph=False)
+    with pytest.warns(UserWarning, match="no graphs today"):
+        first = generate(fresh, prompt, 5, temperature=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is remembered: no second capture, no second warning
+        again = generate(fresh, prompt, 5, temperature=0)
+    assert torch.equal(first, eager) and torch.equal(again, eager)

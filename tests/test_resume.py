@@ -85,7 +85,7 @@ def test_resume_after_sigkill_is_exact(run_dir) -> None:
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 2 * N
     for key, tensor in ckpt_a["state_dict"].items():
         assert torch.equal(tensor, ckpt_b["state_dict"][key]), key
-    val = [k for k in ckpt_a["callbacks"] if k.startswith("LatestCheckpoint")][0]
+    val = [k for k in ckpt_a["callbacks"] if k.startswith("ModelCheckpoint")][0]
     assert torch.equal(ckpt_a["callbacks"][val]["best_model_score"], ckpt_b["callbacks"][val]["best_model_score"])
 
 
