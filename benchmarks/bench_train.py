@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import (  # noqa: E402
     default_device,
     default_out,
+    device_profiler,
     environment,
     peak_memory_mib,
     print_table,
+    report,
     reset_peak,
     sync,
     write_json,
@@ -127,18 +129,11 @@ def train_steps(
 
 def write_profile(model: BabyGPT, opt: torch.optim.Optimizer, args: argparse.Namespace, batch: int, tag: str) -> None:
     """torch.profiler's table of one more step, by self time on the device (what limits the step)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = args.device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with device_profiler(args.device) as prof:
         train_steps(model, opt, args, batch, 1)
-    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    key = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
-    text = f"# one {tag} training step, {args.config}, batch {batch}, {args.precision}\n{table}\n"
-    print(text)
-    with args.profile.open("a") as f:
-        f.write(text)
+    report(f"# one {tag} training step, {args.config}, batch {batch}, {args.precision}\n{table}\n", args.profile)
 
 
 def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compiled: bool) -> dict[str, Any]:

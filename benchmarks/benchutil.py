@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,6 +49,19 @@ def default_out(kind: str, device: str) -> Path:
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def device_profiler(device: str) -> profile:
+    """torch.profiler over the CPU's ops, and the GPU's kernels on a GPU."""
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else []))
+
+
+def report(text: str, path: Path | None) -> None:
+    """Print ``text``, and append it to ``path`` when one is given."""
+    print(text, flush=True)
+    if path is not None:
+        with path.open("a") as f:
+            f.write(text + "\n")
 
 
 def timed(fn: Callable[[], Any], device: str, rounds: int, warmup: int = 1) -> list[float]:

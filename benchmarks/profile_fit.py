@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import profile
 
-from babygpt_pl import cli
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import device_profiler, report, sync  # noqa: E402
+
+from babygpt_pl import cli  # noqa: E402
 
 
 class StepProfiler(L.Callback):
@@ -32,41 +34,27 @@ class StepProfiler(L.Callback):
         self.t0 = 0.0
         self.prof: profile | None = None
 
-    def _sync(self, trainer: L.Trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         step = trainer.global_step
+        device = str(trainer.strategy.root_device)
         if step == self.start:
-            self._sync(trainer)
+            sync(device)
             self.t0 = time.perf_counter()
         elif step == self.start + self.steps:
-            self._sync(trainer)
-            self.report(
-                f"wall: {(time.perf_counter() - self.t0) * 1e3 / self.steps:.2f} ms/step over steps "
-                f"{self.start}..{step - 1}, unprofiled"
-            )
-            cuda = trainer.strategy.root_device.type == "cuda"
-            self.prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+            sync(device)
+            wall = (time.perf_counter() - self.t0) * 1e3 / self.steps
+            report(f"wall: {wall:.2f} ms/step over steps {self.start}..{step - 1}, unprofiled", self.out)
+            self.prof = device_profiler(device)
             self.prof.__enter__()
         elif step == self.start + 2 * self.steps and self.prof is not None:
-            self._sync(trainer)
+            sync(device)
             self.prof.__exit__(None, None, None)
             averages = self.prof.key_averages()
-            for key in ("self_cpu_time_total", "self_cuda_time_total"):
-                if key == "self_cpu_time_total" or trainer.strategy.root_device.type == "cuda":
-                    self.report(
-                        f"# {self.steps} profiled steps, by {key}\n"
-                        + averages.table(sort_by=key, row_limit=25, max_name_column_width=60)
-                    )
+            keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if device.startswith("cuda") else [])
+            for key in keys:
+                table = averages.table(sort_by=key, row_limit=25, max_name_column_width=60)
+                report(f"# {self.steps} profiled steps, by {key}\n{table}", self.out)
             trainer.should_stop = True
-
-    def report(self, text: str) -> None:
-        print(text, flush=True)
-        if self.out is not None:
-            with self.out.open("a") as f:
-                f.write(text + "\n")
 
 
 def main() -> None:
