@@ -247,6 +247,43 @@ def graphed_decoder(model: BabyGPT, batch_size: int, compile: bool = False) -> G
     return None if decoder is None or decoder.busy else decoder
 
 
+@contextlib.contextmanager
+def _cpu_decode_layout(model: BabyGPT) -> Iterator[None]:
+    """Hold the widening weights (more outputs than inputs: QKV, MLP up, head) column-major while decoding on a CPU.
+
+    A decode step reads every weight once per token, and MKL's matrix-vector product streams these matrices from
+    memory ~2x faster column-major than nn.Linear's row-major (benchmarks/bench_generate.py, "layout"); training
+    keeps row-major, its faster layout. Only the strides change, never the values, and they are restored after.
+    """
+    if next(model.parameters()).device.type != "cpu" or _graphs_apply(model):
+        yield
+        return
+    widening = {m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features}
+    moved = [w for w in widening if w.is_contiguous()]  # not those another stream already holds
+    with torch.inference_mode(False), torch.no_grad():  # parameters must not become inference tensors
+        for w in moved:
+            w.data = w.data.t().contiguous().t()
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for w in moved:
+                w.data = w.data.contiguous()
+
+
+@contextlib.contextmanager
+def _held(decoder: GraphedDecoder | None) -> Iterator[None]:
+    """Marks the decoder busy until the stream that uses it ends (or is closed, or collected)."""
+    if decoder is None:
+        yield
+        return
+    decoder.busy = True
+    try:
+        yield
+    finally:
+        decoder.busy = False
+
+
 def _graphs_apply(model: BabyGPT) -> bool:
     return next(model.parameters()).device.type == "cuda" and not model.training
 
@@ -298,7 +335,6 @@ def stream(
     decoder = graphed_decoder(model, len(rows), compile) if use_cache and cuda_graph else None
     cache = None
     if decoder is not None:
-        decoder.busy = True  # until this generator ends (or is closed, or collected)
         cache = decoder.cache
     elif use_cache:
         cache = KVCache(model.config, len(rows), device, cache_dtype(model))
@@ -312,7 +348,7 @@ def stream(
             decoder.load(positions[:, -1:] + 1, valid[:, start:n])
         return logits, positions[:, -1:], mask is not None
 
-    try:
+    with _cpu_decode_layout(model), _held(decoder):
         start = max(0, n - window)  # first slot of the window the cache holds
         logits, row_pos, padded = prefill(start)
         for step in range(max_new_tokens):
@@ -336,9 +372,6 @@ def stream(
             # No cache: re-read the last full window. Cache full: keep its newest half and prefill that once.
             start = max(0, n - window) if cache is None else n - max(1, window // 2)
             logits, row_pos, padded = prefill(start)
-    finally:
-        if decoder is not None:
-            decoder.busy = False
 
 
 def generate(

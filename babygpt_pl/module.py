@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig, complete
 from babygpt_pl.model import BabyGPT, GPTConfig
+from babygpt_pl.optim import MuonAdamW
 from babygpt_pl.tokenizer import CharTokenizer
 
 
@@ -26,7 +27,11 @@ class BabyGPTModule(L.LightningModule):
         block_size, n_embed, n_head, n_layer, dropout, attn_dropout, tie_weights, pad_vocab_to: see GPTConfig.
         lr: peak learning rate of AdamW.
         betas: AdamW's betas.
-        weight_decay: applied to the matmul weights only (not biases, LayerNorms or embeddings).
+        weight_decay: applied to the matmul weights only (not biases, LayerNorms or embeddings); with Muon, to
+            an untied head only (Muon's matrices are not decayed).
+        optimizer: "adamw", or "muon": Muon for the blocks' weight matrices and AdamW for the rest
+            (:class:`~babygpt_pl.optim.MuonAdamW`).
+        muon_lr: peak learning rate of the Muon matrices (the same schedule as lr).
         lr_schedule: "constant" (the tutorial) or "cosine" (decays to min_lr at trainer.max_steps).
         warmup_steps: linear warm-up from 0 to lr over this many steps (either schedule).
         min_lr: the floor of the cosine schedule.
@@ -50,6 +55,8 @@ class BabyGPTModule(L.LightningModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         min_lr: float = 0.0,
+        optimizer: str = "adamw",
+        muon_lr: float = 0.02,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -57,6 +64,8 @@ class BabyGPTModule(L.LightningModule):
             raise UserError("model.vocab is not set: train with `babygpt fit` or pass --ckpt_path to a checkpoint")
         if lr_schedule not in ("constant", "cosine"):
             raise UserError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if optimizer not in ("adamw", "muon"):
+            raise UserError(f"model.optimizer must be 'adamw' or 'muon', got {optimizer!r}")
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
         self.config = GPTConfig(
@@ -155,19 +164,29 @@ class BabyGPTModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Decay only the matmul weights; a tied head weight is the embedding's, so it counts as an embedding.
-        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)}
-        matmuls = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Linear)} - embeddings
-        decay = [p for p in self.model.parameters() if id(p) in matmuls]
-        no_decay = [p for p in self.model.parameters() if id(p) not in matmuls]
         if hp.lr_schedule == "cosine" and (self.trainer.max_steps is None or self.trainer.max_steps < 0):
             raise UserError("model.lr_schedule: cosine needs trainer.max_steps, the length of the schedule")
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda")
+        kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": self.device.type == "cuda"}
+        optimizer = (MuonAdamW if hp.optimizer == "muon" else torch.optim.AdamW)(self._param_groups(), **kwargs)
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _param_groups(self) -> list[dict]:
+        hp = self.hparams
+        # Decay only the matmul weights; a tied head weight is the embedding's, so it counts as an embedding.
+        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)}
+        matmuls = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Linear)} - embeddings
+        hidden = {id(m.weight) for m in self.model.blocks.modules() if isinstance(m, torch.nn.Linear)}
+        muon = hidden if hp.optimizer == "muon" else set()
+        params = list(self.model.parameters())
+        groups = [
+            {"params": [p for p in params if id(p) in muon], "muon": True, "lr": hp.muon_lr, "weight_decay": 0.0},
+            {"params": [p for p in params if id(p) in matmuls - muon], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if id(p) not in matmuls], "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's mixed-precision plugin refuses to clip for a fused AdamW, which may unscale fp16 gradients

@@ -5,8 +5,10 @@
     python benchmarks/bench_generate.py --device cpu --batch 1 --new-tokens 50
     python benchmarks/bench_generate.py --compile               # also the compiled decode step (GPU only)
 
-On a GPU the cached decode runs three ways: eager (``cuda_graph=False``), replayed from a CUDA graph (the
-default) and, with ``--compile``, from a CUDA graph of the torch.compile'd step.
+On a CPU the cached decode also runs with the weights row-major throughout (``decode_rowmajor``), to show what
+holding the widening weights column-major while decoding gains. On a GPU the cached decode runs three ways:
+eager (``cuda_graph=False``), replayed from a CUDA graph (the default) and, with ``--compile``, from a CUDA
+graph of the torch.compile'd step.
 
 Every time is the median of ``--rounds`` runs after one warm-up, under torch.inference_mode with the model in
 eval mode. Weights are random: speed does not depend on them (sampling is at temperature 1 over the full vocab).
@@ -15,6 +17,7 @@ eval mode. Weights are random: speed does not depend on them (sampling is at tem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -107,6 +110,16 @@ def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str 
     }
 
 
+def bench_row_major(model: BabyGPT, args: argparse.Namespace, batch: int) -> dict[str, float]:
+    """The CPU decode with nn.Linear's row-major weights throughout: what the column-major decode layout gains."""
+    layout = generation._cpu_decode_layout
+    generation._cpu_decode_layout = lambda model: contextlib.nullcontext()
+    try:
+        return bench_decode(model, args, batch, tag="_rowmajor")
+    finally:
+        generation._cpu_decode_layout = layout
+
+
 def bench_no_cache(model: BabyGPT, args: argparse.Namespace) -> dict[str, float]:
     """use_cache=False for batch 1, and the cached run over the very same tokens for a fair ratio."""
     n = args.no_cache_tokens or (args.new_tokens if args.device.startswith("cuda") else min(args.new_tokens, 50))
@@ -169,6 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cuda:
         sections.append(lambda: {"cuda_graph_captured": graph_captured(model)})
         sections += [lambda b=b: bench_decode(model, args, b, tag="_eager", cuda_graph=False) for b in args.batch]
+    else:
+        sections += [lambda b=b: bench_row_major(model, args, b) for b in args.batch]
     sections.append(lambda: bench_no_cache(model, args))
     if not args.skip_past_window:
         sections.append(lambda: bench_past_window(model, args))

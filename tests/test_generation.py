@@ -145,6 +145,18 @@ def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
     assert torch.equal(out[:, :3], prompt)
 
 
+def test_cpu_decoding_holds_widening_weights_column_major_and_restores_them(model: BabyGPT) -> None:
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    gen = stream(model, [[3, 4]], 4, GREEDY)
+    next(gen)
+    widening = [model.blocks[0].attn.qkv.weight, model.blocks[0].mlp.fc.weight, model.head.weight]
+    assert all(w.stride() == (1, w.size(0)) for w in widening)  # column-major while the stream runs
+    assert model.blocks[0].mlp.proj.weight.is_contiguous()  # narrowing ones stay row-major
+    gen.close()  # an early stop restores the layout too
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
 def test_cache_and_no_cache_differ_only_after_the_window(model: BabyGPT) -> None:
     prompt = torch.tensor([[3]])
     n = 3 * BLOCK

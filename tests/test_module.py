@@ -12,6 +12,7 @@ from torch import nn
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
+from babygpt_pl.optim import MuonAdamW
 
 VOCAB = list("abcdefghijklmnopqrstuvwxyz春江花月夜")
 TINY = {"block_size": 16, "n_embed": 32, "n_head": 4, "n_layer": 2, "dropout": 0.0}
@@ -100,6 +101,27 @@ def test_weight_decay_groups(tie: bool) -> None:
     assert (id(model.head.weight) in no_decay_ids) == tie
     # 2 layers x (qkv, proj, fc, proj) + the untied head.
     assert len(decay_ids) == 8 + (0 if tie else 1)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tie: bool) -> None:
+    module = make(optimizer="muon", muon_lr=0.05, tie_weights=tie, weight_decay=0.1)
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, MuonAdamW)
+    muon, *adamw = optimizer.param_groups
+    assert muon["muon"] and muon["lr"] == 0.05 and muon["weight_decay"] == 0.0
+    blocks = {id(m.weight) for m in module.model.blocks.modules() if isinstance(m, nn.Linear)}
+    assert [id(p) for p in muon["params"]] == [id(p) for p in module.model.parameters() if id(p) in blocks]
+    rest = [id(p) for group in adamw for p in group["params"]]
+    assert sorted(rest) == sorted(id(p) for p in module.parameters() if id(p) not in blocks)
+    assert not any(group.get("muon") for group in adamw)
+    decayed = [id(p) for group in adamw if group["weight_decay"] for p in group["params"]]
+    assert decayed == ([] if tie else [id(module.model.head.weight)])  # an untied head keeps AdamW's decay
+
+
+def test_bad_optimizer() -> None:
+    with pytest.raises(UserError, match="model.optimizer must be 'adamw' or 'muon'"):
+        make(optimizer="sgd")
 
 
 def test_constant_schedule_has_no_scheduler_and_needs_no_trainer() -> None:

@@ -61,14 +61,16 @@ def run_dir(tmp_path: Path, corpus_text: str):
     return make
 
 
-def test_resume_after_sigkill_is_exact(run_dir) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_sigkill_is_exact(run_dir, optimizer: str) -> None:
+    run = [*RUN, f"--model.optimizer={optimizer}"]  # Muon's momentum must come back too
     a = run_dir("a")
-    babygpt(a, *RUN, *csv_logger("logs"))
+    babygpt(a, *run, *csv_logger("logs"))
 
     b = run_dir("b")
     killed = babygpt(
         b,
-        *RUN,
+        *run,
         *csv_logger("logs1"),
         "--trainer.callbacks+=signals_helper.KillAfterStep",
         f"--trainer.callbacks.init_args.step={N}",
@@ -76,7 +78,7 @@ def test_resume_after_sigkill_is_exact(run_dir) -> None:
     )
     assert killed.returncode == -signal.SIGKILL
     assert last(b)["global_step"] == N
-    babygpt(b, *RUN, *csv_logger("logs2"), "--ckpt_path=checkpoints/last.ckpt")
+    babygpt(b, *run, *csv_logger("logs2"), "--ckpt_path=checkpoints/last.ckpt")
 
     losses_a, losses_b = train_losses(a, "logs"), train_losses(b, "logs2")
     after = list(range(N, 2 * N))

@@ -1,0 +1,90 @@
+"""MuonAdamW: Muon for the hidden layers' weight matrices, AdamW for everything else, as one optimizer.
+
+Muon (Keller Jordan, 2024) replaces each matrix's momentum by the nearest semi-orthogonal matrix (a few
+Newton-Schulz iterations) and takes a step of fixed size along it. On BabyGPT at configs/cpu.yaml's shape it
+reaches in 2400 steps a val loss AdamW does not reach at all in the same budget (README, "Performance").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+# The quintic Newton-Schulz coefficients of Keller Jordan's Muon (also torch.optim.Muon's defaults).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(grads: torch.Tensor, steps: int) -> torch.Tensor:
+    """Approximately U V^T for each matrix U S V^T of a (..., m, n) stack, by Newton-Schulz iteration.
+
+    bf16 on a GPU, as Muon's authors run it; fp32 elsewhere, since a CPU without bf16 matrix units runs the
+    bf16 iteration ~15x slower than fp32 (116 ms against 8 ms for one 1152 x 128 matrix on a 2-core EPYC).
+    """
+    a, b, c = NS_COEFFICIENTS
+    x = grads.to(torch.bfloat16) if grads.is_cuda else grads.float()
+    wide = x.size(-2) <= x.size(-1)
+    if not wide:
+        x = x.mT  # iterate on the smaller Gram matrix
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.mT).to(grads.dtype)
+
+
+class MuonAdamW(torch.optim.AdamW):
+    """AdamW, except that param groups with ``muon=True`` (2-D weights only) take Muon's update.
+
+    One optimizer because Lightning's automatic optimisation steps one, and Muon suits only the hidden matrices
+    (embeddings, head, biases and LayerNorms keep AdamW). Not torch.optim.Muon: it accepts only 2-D parameters
+    and orthogonalises in bf16 even on a CPU (see :func:`orthogonalize`). A Muon group's ``lr`` is the
+    spectral-norm step of its matrices (torch's "original" scaling by sqrt(max(1, rows/cols))), its
+    ``weight_decay`` decoupled as in AdamW; ``momentum`` (Nesterov) and ``ns_steps`` default to 0.95 and 5.
+    Same-shaped matrices are orthogonalised together, one batched matmul per Newton-Schulz step.
+    """
+
+    def __init__(self, params: Iterable[dict[str, Any]], **adamw_kwargs: Any) -> None:
+        super().__init__(params, **adamw_kwargs)
+        for group in self.param_groups:
+            group.setdefault("muon", False)
+            if group["muon"]:
+                group.setdefault("momentum", 0.95)
+                group.setdefault("ns_steps", 5)
+                flat = [tuple(p.shape) for p in group["params"] if p.dim() != 2]
+                if flat:
+                    raise ValueError(f"Muon updates 2-D weight matrices only, got shapes {flat}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group.get("muon"):  # .get: a group restored from a plain AdamW checkpoint has no such key
+                self._muon_step(group)
+        super().step()  # AdamW for the rest: it skips parameters without a gradient, as Muon's now are
+        return loss
+
+    def _muon_step(self, group: dict[str, Any]) -> None:
+        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+        for p in group["params"]:
+            if p.grad is not None:
+                by_shape.setdefault(p.shape, []).append(p)
+        momentum, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
+        for shape, params in by_shape.items():
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # and a step count, which AdamW's load_state_dict expects
+                    state["momentum_buffer"], state["step"] = torch.zeros_like(p), torch.tensor(0.0)
+                state["step"] += 1
+                state["momentum_buffer"].lerp_(p.grad, 1 - momentum)
+            grads = torch.stack([p.grad for p in params])
+            bufs = torch.stack([self.state[p]["momentum_buffer"] for p in params])
+            updates = orthogonalize(grads.lerp_(bufs, momentum), group["ns_steps"])  # Nesterov momentum
+            step = lr * max(1.0, shape[0] / shape[1]) ** 0.5
+            for p, update in zip(params, updates, strict=True):
+                p.mul_(1 - lr * decay).sub_(update, alpha=step)
+                p.grad = None  # consumed
