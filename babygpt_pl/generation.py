@@ -260,15 +260,19 @@ def _cpu_decode_layout(model: BabyGPT) -> Iterator[None]:
         return
     widening = {m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features}
     moved = [w for w in widening if w.is_contiguous()]  # not those another stream already holds
-    with torch.inference_mode(False), torch.no_grad():  # parameters must not become inference tensors
-        for w in moved:
-            w.data = w.data.t().contiguous().t()
+    for w in moved:
+        _relayout(w, column_major=True)
     try:
         yield
     finally:
-        with torch.inference_mode(False), torch.no_grad():
-            for w in moved:
-                w.data = w.data.contiguous()
+        for w in moved:
+            _relayout(w, column_major=False)
+
+
+def _relayout(param: torch.Tensor, column_major: bool) -> None:
+    # In the parameter's own mode: one made under inference_mode must hold an inference tensor, any other not.
+    with torch.inference_mode(param.is_inference()), torch.no_grad():
+        param.data = param.data.t().contiguous().t() if column_major else param.data.contiguous()
 
 
 @contextlib.contextmanager

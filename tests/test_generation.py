@@ -157,6 +157,15 @@ def test_cpu_decoding_holds_widening_weights_column_major_and_restores_them(mode
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
+def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:
+    """vs_seed.py builds its models inside torch.inference_mode, so their parameters are inference tensors."""
+    with torch.inference_mode():
+        model = make_model()
+        first = generate(model, torch.tensor([[3, 4]]), 5, temperature=0)
+        again = generate(model, torch.tensor([[3, 4]]), 5, temperature=0)
+    assert torch.equal(first, again) and model.head.weight.is_inference() and model.head.weight.is_contiguous()
+
+
 def test_cache_and_no_cache_differ_only_after_the_window(model: BabyGPT) -> None:
     prompt = torch.tensor([[3]])
     n = 3 * BLOCK
