@@ -252,8 +252,9 @@ def _cpu_decode_layout(model: BabyGPT) -> Iterator[None]:
     """Hold the widening weights (more outputs than inputs: QKV, MLP up, head) column-major while decoding on a CPU.
 
     A decode step reads every weight once per token, and MKL's matrix-vector product streams these matrices from
-    memory ~2x faster column-major than nn.Linear's row-major (benchmarks/bench_generate.py, "layout"); training
-    keeps row-major, its faster layout. Only the strides change, never the values, and they are restored after.
+    memory about 2x faster column-major than nn.Linear's row-major: batch-1 decoding gets ~1.27x faster (README,
+    "Performance"; bench_generate.py's decode_rowmajor rows). Training keeps row-major, its faster layout. Only
+    the strides change, never the values, and they are restored after.
     """
     if next(model.parameters()).device.type != "cpu" or _graphs_apply(model):
         yield
