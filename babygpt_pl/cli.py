@@ -27,8 +27,11 @@ from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 
-# The model settings that decide the shapes of the weights.
-_SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to")
+# The model settings that decide the shapes of the weights, and the optimizer, whose state is shaped by them:
+# Lightning would load an AdamW state into Muon's groups (or the reverse) and carry on with the wrong one.
+_SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to", "optimizer")
+# What checkpoints from before a hyper-parameter existed were trained with.
+_BEFORE = {"optimizer": "adamw"}
 # ckpt_path values Lightning resolves itself rather than as file names.
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 
@@ -106,6 +109,7 @@ class BabyGPTCLI(LightningCLI):
         if subcommand == "fit" and self.checkpoint:
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
+            saved = {**_BEFORE, **saved}
             wrong = [f"{k}={saved[k]!r} (this run: {model[k]!r})" for k in _SHAPE if saved.get(k, model[k]) != model[k]]
             if wrong:
                 raise UserError(

@@ -247,23 +247,30 @@ def graphed_decoder(model: BabyGPT, batch_size: int, compile: bool = False) -> G
     return None if decoder is None or decoder.busy else decoder
 
 
+# Re-laying the weights there and back (45-95 ms at the seed shape) costs what batch 1 saves in 20-45 tokens.
+_RELAYOUT_MIN_TOKENS = 32
+
+
 @contextlib.contextmanager
-def _cpu_decode_layout(model: BabyGPT) -> Iterator[None]:
+def _cpu_decode_layout(model: BabyGPT, new_tokens: int) -> Iterator[None]:
     """Hold the widening weights (more outputs than inputs: QKV, MLP up, head) column-major while decoding on a CPU.
 
     A decode step reads every weight once per token, and MKL's matrix-vector product streams these matrices from
     memory about 2x faster column-major than nn.Linear's row-major: batch-1 decoding gets ~1.27x faster (README,
-    "Performance"; bench_generate.py's decode_rowmajor rows). Training keeps row-major, its faster layout. Only
-    the strides change, never the values, and they are restored after.
+    "Performance"; bench_generate.py's decode_rowmajor rows). Training keeps row-major, its faster layout. The
+    weights' values never change (products may differ in the last bits), and the layout is restored after. Not
+    for two threads decoding one model at once: they share its weights.
     """
-    if next(model.parameters()).device.type != "cpu" or _graphs_apply(model):
+    if next(model.parameters()).device.type != "cpu" or _graphs_apply(model) or new_tokens < _RELAYOUT_MIN_TOKENS:
         yield
         return
     widening = {m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features}
-    moved = [w for w in widening if w.is_contiguous()]  # not those another stream already holds
-    for w in moved:
-        _relayout(w, column_major=True)
+    moved = []
     try:
+        for w in widening:
+            if w.is_contiguous():  # not one that another stream already holds
+                _relayout(w, column_major=True)
+                moved.append(w)
         yield
     finally:
         for w in moved:
@@ -353,7 +360,7 @@ def stream(
             decoder.load(positions[:, -1:] + 1, valid[:, start:n])
         return logits, positions[:, -1:], mask is not None
 
-    with _cpu_decode_layout(model), _held(decoder):
+    with _cpu_decode_layout(model, max_new_tokens), _held(decoder):
         start = max(0, n - window)  # first slot of the window the cache holds
         logits, row_pos, padded = prefill(start)
         for step in range(max_new_tokens):

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
@@ -166,6 +167,11 @@ class BabyGPTModule(L.LightningModule):
         hp = self.hparams
         if hp.lr_schedule == "cosine" and (self.trainer.max_steps is None or self.trainer.max_steps < 0):
             raise UserError("model.lr_schedule: cosine needs trainer.max_steps, the length of the schedule")
+        if hp.optimizer == "muon" and isinstance(getattr(self._trainer, "strategy", None), FSDPStrategy):
+            raise UserError(
+                "model.optimizer muon orthogonalises whole weight matrices, and FSDP shards them: use "
+                "--trainer.strategy ddp, or --model.optimizer adamw"
+            )
         kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": self.device.type == "cuda"}
         optimizer = (MuonAdamW if hp.optimizer == "muon" else torch.optim.AdamW)(self._param_groups(), **kwargs)
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:

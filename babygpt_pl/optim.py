@@ -47,6 +47,9 @@ class MuonAdamW(torch.optim.AdamW):
 
     def __init__(self, params: Iterable[dict[str, Any]], **adamw_kwargs: Any) -> None:
         super().__init__(params, **adamw_kwargs)
+        # A fused AdamW unscales fp16 gradients (and skips inf steps) inside its own step, so GradScaler leaves
+        # that to it; Muon's update would see scaled or inf gradients. Let the scaler unscale and skip first.
+        self._step_supports_amp_scaling = False
         for group in self.param_groups:
             group.setdefault("muon", False)
             if group["muon"]:
@@ -56,6 +59,16 @@ class MuonAdamW(torch.optim.AdamW):
                 if flat:
                     raise ValueError(f"Muon updates 2-D weight matrices only, got shapes {flat}")
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = [bool(g.get("muon")) for g in state_dict["param_groups"]]
+        if saved != self._flags():
+            # Same-sized groups would load, and a Muon group would silently carry on as AdamW (or fail later).
+            raise ValueError(f"saved state has Muon flags {saved} per group, this optimizer {self._flags()}")
+        super().load_state_dict(state_dict)
+
+    def _flags(self) -> list[bool]:
+        return [g["muon"] for g in self.param_groups]
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
@@ -63,7 +76,7 @@ class MuonAdamW(torch.optim.AdamW):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group.get("muon"):  # .get: a group restored from a plain AdamW checkpoint has no such key
+            if group.get("muon"):  # .get: a plain AdamW group loaded from a state_dict has no such key
                 self._muon_step(group)
         super().step()  # AdamW for the rest: it skips parameters without a gradient, as Muon's now are
         return loss
@@ -78,7 +91,8 @@ class MuonAdamW(torch.optim.AdamW):
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:  # and a step count, which AdamW's load_state_dict expects
-                    state["momentum_buffer"], state["step"] = torch.zeros_like(p), torch.tensor(0.0)
+                    step_device = p.device if group["fused"] else None  # where AdamW keeps its step count
+                    state["momentum_buffer"], state["step"] = torch.zeros_like(p), torch.tensor(0.0, device=step_device)
                 state["step"] += 1
                 state["momentum_buffer"].lerp_(p.grad, 1 - momentum)
             grads = torch.stack([p.grad for p in params])

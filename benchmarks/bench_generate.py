@@ -113,7 +113,7 @@ def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str 
 def bench_row_major(model: BabyGPT, args: argparse.Namespace, batch: int) -> dict[str, float]:
     """The CPU decode with nn.Linear's row-major weights throughout: what the column-major decode layout gains."""
     layout = generation._cpu_decode_layout
-    generation._cpu_decode_layout = lambda model: contextlib.nullcontext()
+    generation._cpu_decode_layout = lambda model, new_tokens: contextlib.nullcontext()
     try:
         return bench_decode(model, args, batch, tag="_rowmajor")
     finally:

@@ -132,6 +132,13 @@ def test_resume_with_another_model_shape(tmp_path, monkeypatch, capsys, checkpoi
     assert "n_layer=1 (this run: 2)" in one_error_line(capsys)
 
 
+def test_resume_with_another_optimizer(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", "--model.block_size=16"]
+    shape = ["--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+    assert run_main(monkeypatch, tmp_path, *args, *shape, "--model.optimizer=muon") == 2
+    assert "optimizer='adamw' (this run: 'muon')" in one_error_line(capsys)
+
+
 def test_validate_on_a_corpus_with_another_vocabulary(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     other = tmp_path / "other.txt"
     other.write_text("abcdefghij" * 100, encoding="utf-8")

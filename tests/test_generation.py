@@ -145,16 +145,23 @@ def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
     assert torch.equal(out[:, :3], prompt)
 
 
-def test_cpu_decoding_holds_widening_weights_column_major_and_restores_them(model: BabyGPT) -> None:
+def test_cpu_decoding_holds_widening_weights_column_major_and_restores_them() -> None:
+    model = make_model()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    gen = stream(model, [[3, 4]], 4, GREEDY)
-    next(gen)
-    widening = [model.blocks[0].attn.qkv.weight, model.blocks[0].mlp.fc.weight, model.head.weight]
-    assert all(w.stride() == (1, w.size(0)) for w in widening)  # column-major while the stream runs
-    assert model.blocks[0].mlp.proj.weight.is_contiguous()  # narrowing ones stay row-major
-    gen.close()  # an early stop restores the layout too
-    assert all(p.is_contiguous() for p in model.parameters())
+    gen = stream(model, [[3, 4]], 40, GREEDY)
+    try:
+        next(gen)
+        widening = [model.blocks[0].attn.qkv.weight, model.blocks[0].mlp.fc.weight, model.head.weight]
+        assert all(w.stride() == (1, w.size(0)) for w in widening)  # column-major while the stream runs
+        assert model.blocks[0].mlp.proj.weight.is_contiguous()  # narrowing ones stay row-major
+    finally:
+        gen.close()  # an early stop restores the layout too
+    assert all(p.is_contiguous() and not p.is_inference() for p in model.parameters())
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    model.train()(torch.tensor([[3, 4, 5]]), torch.tensor([[4, 5, 6]]))[1].backward()  # still trainable
+    short = stream(model.eval(), [[3, 4]], 4, GREEDY)
+    next(short)
+    assert model.head.weight.is_contiguous()  # a few tokens would not pay for the re-layout
 
 
 def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from babygpt_pl.errors import UserError
@@ -117,6 +118,12 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tie: bool) -> None:
     assert not any(group.get("muon") for group in adamw)
     decayed = [id(p) for group in adamw if group["weight_decay"] for p in group["params"]]
     assert decayed == ([] if tie else [id(module.model.head.weight)])  # an untied head keeps AdamW's decay
+
+
+def test_muon_refuses_fsdp() -> None:
+    module = attach(make(optimizer="muon"), strategy=FSDPStrategy())
+    with pytest.raises(UserError, match="FSDP shards them"):
+        module.configure_optimizers()
 
 
 def test_bad_optimizer() -> None:

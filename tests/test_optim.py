@@ -76,6 +76,44 @@ def test_muon_learns_and_its_step_size_ignores_the_gradient_scale() -> None:
     torch.testing.assert_close(torch.tensor(scaled), torch.tensor(losses), rtol=1e-3, atol=1e-5)
 
 
+def test_muon_update_is_the_orthogonalised_nesterov_momentum() -> None:
+    w = torch.nn.Parameter(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)))
+    group = {"params": [w], "muon": True, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.5}
+    optimizer = MuonAdamW([group], lr=1e-3)
+    g1, g2 = torch.randn(6, 3), torch.randn(6, 3)
+    expected = w.detach().clone()
+    buf = torch.zeros(6, 3)
+    for g in (g1, g2):
+        w.grad = g.clone()
+        optimizer.step()
+        buf = 0.9 * buf + 0.1 * g
+        nesterov = 0.1 * g + 0.9 * buf
+        expected = expected * (1 - 0.1 * 0.5) - 0.1 * (6 / 3) ** 0.5 * orthogonalize(nesterov, steps=5)
+        torch.testing.assert_close(w.detach(), expected)
+    assert w.grad is None and set(optimizer.state[w]) == {"momentum_buffer", "step"}  # no Adam moments
+
+
+def test_an_inf_gradient_under_a_grad_scaler_skips_the_step() -> None:
+    model, x, y = two_layer_problem()
+    before = copy.deepcopy(model.state_dict())
+    optimizer = MuonAdamW(muon_groups(model), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+    model[0].weight.grad[0, 0] = float("inf")
+    scaler.step(optimizer)
+    scaler.update()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name  # Muon's matrices too, not only AdamW's vectors
+
+
+def test_loading_another_optimizers_state_is_refused() -> None:
+    model, _, _ = two_layer_problem()
+    plain = torch.optim.AdamW([{"params": [model[0].weight, model[2].weight]}, {"params": [model[0].bias]}])
+    muon = MuonAdamW(muon_groups(model), lr=1e-2)
+    with pytest.raises(ValueError, match="Muon flags"):
+        muon.load_state_dict(plain.state_dict())
+
+
 def test_muon_state_round_trips_through_state_dict() -> None:
     model, x, y = two_layer_problem()
     optimizer = MuonAdamW(muon_groups(model, weight_decay=0.1), lr=1e-2)
