@@ -34,6 +34,11 @@ def orthogonalize(grads: torch.Tensor, steps: int) -> torch.Tensor:
     return (x if wide else x.mT).to(grads.dtype)
 
 
+def _muon_flags(groups: Iterable[dict[str, Any]]) -> list[bool]:
+    # .get: a plain AdamW group, or one loaded from its state_dict, has no such key
+    return [bool(g.get("muon")) for g in groups]
+
+
 class MuonAdamW(torch.optim.AdamW):
     """AdamW, except that param groups with ``muon=True`` (2-D weights only) take Muon's update.
 
@@ -60,14 +65,11 @@ class MuonAdamW(torch.optim.AdamW):
                     raise ValueError(f"Muon updates 2-D weight matrices only, got shapes {flat}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = [bool(g.get("muon")) for g in state_dict["param_groups"]]
-        if saved != self._flags():
+        saved, ours = _muon_flags(state_dict["param_groups"]), _muon_flags(self.param_groups)
+        if saved != ours:
             # Same-sized groups would load, and a Muon group would silently carry on as AdamW (or fail later).
-            raise ValueError(f"saved state has Muon flags {saved} per group, this optimizer {self._flags()}")
+            raise ValueError(f"saved state has Muon flags {saved} per group, this optimizer {ours}")
         super().load_state_dict(state_dict)
-
-    def _flags(self) -> list[bool]:
-        return [g["muon"] for g in self.param_groups]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
