@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.model import BabyGPT, KVCache
+from babygpt_pl.model import BabyGPT, KVCache, Linear
 from babygpt_pl.tokenizer import CharTokenizer, OOVPolicy
 
 
@@ -253,26 +253,33 @@ _RELAYOUT_MIN_TOKENS = 32
 
 @contextlib.contextmanager
 def _cpu_decode_layout(model: BabyGPT, new_tokens: int) -> Iterator[None]:
-    """Hold the widening weights (more outputs than inputs: QKV, MLP up, head) column-major while decoding on a CPU.
+    """Lay the weights out for decoding while a CPU stream runs, and back after (even on an early close).
 
-    A decode step reads every weight once per token, and MKL's matrix-vector product streams these matrices from
-    memory about 2x faster column-major than nn.Linear's row-major: batch-1 decoding gets ~1.27x faster (README,
-    "Performance"; bench_generate.py's decode_rowmajor rows). Training keeps row-major, its faster layout. The
-    weights' values never change (products may differ in the last bits), and the layout is restored after. Not
-    for two threads decoding one model at once: they share its weights.
+    A decode step reads every weight once per token, so it is bound by how fast the weights stream from memory:
+    - every Linear splits its few-row products across the threads (:meth:`babygpt_pl.model.Linear.split`);
+    - the widening weights (more outputs than inputs: QKV, MLP up, head) are held column-major, the layout in
+      which MKL streams them ~2x faster in a matrix-vector product (training keeps row-major, its faster one).
+    Together batch-1 decoding gets ~1.5x faster (README, "Performance"; bench_generate.py's decode_rowmajor
+    rows). The weights' values never change (products may differ in the last bits). Not for two threads
+    decoding one model at once: they share its weights.
     """
-    if next(model.parameters()).device.type != "cpu" or _graphs_apply(model) or new_tokens < _RELAYOUT_MIN_TOKENS:
+    if next(model.parameters()).device.type != "cpu" or _graphs_apply(model):
         yield
         return
-    widening = {m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features}
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
     moved = []
     try:
-        for w in widening:
-            if w.is_contiguous():  # not one that another stream already holds
-                _relayout(w, column_major=True)
-                moved.append(w)
+        if new_tokens >= _RELAYOUT_MIN_TOKENS:
+            for m in linears:
+                if m.out_features > m.in_features and m.weight.is_contiguous():  # not one another stream holds
+                    _relayout(m.weight, column_major=True)
+                    moved.append(m.weight)
+        for m in linears:
+            m.split(torch.get_num_threads())
         yield
     finally:
+        for m in linears:
+            m.split(1)
         for w in moved:
             _relayout(w, column_major=False)
 

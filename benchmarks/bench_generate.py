@@ -5,8 +5,9 @@
     python benchmarks/bench_generate.py --device cpu --batch 1 --new-tokens 50
     python benchmarks/bench_generate.py --compile               # also the compiled decode step (GPU only)
 
-On a CPU the cached decode also runs with the weights row-major throughout (``decode_rowmajor``), to show what
-holding the widening weights column-major while decoding gains. On a GPU the cached decode runs three ways:
+On a CPU the cached decode also runs without the decode layout (``decode_plain``: nn.Linear's row-major weights
+and one-thread products), to show what splitting the products over the threads and holding the widening weights
+column-major gains. On a GPU the cached decode runs three ways:
 eager (``cuda_graph=False``), replayed from a CUDA graph (the default) and, with ``--compile``, from a CUDA
 graph of the torch.compile'd step.
 
@@ -110,12 +111,12 @@ def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str 
     }
 
 
-def bench_row_major(model: BabyGPT, args: argparse.Namespace, batch: int) -> dict[str, float]:
-    """The CPU decode with nn.Linear's row-major weights throughout: what the column-major decode layout gains."""
+def bench_plain_layout(model: BabyGPT, args: argparse.Namespace, batch: int) -> dict[str, float]:
+    """The CPU decode with plain nn.Linear products throughout: what the CPU decode layout gains."""
     layout = generation._cpu_decode_layout
     generation._cpu_decode_layout = lambda model, new_tokens: contextlib.nullcontext()
     try:
-        return bench_decode(model, args, batch, tag="_rowmajor")
+        return bench_decode(model, args, batch, tag="_plain")
     finally:
         generation._cpu_decode_layout = layout
 
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sections.append(lambda: {"cuda_graph_captured": graph_captured(model)})
         sections += [lambda b=b: bench_decode(model, args, b, tag="_eager", cuda_graph=False) for b in args.batch]
     else:
-        sections += [lambda b=b: bench_row_major(model, args, b) for b in args.batch]
+        sections += [lambda b=b: bench_plain_layout(model, args, b) for b in args.batch]
     sections.append(lambda: bench_no_cache(model, args))
     if not args.skip_past_window:
         sections.append(lambda: bench_past_window(model, args))

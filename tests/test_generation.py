@@ -23,7 +23,7 @@ from babygpt_pl.generation import (
     sample_next,
     stream,
 )
-from babygpt_pl.model import BabyGPT, GPTConfig, KVCache
+from babygpt_pl.model import BabyGPT, GPTConfig, KVCache, Linear
 from babygpt_pl.tokenizer import CharTokenizer
 
 VOCAB = list(" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV")
@@ -145,17 +145,25 @@ def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
     assert torch.equal(out[:, :3], prompt)
 
 
-def test_cpu_decoding_holds_widening_weights_column_major_and_restores_them() -> None:
+def test_cpu_decoding_lays_out_the_weights_and_restores_them() -> None:
     model = make_model()
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     gen = stream(model, [[3, 4]], 40, GREEDY)
     try:
         next(gen)
         widening = [model.blocks[0].attn.qkv.weight, model.blocks[0].mlp.fc.weight, model.head.weight]
         assert all(w.stride() == (1, w.size(0)) for w in widening)  # column-major while the stream runs
         assert model.blocks[0].mlp.proj.weight.is_contiguous()  # narrowing ones stay row-major
+        assert all(m.blocks[0].size(0) == 2 for m in linears)  # products split over the 2 threads
+        rows = model.config.padded_vocab_size
+        assert model.head.blocks[0].stride() == (rows // 2, rows, 1)  # views of the column-major weight
     finally:
         gen.close()  # an early stop restores the layout too
+        torch.set_num_threads(threads)
+    assert all(m.blocks is None for m in linears)
     assert all(p.is_contiguous() and not p.is_inference() for p in model.parameters())
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     model.train()(torch.tensor([[3, 4, 5]]), torch.tensor([[4, 5, 6]]))[1].backward()  # still trainable

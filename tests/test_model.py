@@ -1,4 +1,4 @@
-"""Tests for babygpt_pl.model: config validation, shapes, loss, padded vocabulary, weight tying, KV cache."""
+"""Tests for babygpt_pl.model: config checks, shapes, loss, padded vocabulary, weight tying, split Linear, KV cache."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.model import PAD_LOGIT, BabyGPT, ChunkedCrossEntropy, GPTConfig, KVCache
+from babygpt_pl.model import PAD_LOGIT, SPLIT_MAX_ROWS, BabyGPT, ChunkedCrossEntropy, GPTConfig, KVCache, Linear
 
 VOCAB = 50
 BLOCK = 16
@@ -196,6 +196,50 @@ def test_flops_per_token() -> None:
     assert f16 - f8 == 12 * 2 * 32 * 8
     assert model.flops_per_token() == f16  # defaults to block_size
     assert f16 > 6 * 2 * 12 * 32 * 32  # at least the blocks' matmuls
+
+
+# --- Linear.split ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 24), (3, 5, 24), (7, 24)])
+def test_split_linear_matches_plain_linear(bias: bool, shape: tuple[int, ...], monkeypatch) -> None:
+    torch.manual_seed(0)
+    lin = Linear(24, 36, bias=bias)
+    x = torch.randn(shape)
+    calls = []
+
+    def spy(fn):
+        return lambda *args, **kwargs: calls.append(fn) or fn(*args, **kwargs)
+
+    for name in ("bmm", "baddbmm"):
+        monkeypatch.setattr(torch, name, spy(getattr(torch, name)))
+    with torch.no_grad():
+        expected = F.linear(x, lin.weight, lin.bias)
+        lin.split(4)
+        assert lin.blocks[0].shape == (4, 24, 9)  # four blocks of 9 output rows, seen as (in, out) matrices
+        torch.testing.assert_close(lin(x), expected, rtol=1e-6, atol=1e-6)
+        assert calls  # the split path ran
+        lin.weight.mul_(2)  # the blocks are views: in-place updates are seen
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-6, atol=1e-6)
+
+
+def test_split_linear_falls_back_to_plain_products(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: calls.append(1))
+    lin = Linear(8, 10)
+    lin.split(3)  # gcd(10, 3) == 1: nothing to split
+    assert lin.blocks is None
+    lin.split(4)
+    assert lin.blocks[0].size(0) == 2
+    with torch.no_grad():
+        many = torch.randn(SPLIT_MAX_ROWS + 1, 8)
+        torch.testing.assert_close(lin(many), F.linear(many, lin.weight, lin.bias), rtol=0, atol=0)
+        lin.split(1)
+        assert lin.blocks is None
+        torch.testing.assert_close(lin(many[:1]), F.linear(many[:1], lin.weight, lin.bias), rtol=0, atol=0)
+    assert not calls
+    assert list(lin.state_dict()) == ["weight", "bias"]  # checkpoints are nn.Linear's
 
 
 # --- KV cache -----------------------------------------------------------------------------------------------------
