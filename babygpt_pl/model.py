@@ -180,20 +180,20 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         q, kv = qkv[0], qkv[1:]
-        k, v = kv
         is_causal = False
         if isinstance(pos, torch.Tensor):
             # A step with fixed shapes (for a CUDA graph): write slot `pos`, attend every slot that `mask` allows.
             cache.kv[layer][:, :, :, pos] = kv.to(cache.kv[layer].dtype)
-            k, v = cache.kv[layer]
+            kv = cache.kv[layer]
         else:
             if cache is not None:
                 cache.kv[layer][:, :, :, pos : pos + T] = kv
-                k, v = cache.kv[layer][:, :, :, : pos + T]
+                kv = cache.kv[layer][:, :, :, : pos + T]
             # Causal by default; a single query at the end of the cache sees every key; else an explicit mask.
             is_causal = mask is None and T > 1 and pos == 0
             if mask is None and T > 1 and pos > 0:
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+        k, v = kv
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.attn_dropout if self.training else 0.0
         )
