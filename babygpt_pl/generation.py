@@ -259,7 +259,7 @@ def _cpu_decode_layout(model: BabyGPT, new_tokens: int) -> Iterator[None]:
     - every Linear splits its few-row products across the threads (:meth:`babygpt_pl.model.Linear.split`);
     - the widening weights (more outputs than inputs: QKV, MLP up, head) are held column-major, the layout in
       which MKL streams them ~2x faster in a matrix-vector product (training keeps row-major, its faster one).
-    Together batch-1 decoding gets ~1.5x faster (README, "Performance"; bench_generate.py's decode_rowmajor
+    Together a batch-1 decode step ran 1.55x faster (README, "Performance"; bench_generate.py's decode_plain
     rows). The weights' values never change (products may differ in the last bits). Not for two threads
     decoding one model at once: they share its weights.
     """
