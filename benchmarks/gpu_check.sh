@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh                        # results in ./gpu_out (OUT=... to change)
 #   TINY=1 OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh  # tiny sizes: a few minutes on a CPU, to test this script
+#   BENCH=0 FITS="best_muon best" bash benchmarks/gpu_check.sh  # only those fits (steps 4-5)
 #
 # Needs .whl/ (the missing Python packages, see benchmarks/README.md) and data/ci.txt beside it.
 # benchmarks/gpu/bench/vs_seed.py and benchmarks/gpu/reference/seed_babygpt.py are copies of ../shared (bench/ and
@@ -12,7 +13,8 @@
 # Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT):
 #   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode; profile_fit.py: the Lightning loop
-#   4 babygpt fit + validate on configs/base.yaml and configs/best.yaml (validation every VAL_EVERY steps)
+#   4 babygpt fit + validate for each of FITS (validation every VAL_EVERY steps): base = configs/base.yaml,
+#     best = configs/best.yaml, best_muon = configs/best.yaml with --model.optimizer muon
 #   5 babygpt predict from each best checkpoint
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
 set -u
@@ -35,6 +37,8 @@ T_PREDICT=${T_PREDICT:-40}
 # The seed recipe validates every 50 steps over 100 batches: 10,000 extra forward passes, more than the
 # training itself costs on a GPU. The val loss at step 5000 is the same figure at any interval.
 VAL_EVERY=${VAL_EVERY:-500}
+BENCH=${BENCH:-1}            # 0: skip steps 1-3 (the speed benchmarks)
+FITS=${FITS:-base best}      # the training runs of step 4, in order
 
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
@@ -124,6 +128,7 @@ fi
 CORPUS=data/ci.txt
 [ -f "$CORPUS" ] || { [ -f shared/data/ci.txt ] && CORPUS=shared/data/ci.txt; }
 
+if [ "$BENCH" = 1 ]; then
 # --- 1. the project against the tutorial's model ---
 VS_SEED=benchmarks/gpu/bench/vs_seed.py
 [ -f shared/bench/vs_seed.py ] && [ -f shared/reference/seed_babygpt.py ] && VS_SEED=shared/bench/vs_seed.py
@@ -157,10 +162,13 @@ PROFILE_SIZES=("${FIT_SIZES[@]}")
 step profile_fit "$T_PROFILE" $PY benchmarks/profile_fit.py --config "$TRAIN_CONFIG" --data.path "$CORPUS" \
     "${PROFILE_SIZES[@]}" --checkpoint.dirpath "$WORK/ckpt-profile" --trainer.enable_progress_bar false \
     --trainer.logger.init_args.save_dir "$WORK" --out "$OUT/profile_fit.txt"
+fi
 
 # --- 4. the real training runs, then validate on each best checkpoint ---
-for name in base best; do
-    config=configs/$name.yaml
+for name in $FITS; do
+    config=configs/${name%_muon}.yaml
+    extra=()
+    [ "$name" != "${name%_muon}" ] && extra=(--model.optimizer muon)
     if [ ! -f "$config" ]; then
         log "fit_$name: skipped ($config does not exist)"
         printf 'fit_%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
@@ -173,9 +181,9 @@ for name in base best; do
     fi
     ckpt_dir=$WORK/ckpt-$name
     rm -rf "$ckpt_dir"
-    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" --trainer.enable_progress_bar false)
+    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" "${extra[@]}" --trainer.enable_progress_bar false)
     limit=$T_FIT_BASE
-    [ "$name" = best ] && limit=$T_FIT_BEST
+    [ "$name" != base ] && limit=$T_FIT_BEST
     step "fit_$name" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
         --trainer.logger.init_args.offline true --trainer.logger.init_args.save_dir "$WORK"
     best=$(ls -t "$ckpt_dir"/best-*.ckpt 2>/dev/null | head -n 1)
@@ -190,14 +198,14 @@ for name in base best; do
 done
 
 # --- 5. text from each best checkpoint ---
-for name in base best; do
+for name in $FITS; do
     [ -f "$OUT/best_$name.txt" ] || continue
     step "predict_$name" "$T_PREDICT" $PY -m babygpt_pl.cli predict --ckpt_path "$(cat "$OUT/best_$name.txt")" \
         --generation.max_new_tokens 100 --generation.seed 0 --generation.output "$OUT/predict_$name.jsonl"
 done
 
 # --- summary: every step's figures in one JSON ---
-$PY - "$OUT" <<'EOF'
+$PY - "$OUT" "$FITS" <<'EOF'
 import json, re, sys
 from pathlib import Path
 
@@ -260,7 +268,8 @@ summary["generate_bench"] = read_json("generate.json")
 profile = out / "profile_fit.txt"
 wall = re.search(r"wall: ([0-9.]+) ms/step", profile.read_text()) if profile.exists() else None
 summary["fit_loop_ms_per_step"] = float(wall.group(1)) if wall else None
-for name in ("base", "best"):
+fits = sys.argv[2].split()
+for name in fits:
     if f"fit_{name}" in steps:
         loss, source = val_loss(name)
         best = out / f"best_{name}.txt"
@@ -271,7 +280,7 @@ for name in ("base", "best"):
             "val_loss": loss,
             "val_loss_from": source,
         }
-for name in ("base", "best"):
+for name in fits:
     pred = out / f"predict_{name}.jsonl"
     if pred.exists():
         summary[f"predict_{name}"] = [json.loads(line) for line in pred.read_text().splitlines() if line.strip()]
