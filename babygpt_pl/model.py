@@ -94,7 +94,7 @@ class Linear(nn.Linear):
         self.blocks = (self.weight.view(n, -1, self.in_features).transpose(1, 2), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The blocks are made under inference_mode (no gradient reaches the weight through them).
+        # A product that needs a gradient takes F.linear: blocks made under inference_mode would pass none back.
         if self.blocks is None or torch.is_grad_enabled() or x.numel() > SPLIT_MAX_ROWS * self.in_features:
             return F.linear(x, self.weight, self.bias)
         w, b = self.blocks
