@@ -78,7 +78,10 @@ class Linear(nn.Linear):
     step on 2 cores ran 1.4x faster (README, "Performance"). The parameters and checkpoints are nn.Linear's.
     """
 
-    blocks: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Always in the instance's dict: a compiled model guards on it, and would recompile when it appeared.
+        self.blocks: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def split(self, n: int) -> None:
         """Compute products of at most SPLIT_MAX_ROWS rows as ``n`` blocks of weight rows (1: plain F.linear).
@@ -94,10 +97,11 @@ class Linear(nn.Linear):
         self.blocks = (self.weight.view(n, -1, self.in_features).transpose(1, 2), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = self.blocks
         # A product that needs a gradient takes F.linear: blocks made under inference_mode would pass none back.
-        if self.blocks is None or torch.is_grad_enabled() or x.numel() > SPLIT_MAX_ROWS * self.in_features:
+        if blocks is None or torch.is_grad_enabled() or x.numel() > SPLIT_MAX_ROWS * self.in_features:
             return F.linear(x, self.weight, self.bias)
-        w, b = self.blocks
+        w, b = blocks
         rows = x.reshape(1, -1, self.in_features).expand(w.size(0), -1, -1)
         y = torch.bmm(rows, w) if b is None else torch.baddbmm(b, rows, w)
         return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)

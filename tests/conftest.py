@@ -39,6 +39,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads, for tests of what generation does with more than one (Linear.split)."""
+    torch.set_num_threads(2)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -32,10 +32,13 @@ BLOCK = 16
 GREEDY = Sampling(temperature=0)
 
 
-def make_model(seed: int = 0) -> BabyGPT:
+def make_model(seed: int = 0, tie_weights: bool = False) -> BabyGPT:
     """A tiny fp32 model in eval mode with large random weights, so greedy decoding is varied, not constant."""
     torch.manual_seed(seed)
-    model = BabyGPT(GPTConfig(vocab_size=V, block_size=BLOCK, n_embed=32, n_head=4, n_layer=2, dropout=0.0))
+    config = GPTConfig(
+        vocab_size=V, block_size=BLOCK, n_embed=32, n_head=4, n_layer=2, dropout=0.0, tie_weights=tie_weights
+    )
+    model = BabyGPT(config)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -145,12 +148,10 @@ def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
     assert torch.equal(out[:, :3], prompt)
 
 
-def test_cpu_decoding_lays_out_the_weights_and_restores_them() -> None:
+def test_cpu_decoding_lays_out_the_weights_and_restores_them(two_threads) -> None:
     model = make_model()
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     gen = stream(model, [[3, 4]], 40, GREEDY)
     try:
         next(gen)
@@ -162,7 +163,6 @@ def test_cpu_decoding_lays_out_the_weights_and_restores_them() -> None:
         assert model.head.blocks[0].stride() == (rows // 2, rows, 1)  # views of the column-major weight
     finally:
         gen.close()  # an early stop restores the layout too
-        torch.set_num_threads(threads)
     assert all(m.blocks is None for m in linears)
     assert all(p.is_contiguous() and not p.is_inference() for p in model.parameters())
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
@@ -170,6 +170,22 @@ def test_cpu_decoding_lays_out_the_weights_and_restores_them() -> None:
     short = stream(model.eval(), [[3, 4]], 4, GREEDY)
     next(short)
     assert model.head.weight.is_contiguous()  # a few tokens would not pay for the re-layout
+
+
+@pytest.mark.parametrize("tie_weights", [False, True])
+@pytest.mark.parametrize("new_tokens", [4, 40])  # without and with the column-major weights
+def test_cpu_decode_layout_keeps_the_logits(two_threads, tie_weights: bool, new_tokens: int) -> None:
+    model = make_model(tie_weights=tie_weights)
+    idx = torch.tensor([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    with torch.inference_mode():
+        plain, plain_one = model(idx)[0], model(idx[:1, -1:])[0]
+        with generation._cpu_decode_layout(model, new_tokens):
+            assert all(m.blocks is not None for m in model.modules() if isinstance(m, Linear))  # split on
+            laid_out, laid_out_one = model(idx)[0], model(idx[:1, -1:])[0]  # 12 rows a product, then 1
+        after = model(idx)[0]
+    torch.testing.assert_close(laid_out, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(laid_out_one, plain_one, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, plain)  # the plain products again once the stream is over
 
 
 def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
@@ -201,11 +202,14 @@ def test_flops_per_token() -> None:
 # --- Linear.split ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("column_major", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 24), (3, 5, 24), (7, 24)])
-def test_split_linear_matches_plain_linear(bias: bool, shape: tuple[int, ...], monkeypatch) -> None:
+def test_split_linear_matches_plain_linear(column_major: bool, bias: bool, shape: tuple[int, ...], monkeypatch) -> None:
     torch.manual_seed(0)
     lin = Linear(24, 36, bias=bias)
+    if column_major:  # as generation holds the widening weights
+        lin.weight.data = lin.weight.data.t().contiguous().t()
     x = torch.randn(shape)
     calls = []
 
@@ -222,6 +226,19 @@ def test_split_linear_matches_plain_linear(bias: bool, shape: tuple[int, ...], m
         assert calls  # the split path ran
         lin.weight.mul_(2)  # the blocks are views: in-place updates are seen
         torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-6, atol=1e-6)
+
+
+def test_split_linear_with_a_gradient_takes_plain_products() -> None:
+    torch.manual_seed(0)
+    lin, plain = Linear(8, 10), nn.Linear(8, 10)
+    plain.load_state_dict(lin.state_dict())
+    with torch.inference_mode():
+        lin.split(2)  # as generation does
+    x = torch.randn(3, 8)
+    for module in (lin, plain):
+        module(x).square().sum().backward()
+    torch.testing.assert_close(lin.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(lin.bias.grad, plain.bias.grad)
 
 
 def test_split_linear_falls_back_to_plain_products(monkeypatch) -> None:
