@@ -30,11 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import (  # noqa: E402
     default_device,
     default_out,
+    device_profiler,
     environment,
     median,
     peak_memory_mib,
     print_table,
+    report,
     reset_peak,
+    sync,
     timed,
     write_json,
 )
@@ -66,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also measure the compiled decode step (GPU only)")
     p.add_argument("--skip-past-window", action="store_true", help="skip the in-window vs past-window runs")
+    p.add_argument("--profile", type=Path, help="also write torch.profiler's tables of one batch-1 decode here")
     return p.parse_args(argv)
 
 
@@ -168,6 +172,24 @@ def bench_compiled(model: BabyGPT, args: argparse.Namespace) -> dict[str, Any]:
         return {"compile": f"failed: {type(err).__name__}: {str(err)[:500]}"}
 
 
+def write_decode_profile(model: BabyGPT, args: argparse.Namespace) -> None:
+    """torch.profiler's tables of one batch-1 decode, by device time and by host time: which of them bounds it."""
+    idx = prompt(args, 1, args.decode_prompt_len)
+    with torch.inference_mode():
+        generate(model, idx, args.new_tokens)  # warm (on a GPU: the graph is captured)
+        with device_profiler(args.device) as prof:
+            sync(args.device)
+            t0 = time.perf_counter()
+            generate(model, idx, args.new_tokens)
+            sync(args.device)
+            ms_per_token = (time.perf_counter() - t0) * 1e3 / args.new_tokens
+    keys = (["self_cuda_time_total"] if args.device.startswith("cuda") else []) + ["self_cpu_time_total"]
+    events = prof.key_averages()
+    tables = [events.table(sort_by=key, row_limit=25, max_name_column_width=60) for key in keys]
+    title = f"# one batch-1 decode of {args.new_tokens} tokens on {args.device}: {ms_per_token:.3f} ms/token profiled"
+    report("\n".join([title, *(f"## by {k}\n{t}" for k, t in zip(keys, tables, strict=True))]) + "\n", args.profile)
+
+
 def graph_captured(model: BabyGPT) -> bool:
     return bool(generation._DECODERS.get(model))
 
@@ -197,6 +219,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reset_peak(args.device)
         res.update(section())
         peak = max(peak, peak_memory_mib(args.device))
+    if args.profile:
+        write_decode_profile(model, args)
     # GPU: the largest allocation of any section; CPU: the process's peak RSS (includes Python and torch).
     res["peak_mib"] = peak
     return res

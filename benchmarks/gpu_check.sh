@@ -12,7 +12,8 @@
 #
 # Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT):
 #   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
-#   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode; profile_fit.py: the Lightning loop
+#   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
+#     profile_fit.py: the Lightning loop
 #   4 babygpt fit + validate for each of FITS (validation every VAL_EVERY steps): base = configs/base.yaml,
 #     best = configs/best.yaml, best_muon = configs/best.yaml with --model.optimizer muon
 #   5 babygpt predict from each best checkpoint
@@ -28,7 +29,7 @@ TOTAL_S=${TOTAL_S:-560}       # the device allows 600 s per command; later steps
 T_WHEELS=${T_WHEELS:-60}
 T_VS_SEED=${T_VS_SEED:-90}
 T_TRAIN_BENCH=${T_TRAIN_BENCH:-150}  # compiles the training step
-T_GENERATE=${T_GENERATE:-100}        # compiles the decode step
+T_GENERATE=${T_GENERATE:-120}        # compiles the decode step, then profiles one decode
 T_PROFILE=${T_PROFILE:-60}
 T_FIT_BASE=${T_FIT_BASE:-160}        # an H200 took 130 s for 4814 steps
 T_FIT_BEST=${T_FIT_BEST:-170}        # best.yaml compiles the model first
@@ -43,7 +44,7 @@ FITS=${FITS:-base best}      # the training runs of step 4, in order
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
-rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train.json,train_profile.txt,profile_fit.txt,generate.json,summary.json}  # no stale figures
+rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train.json,train_profile.txt,profile_fit.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
 : >"$OUT/steps.tsv"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK" TOKENIZERS_PARALLELISM=false
 
@@ -156,7 +157,7 @@ step train_bench "$T_TRAIN_BENCH" $PY benchmarks/bench_train.py --config "$TRAIN
 
 # --- 3. generation speed: eager, CUDA graph, compiled CUDA graph ---
 step generate_bench "$T_GENERATE" $PY benchmarks/bench_generate.py --device "$DEVICE" --compile "${GEN_SIZES[@]}" \
-    --out "$OUT/generate.json"
+    --out "$OUT/generate.json" --profile "$OUT/generate_profile.txt"
 PROFILE_SIZES=("${FIT_SIZES[@]}")
 [ "$TINY" = 1 ] && PROFILE_SIZES+=(--start 3 --steps 2)
 step profile_fit "$T_PROFILE" $PY benchmarks/profile_fit.py --config "$TRAIN_CONFIG" --data.path "$CORPUS" \
