@@ -34,9 +34,13 @@ def orthogonalize(grads: torch.Tensor, steps: int) -> torch.Tensor:
     return (x if wide else x.mT).to(grads.dtype)
 
 
-def _muon_flags(groups: Iterable[dict[str, Any]]) -> list[bool]:
+def _is_muon(group: dict[str, Any]) -> bool:
     # .get: a plain AdamW group, or one loaded from its state_dict, has no such key
-    return [bool(g.get("muon")) for g in groups]
+    return bool(group.get("muon"))
+
+
+def _muon_flags(groups: Iterable[dict[str, Any]]) -> list[bool]:
+    return [_is_muon(g) for g in groups]
 
 
 class MuonAdamW(torch.optim.AdamW):
@@ -78,7 +82,7 @@ class MuonAdamW(torch.optim.AdamW):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group.get("muon"):  # .get: a plain AdamW group loaded from a state_dict has no such key
+            if _is_muon(group):
                 self._muon_step(group)
         super().step()  # AdamW for the rest: it skips parameters without a gradient, as Muon's now are
         return loss
