@@ -17,6 +17,8 @@ from babygpt_pl.model import BabyGPT, GPTConfig
 from babygpt_pl.optim import MuonAdamW
 from babygpt_pl.tokenizer import CharTokenizer
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
 
 class BabyGPTModule(L.LightningModule):
     """Trains a :class:`BabyGPT` and generates from it.
@@ -37,6 +39,8 @@ class BabyGPTModule(L.LightningModule):
         warmup_steps: linear warm-up from 0 to lr over this many steps (either schedule).
         min_lr: the floor of the cosine schedule.
         compile: torch.compile the model's forward for training (keeps the checkpoint's parameter names).
+        compile_mode: torch.compile's mode: "default", or "reduce-overhead" (CUDA graphs: the step no longer
+            waits on Python to launch its kernels), "max-autotune", "max-autotune-no-cudagraphs".
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class BabyGPTModule(L.LightningModule):
         optimizer: str = "adamw",
         muon_lr: float = 0.02,
         compile: bool = False,
+        compile_mode: str = "default",
     ) -> None:
         super().__init__()
         if vocab is None:
@@ -67,6 +72,8 @@ class BabyGPTModule(L.LightningModule):
             raise UserError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if optimizer not in ("adamw", "muon"):
             raise UserError(f"model.optimizer must be 'adamw' or 'muon', got {optimizer!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise UserError(f"model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
         self.config = GPTConfig(
@@ -92,7 +99,8 @@ class BabyGPTModule(L.LightningModule):
         # forward would compile again for each new prompt length.
         fitting = self._trainer is None or self.trainer.state.fn == TrainerFn.FITTING
         if self.hparams.compile and fitting and not getattr(self, "_compiled", False):
-            self.model.compile()  # in place: parameter names (and so checkpoints) stay those of the eager model
+            # In place: parameter names (and so checkpoints) stay those of the eager model.
+            self.model.compile(mode=self.hparams.compile_mode)
             self._compiled = True
 
     def setup(self, stage: str) -> None:
@@ -110,6 +118,9 @@ class BabyGPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         _, loss = self.model(x, y)
+        # A copy: under CUDA graphs (compile_mode "reduce-overhead") the next step overwrites the graph's output,
+        # and Lightning reads the logged loss later.
+        loss = loss.clone()
         self.log("train_loss", loss, prog_bar=True)
         # Remember the first step whose loss was not finite, on the device: no host sync in the hot loop.
         step = torch.full((), self.global_step, device=loss.device)  # a fill kernel, not a host-to-device copy

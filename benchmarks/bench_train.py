@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["eager", "compiled", "both"],
         help="--compile: compiled only; --compile both: eager then compiled",
     )
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compiled model (reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--precision", choices=["32", "bf16-mixed"], help="default: bf16-mixed on cuda, 32 on cpu")
     p.add_argument("--cpu-peak-gflops", type=float, default=192.0, help="CPU peak for MFU (2 cores AVX2 FMA)")
     p.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/train-<device>.json)")
@@ -140,7 +146,7 @@ def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compi
     tag = "compiled" if compiled else "eager"
     model, opt = build(args, model_cfg)
     if compiled:
-        model.compile()  # in place, as BabyGPTModule does
+        model.compile(mode=args.compile_mode)  # in place, as BabyGPTModule does
     reset_peak(args.device)
     try:
         first, _ = train_steps(model, opt, args, batch, 1)  # compiles, for a compiled model
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = BabyGPT(GPTConfig(vocab_size=args.vocab, **model_cfg))
     res: dict[str, Any] = {**environment(args.device), "config": str(args.config), **model_cfg}
     res.update(
+        compile_mode=args.compile_mode,
         vocab=args.vocab,
         batch=batch,
         precision=args.precision,

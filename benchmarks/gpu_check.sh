@@ -13,7 +13,7 @@
 # Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT):
 #   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
-#     profile_fit.py: the Lightning loop
+#     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
 #   4 babygpt fit + validate for each of FITS (validation every VAL_EVERY steps): base = configs/base.yaml,
 #     best = configs/best.yaml, best_muon = configs/best.yaml with --model.optimizer muon
 #   5 babygpt predict from each best checkpoint
@@ -30,7 +30,7 @@ T_WHEELS=${T_WHEELS:-60}
 T_VS_SEED=${T_VS_SEED:-90}
 T_TRAIN_BENCH=${T_TRAIN_BENCH:-150}  # compiles the training step
 T_GENERATE=${T_GENERATE:-120}        # compiles the decode step, then profiles one decode
-T_PROFILE=${T_PROFILE:-60}
+T_PROFILE=${T_PROFILE:-90}  # compiles the model
 T_FIT_BASE=${T_FIT_BASE:-160}        # an H200 took 130 s for 4814 steps
 T_FIT_BEST=${T_FIT_BEST:-170}        # best.yaml compiles the model first
 T_VALIDATE=${T_VALIDATE:-45}
@@ -44,7 +44,7 @@ FITS=${FITS:-base best}      # the training runs of step 4, in order
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
-rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train.json,train_profile.txt,profile_fit.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
+rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train*.json,train_profile*.txt,profile_fit*.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
 : >"$OUT/steps.tsv"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK" TOKENIZERS_PARALLELISM=false
 
@@ -154,15 +154,28 @@ TRAIN_STEPS=()
 step train_bench "$T_TRAIN_BENCH" $PY benchmarks/bench_train.py --config "$TRAIN_CONFIG" --device "$DEVICE" \
     --compile "$TRAIN_COMPILE" --precision "$PRECISION" "${TRAIN_STEPS[@]}" --out "$OUT/train.json" \
     --profile "$OUT/train_profile.txt"
+if [ "$TRAIN_COMPILE" = both ]; then  # the same step under CUDA graphs (torch.compile mode reduce-overhead)
+    step train_bench_ro "$T_TRAIN_BENCH" $PY benchmarks/bench_train.py --config "$TRAIN_CONFIG" --device "$DEVICE" \
+        --compile --compile-mode reduce-overhead --precision "$PRECISION" "${TRAIN_STEPS[@]}" \
+        --out "$OUT/train_ro.json" --profile "$OUT/train_profile_ro.txt"
+fi
 
 # --- 3. generation speed: eager, CUDA graph, compiled CUDA graph ---
 step generate_bench "$T_GENERATE" $PY benchmarks/bench_generate.py --device "$DEVICE" --compile "${GEN_SIZES[@]}" \
     --out "$OUT/generate.json" --profile "$OUT/generate_profile.txt"
 PROFILE_SIZES=("${FIT_SIZES[@]}")
 [ "$TINY" = 1 ] && PROFILE_SIZES+=(--start 3 --steps 2)
-step profile_fit "$T_PROFILE" $PY benchmarks/profile_fit.py --config "$TRAIN_CONFIG" --data.path "$CORPUS" \
-    "${PROFILE_SIZES[@]}" --checkpoint.dirpath "$WORK/ckpt-profile" --trainer.enable_progress_bar false \
-    --trainer.logger.init_args.save_dir "$WORK" --out "$OUT/profile_fit.txt"
+# The Lightning loop: on a GPU compiled, and compiled under CUDA graphs; TINY on a CPU runs it eager.
+PROFILE_MODES=(eager)
+[ "$TRAIN_COMPILE" = both ] && PROFILE_MODES=(default reduce-overhead)
+for mode in "${PROFILE_MODES[@]}"; do
+    name=profile_fit
+    compile=(--model.compile false)
+    [ "$mode" != eager ] && name=profile_fit_$mode compile=(--model.compile true --model.compile_mode "$mode")
+    step "$name" "$T_PROFILE" $PY benchmarks/profile_fit.py --config "$TRAIN_CONFIG" --data.path "$CORPUS" \
+        "${PROFILE_SIZES[@]}" "${compile[@]}" --checkpoint.dirpath "$WORK/ckpt-profile" \
+        --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "$WORK" --out "$OUT/$name.txt"
+done
 fi
 
 # --- 4. the real training runs, then validate on each best checkpoint ---
@@ -266,9 +279,11 @@ for mod in ("lightning", "torchmetrics", "jsonargparse", "wandb", "babygpt_pl"):
 summary["vs_seed"] = last_json_line("vs_seed.log")
 summary["train_bench"] = read_json("train.json")
 summary["generate_bench"] = read_json("generate.json")
-profile = out / "profile_fit.txt"
-wall = re.search(r"wall: ([0-9.]+) ms/step", profile.read_text()) if profile.exists() else None
-summary["fit_loop_ms_per_step"] = float(wall.group(1)) if wall else None
+summary["train_bench_reduce_overhead"] = read_json("train_ro.json")
+for profile in sorted(out.glob("profile_fit*.txt")):
+    wall = re.search(r"wall: ([0-9.]+) ms/step", profile.read_text())
+    mode = profile.stem.removeprefix("profile_fit").lstrip("_") or "eager"
+    summary[f"fit_loop_ms_per_step_{mode}"] = float(wall.group(1)) if wall else None
 fits = sys.argv[2].split()
 for name in fits:
     if f"fit_{name}" in steps:

@@ -224,6 +224,19 @@ def test_compiled_checkpoints_keep_the_eager_parameter_names() -> None:
     compiled.load_state_dict(eager.state_dict())  # ...and back
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = make(compile=True, compile_mode="reduce-overhead")
+    modes: list[str] = []
+    monkeypatch.setattr(module.model, "compile", lambda mode: modes.append(mode))
+    module.configure_model()
+    assert modes == ["reduce-overhead"]
+
+
+def test_bad_compile_mode() -> None:
+    with pytest.raises(UserError, match="model.compile_mode must be one of default, reduce-overhead"):
+        make(compile=True, compile_mode="fast")
+
+
 def test_gradients_are_clipped_with_a_fused_adamw_in_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """bf16-mixed + gradient_clip_val + fused AdamW (the GPU setup): Lightning's plugin alone refuses to clip."""
     import lightning as L
