@@ -286,3 +286,23 @@ def test_kv_cache_chunked_prefill_matches_full_forward(chunks: list[int]) -> Non
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
     # The logits really depend on the context, so a wrong cache would show.
     assert not torch.allclose(full[:, 0], full[:, -1], atol=1e-3)
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_decode_step_matches_full_forward(additive: bool) -> None:
+    """The fixed-shape step (every cache slot, a mask, garbage in the slots not yet written) gives the logits of
+    a full forward at every position, with a boolean mask or its additive float form."""
+    model = tiny_model()
+    randomize_head(model)
+    idx = torch.randint(VOCAB, (2, BLOCK))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(model.config, 2, "cpu", torch.float32)
+        for kv in cache.kv:
+            kv.normal_(std=100.0)  # unwritten slots must be masked out, whatever they hold
+        for t in range(BLOCK):
+            allowed = (torch.arange(BLOCK) <= t).expand(2, 1, 1, BLOCK)
+            mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")) if additive else allowed
+            positions = torch.full((2, 1), t)
+            logits = model.decode_step(idx[:, t : t + 1], positions, torch.tensor([t]), mask, cache)
+            torch.testing.assert_close(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
