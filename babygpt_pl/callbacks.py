@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ThroughputMonitor
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -84,6 +84,20 @@ class TokenThroughput(ThroughputMonitor):
         if self._pending and not trainer.sanity_checking:
             self._record(trainer, pl_module)
         super().on_validation_start(trainer, pl_module)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's RichProgressBar, reading the logged metrics during training only on the steps that log them.
+
+    The library's bar reads them after every batch, turning the step's loss into a Python float: on a GPU a
+    sync per step, so the CPU can no longer queue the next step while the GPU runs this one. The bar still
+    advances every step; the loss it shows is that of the last logged step (every trainer.log_every_n_steps).
+    """
+
+    def _update_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training and not trainer._logger_connector.should_update_logs:
+            return
+        super()._update_metrics(trainer, pl_module)
 
 
 def format_completion(completion: dict) -> str:

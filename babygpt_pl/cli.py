@@ -16,10 +16,10 @@ import warnings
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, SampleTable, TokenThroughput
+from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule
@@ -127,7 +127,7 @@ class BabyGPTCLI(LightningCLI):
         config = self.config[self.subcommand]
         if config.trainer.enable_progress_bar is not False:
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
-            self.trainer_defaults["callbacks"].append(RichProgressBar())
+            self.trainer_defaults["callbacks"].append(ProgressBar())
         if self.subcommand in ("predict", "chat"):
             if config.model.vocab is None:
                 raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")

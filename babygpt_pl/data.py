@@ -47,6 +47,20 @@ def window_seed(seed: int, rank: int, index: int) -> int:
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + index) % (2**63 - 1)
 
 
+def seed_dropout(seed: int, device: torch.device) -> None:
+    """Seed the generators dropout draws from on ``device``: the CPU's, and a GPU's own.
+
+    Not torch.manual_seed, which seeds every backend and formats a stack trace for each one not in use (XPU,
+    MTIA): 135 us per training step on this project's CPU.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
+
+
 class _Forever(IterableDataset):
     """Endless placeholder batches: the windows themselves are drawn on the device (see the module doc)."""
 
@@ -167,7 +181,7 @@ class CiDataModule(L.LightningDataModule):
             rank = self.trainer.global_rank
             # Dropout's randomness too is a function of (seed, rank, batch): a resumed run repeats it exactly
             # without saving RNG states (a checkpoint's RNG state would include what validation consumed).
-            torch.manual_seed(window_seed(self.seed + 1, rank, index))
+            seed_dropout(window_seed(self.seed + 1, rank, index), batch.device)
             return self.train_batch(index, rank, batch.device)
         return self.windows("val", batch[0])
 

@@ -13,7 +13,14 @@ from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
 
-from babygpt_pl.callbacks import PredictionPrinter, SampleTable, TokenThroughput, batch_size, batch_tokens
+from babygpt_pl.callbacks import (
+    PredictionPrinter,
+    ProgressBar,
+    SampleTable,
+    TokenThroughput,
+    batch_size,
+    batch_tokens,
+)
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 
@@ -73,6 +80,35 @@ def test_throughput_reads_the_clock_only_on_logged_steps_and_still_counts_every_
         float(r["train/device/flops_per_sec"]) == pytest.approx(1000 * float(r["train/device/batches_per_sec"]))
         for r in rates
     )
+
+
+def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tmp_path: Path, monkeypatch) -> None:
+    """Reading them syncs a GPU (the loss becomes a float): every 3rd step here, not every step; validation's
+    metrics are still read."""
+    reads = []
+    original = ProgressBar.get_metrics
+
+    def spy(self, trainer, pl_module):
+        reads.append((trainer.training, trainer.global_step))
+        return original(self, trainer, pl_module)
+
+    monkeypatch.setattr(ProgressBar, "get_metrics", spy)
+    x = torch.randint(len(VOCAB), (64, 16))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=9,
+        log_every_n_steps=3,
+        val_check_interval=9,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=[ProgressBar()],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader, loader)
+    assert [step for training, step in reads if training] == [3, 6, 9]
+    assert any(not training for training, _ in reads)
 
 
 def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:

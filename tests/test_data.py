@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_text, window_seed
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_text, seed_dropout, window_seed
 from babygpt_pl.errors import UserError
 from babygpt_pl.tokenizer import CharTokenizer
 
@@ -279,3 +279,12 @@ def test_on_after_batch_transfer(dm: CiDataModule) -> None:
     assert torch.equal(x, dm.windows("val", starts)[0])
     dm.trainer = fake_trainer(training=False, predicting=True)
     assert dm.on_after_batch_transfer(["春江"], 0) == ["春江"]
+
+
+def test_seed_dropout_seeds_the_cpu_generator_as_torch_manual_seed_does(monkeypatch) -> None:
+    torch.manual_seed(5)
+    expected = torch.nn.functional.dropout(torch.ones(64), 0.5)
+    torch.manual_seed(0)
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("seeded every backend"))
+    seed_dropout(5, torch.device("cpu"))
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5), expected)
