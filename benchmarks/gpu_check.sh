@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh                        # results in ./gpu_out (OUT=... to change)
 #   TINY=1 OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh  # tiny sizes: a few minutes on a CPU, to test this script
-#   BENCH=0 FITS="best_muon best" bash benchmarks/gpu_check.sh  # only those fits (steps 4-5)
+#   BENCH=0 FITS=best bash benchmarks/gpu_check.sh  # only that fit (steps 4-5)
 #
 # Needs .whl/ (the missing Python packages, see benchmarks/README.md) and data/ci.txt beside it.
 # benchmarks/gpu/bench/vs_seed.py and benchmarks/gpu/reference/seed_babygpt.py are copies of ../shared (bench/ and
@@ -15,7 +15,7 @@
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
 #     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
 #   4 babygpt fit + validate for each of FITS (validation every VAL_EVERY steps): base = configs/base.yaml,
-#     best = configs/best.yaml, best_muon = configs/best.yaml with --model.optimizer muon
+#     best = configs/best.yaml (any name: configs/NAME.yaml)
 #   5 babygpt predict from each best checkpoint
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
 set -u
@@ -180,9 +180,7 @@ fi
 
 # --- 4. the real training runs, then validate on each best checkpoint ---
 for name in $FITS; do
-    config=configs/${name%_muon}.yaml
-    extra=()
-    [ "$name" != "${name%_muon}" ] && extra=(--model.optimizer muon)
+    config=configs/$name.yaml
     if [ ! -f "$config" ]; then
         log "fit_$name: skipped ($config does not exist)"
         printf 'fit_%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
@@ -195,7 +193,7 @@ for name in $FITS; do
     fi
     ckpt_dir=$WORK/ckpt-$name
     rm -rf "$ckpt_dir"
-    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" "${extra[@]}" --trainer.enable_progress_bar false)
+    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" --trainer.enable_progress_bar false)
     limit=$T_FIT_BASE
     [ "$name" != base ] && limit=$T_FIT_BEST
     step "fit_$name" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
