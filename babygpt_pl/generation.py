@@ -247,12 +247,8 @@ def graphed_decoder(model: BabyGPT, batch_size: int, compile: bool = False) -> G
     return None if decoder is None or decoder.busy else decoder
 
 
-# Column-major copies of the weights (14-37 ms at the seed shape) cost what batch 1 saves in 10-25 tokens.
-_COPY_MIN_TOKENS = 32
-# Column-major copies of the Linears' weights, each with its weight's stamp (identity, version, address) then.
-_COLUMN_MAJOR: weakref.WeakKeyDictionary[Linear, tuple[tuple[int, int, int], torch.Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
+# Re-laying the weights there and back (45-95 ms at the seed shape) costs what batch 1 saves in 20-45 tokens.
+_RELAYOUT_MIN_TOKENS = 32
 
 
 @contextlib.contextmanager
@@ -261,42 +257,37 @@ def _cpu_decode_layout(model: BabyGPT, new_tokens: int) -> Iterator[None]:
 
     A decode step reads every weight once per token, so it is bound by how fast the weights stream from memory:
     - every Linear splits its few-row products across the threads (:meth:`babygpt_pl.model.Linear.split`);
-    - the widening weights (more outputs than inputs: QKV, MLP up, head) are read from column-major copies, the
-      layout in which MKL streams them ~2x faster in a matrix-vector product (training keeps row-major, its
-      faster one). A copy is kept for the next streams until its weight changes, at the cost of its memory.
+    - the widening weights (more outputs than inputs: QKV, MLP up, head) are held column-major, the layout in
+      which MKL streams them ~2x faster in a matrix-vector product (training keeps row-major, its faster one).
     Together a batch-1 decode step ran 1.55x faster (README, "Performance"; bench_generate.py's decode_plain
-    rows). The parameters themselves are never touched (products may differ in the last bits).
+    rows). The weights' values never change (products may differ in the last bits). Not for two threads
+    decoding one model at once: they share its weights.
     """
     if next(model.parameters()).device.type != "cpu":
         yield
         return
     linears = [m for m in model.modules() if isinstance(m, Linear)]
+    moved = []
     try:
+        if new_tokens >= _RELAYOUT_MIN_TOKENS:
+            for m in linears:
+                if m.out_features > m.in_features and m.weight.is_contiguous():  # not one another stream holds
+                    _relayout(m.weight, column_major=True)
+                    moved.append(m.weight)
         for m in linears:
-            copy = _column_major(m, new_tokens >= _COPY_MIN_TOKENS) if m.out_features > m.in_features else None
-            m.split(torch.get_num_threads(), copy)
+            m.split(torch.get_num_threads())
         yield
     finally:
         for m in linears:
             m.split(1)
+        for w in moved:
+            _relayout(w, column_major=False)
 
 
-def _column_major(linear: Linear, make: bool) -> torch.Tensor | None:
-    """A column-major copy of the Linear's weight: the one kept from an earlier stream if the weight has not
-    changed since; else, if ``make``, a new one (kept for the next streams); else None."""
-    weight = linear.weight
-    if weight.is_inference():  # no version counter tells whether it changed: a new copy, not kept
-        return weight.t().contiguous().t() if make else None
-    stamp = (id(weight), weight._version, weight.data_ptr())
-    held = _COLUMN_MAJOR.get(linear)
-    if held is not None and held[0] == stamp:
-        return held[1]
-    if not make:
-        return None
-    with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, usable outside inference mode too
-        copy = weight.detach().t().contiguous().t()
-    _COLUMN_MAJOR[linear] = (stamp, copy)
-    return copy
+def _relayout(param: torch.Tensor, column_major: bool) -> None:
+    # In the parameter's own mode: one made under inference_mode must hold an inference tensor, any other not.
+    with torch.inference_mode(param.is_inference()), torch.no_grad():
+        param.data = param.data.t().contiguous().t() if column_major else param.data.contiguous()
 
 
 @contextlib.contextmanager

@@ -83,19 +83,18 @@ class Linear(nn.Linear):
         # Always in the instance's dict: a compiled model guards on it, and would recompile when it appeared.
         self.blocks: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    def split(self, n: int, weight: torch.Tensor | None = None) -> None:
+    def split(self, n: int) -> None:
         """Compute products of at most SPLIT_MAX_ROWS rows as ``n`` blocks of weight rows (1: plain F.linear).
 
-        The blocks are views of ``weight``, the weight's values in any layout (default: the weight itself as it
-        is now: call again after replacing its storage; in-place updates are seen).
+        The blocks are views of the weight as it is now: call again after replacing its storage (.to(), a new
+        layout); in-place updates are seen.
         """
         n = math.gcd(self.out_features, n)
         if n == 1:
             self.blocks = None
             return
-        weight = self.weight if weight is None else weight
         bias = None if self.bias is None else self.bias.view(n, 1, -1)
-        self.blocks = (weight.view(n, -1, self.in_features).transpose(1, 2), bias)
+        self.blocks = (self.weight.view(n, -1, self.in_features).transpose(1, 2), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = self.blocks
