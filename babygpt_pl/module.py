@@ -133,7 +133,8 @@ class BabyGPTModule(L.LightningModule):
         self._first_bad_step = torch.tensor(-1, device=self.device)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        every = self.trainer.log_every_n_steps  # 0: Lightning never logs; checkpoints still check
+        if every and self.global_step % every == 0:
             self.check_finite()
 
     def check_finite(self) -> None:

@@ -156,7 +156,10 @@ class NaNAfter(BabyGPTModule):
         return super().training_step(batch, batch_idx)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize("log_every_n_steps", [1, 0])  # 0: Lightning never logs; the checkpoint save checks
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, corpus: Path, log_every_n_steps: int
+) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from babygpt_pl.checkpoint import AtomicCheckpointIO
@@ -168,7 +171,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpu
         max_steps=8,
         logger=False,
         callbacks=[checkpoints],
-        log_every_n_steps=1,
+        log_every_n_steps=log_every_n_steps,
         enable_progress_bar=False,
         plugins=[AtomicCheckpointIO()],
     )
