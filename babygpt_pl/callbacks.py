@@ -155,6 +155,9 @@ class GracefulStop(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         received = self.received is not None
         if trainer.world_size > 1:  # every rank must take part in the save, so stop together
+            # Agreeing is a collective and a host sync: every log_every_n_steps steps, not every step.
+            if trainer.global_step % max(1, trainer.log_every_n_steps):
+                return
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
 
 from babygpt_pl.callbacks import (
+    GracefulStop,
     PredictionPrinter,
     ProgressBar,
     SampleTable,
@@ -109,6 +111,30 @@ def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tm
     trainer.fit(module, loader, loader)
     assert [step for training, step in reads if training] == [3, 6, 9]
     assert any(not training for training, _ in reads)
+
+
+def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
+    """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
+    reduced, saved = [], []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: reduced.append(decision) or decision)
+    trainer = SimpleNamespace(
+        world_size=2,
+        log_every_n_steps=5,
+        strategy=strategy,
+        checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)),
+        save_checkpoint=saved.append,
+        should_stop=False,
+    )
+    stop = GracefulStop()
+    for step in range(1, 13):
+        trainer.global_step = step
+        if step == 6:
+            stop.received = signal.SIGTERM
+        stop.on_train_batch_end(trainer, None)
+        if trainer.should_stop:
+            break
+    assert reduced == [False, True]
+    assert trainer.global_step == 10 and saved == [tmp_path / "last.ckpt"]
 
 
 def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:
