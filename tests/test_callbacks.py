@@ -35,6 +35,26 @@ def module() -> BabyGPTModule:
     return BabyGPTModule(vocab=VOCAB, block_size=16, n_embed=16, n_head=2, n_layer=1, dropout=0.0)
 
 
+def fit_nine_steps(module: BabyGPTModule, tmp_path: Path, callback: L.Callback, **trainer_kwargs) -> L.Trainer:
+    """Nine training steps of random tokens, logged every 3rd step (to CSV), with ``callback`` (a progress bar only
+    if it is one)."""
+    x = torch.randint(len(VOCAB), (64, 16))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=9,
+        log_every_n_steps=3,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=isinstance(callback, ProgressBar),
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, loader, loader)
+    return trainer
+
+
 def test_throughput_counts_tokens_of_training_batches_and_prompts_of_predict_batches() -> None:
     x = torch.zeros(4, 16, dtype=torch.long)
     assert (batch_size((x, x)), batch_tokens((x, x))) == (4, 64)
@@ -53,22 +73,8 @@ def test_throughput_reads_the_clock_only_on_logged_steps_and_still_counts_every_
 
     monkeypatch.setattr(Throughput, "update", spy)
     module.flops_per_batch = 1000
-    x = torch.randint(len(VOCAB), (64, 16))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
     monitor = TokenThroughput(window_size=2)
-    trainer = L.Trainer(
-        max_steps=9,
-        log_every_n_steps=3,
-        val_check_interval=4,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        callbacks=[monitor],
-        logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader, loader)
+    trainer = fit_nine_steps(module, tmp_path, monitor, val_check_interval=4, limit_val_batches=1)
     training = monitor._throughputs[RunningStage.TRAINING]
     # Logged steps 3, 6 and 9, and before the validations after steps 4 and 8; FLOPs of every batch in between.
     assert [(b, f) for t, b, f in updates if t is training] == [(3, 3000), (4, 1000), (6, 2000), (8, 2000), (9, 1000)]
@@ -95,20 +101,7 @@ def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tm
         return original(self, trainer, pl_module)
 
     monkeypatch.setattr(ProgressBar, "get_metrics", spy)
-    x = torch.randint(len(VOCAB), (64, 16))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=9,
-        log_every_n_steps=3,
-        val_check_interval=9,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        callbacks=[ProgressBar()],
-        logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader, loader)
+    fit_nine_steps(module, tmp_path, ProgressBar(), val_check_interval=9, limit_val_batches=2)
     assert [step for training, step in reads if training] == [3, 6, 9]
     assert any(not training for training, _ in reads)
 
