@@ -14,8 +14,9 @@
 #   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
 #     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
-#   4 babygpt fit + validate for each of FITS (validation every VAL_EVERY steps): base = configs/base.yaml,
-#     best = configs/best.yaml (any name: configs/NAME.yaml)
+#   4 babygpt fit, then validate of its best and its last checkpoint, for each of FITS (validation every VAL_EVERY
+#     steps): base = configs/base.yaml, best = configs/best.yaml (any name: configs/NAME.yaml); NAME+KEY=VALUE+... adds --KEY VALUE options, e.g.
+#     FITS="best best+model.dropout=0.3" compares best.yaml with a variant (files named fit_best_model_dropout_0_3)
 #   5 babygpt predict from each best checkpoint
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
 set -u
@@ -179,45 +180,57 @@ done
 fi
 
 # --- 4. the real training runs, then validate on each best checkpoint ---
-for name in $FITS; do
+# fit_tag ENTRY: the entry's name for step and file names (the device brings back plain names only).
+fit_tag() { printf '%s' "$1" | tr -c 'A-Za-z0-9_' '_'; }
+TAGS=()
+for entry in $FITS; do
+    name=${entry%%+*}
+    IFS=+ read -ra overrides <<<"$entry"
+    extra=()
+    for kv in "${overrides[@]:1}"; do extra+=("--${kv%%=*}" "${kv#*=}"); done
+    tag=$(fit_tag "$entry")
+    TAGS+=("$tag")
     config=configs/$name.yaml
     if [ ! -f "$config" ]; then
-        log "fit_$name: skipped ($config does not exist)"
-        printf 'fit_%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+        log "fit_$tag: skipped ($config does not exist)"
+        printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
         continue
     fi
     if [ ! -f "$CORPUS" ]; then
-        log "fit_$name: skipped (no data/ci.txt: carry it with the run)"
-        printf 'fit_%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+        log "fit_$tag: skipped (no data/ci.txt: carry it with the run)"
+        printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
         continue
     fi
-    ckpt_dir=$WORK/ckpt-$name
+    ckpt_dir=$WORK/ckpt-$tag
     rm -rf "$ckpt_dir"
-    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" --trainer.enable_progress_bar false)
+    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" "${extra[@]}" --trainer.enable_progress_bar false)
     limit=$T_FIT_BASE
     [ "$name" != base ] && limit=$T_FIT_BEST
-    step "fit_$name" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
+    step "fit_$tag" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
         --trainer.logger.init_args.offline true --trainer.logger.init_args.save_dir "$WORK"
     best=$(ls -t "$ckpt_dir"/best-*.ckpt 2>/dev/null | head -n 1)
     [ -n "$best" ] || best=$(ls "$ckpt_dir"/last.ckpt 2>/dev/null)
     if [ -z "$best" ]; then
-        log "validate_$name: skipped (fit wrote no checkpoint)"
+        log "validate_$tag: skipped (fit wrote no checkpoint)"
         continue
     fi
-    echo "$best" >"$OUT/best_$name.txt"
-    step "validate_$name" "$T_VALIDATE" $PY -m babygpt_pl.cli validate "${common[@]}" --ckpt_path "$best" \
+    echo "$best" >"$OUT/best_$tag.txt"
+    step "validate_$tag" "$T_VALIDATE" $PY -m babygpt_pl.cli validate "${common[@]}" --ckpt_path "$best" \
         --trainer.logger false
+    # The final weights too: a recipe that overfits has its best checkpoint before the last step.
+    [ -f "$ckpt_dir/last.ckpt" ] && step "validate_${tag}_last" "$T_VALIDATE" $PY -m babygpt_pl.cli validate \
+        "${common[@]}" --ckpt_path "$ckpt_dir/last.ckpt" --trainer.logger false
 done
 
 # --- 5. text from each best checkpoint ---
-for name in $FITS; do
-    [ -f "$OUT/best_$name.txt" ] || continue
-    step "predict_$name" "$T_PREDICT" $PY -m babygpt_pl.cli predict --ckpt_path "$(cat "$OUT/best_$name.txt")" \
-        --generation.max_new_tokens 100 --generation.seed 0 --generation.output "$OUT/predict_$name.jsonl"
+for tag in "${TAGS[@]}"; do
+    [ -f "$OUT/best_$tag.txt" ] || continue
+    step "predict_$tag" "$T_PREDICT" $PY -m babygpt_pl.cli predict --ckpt_path "$(cat "$OUT/best_$tag.txt")" \
+        --generation.max_new_tokens 100 --generation.seed 0 --generation.output "$OUT/predict_$tag.jsonl"
 done
 
 # --- summary: every step's figures in one JSON ---
-$PY - "$OUT" "$FITS" <<'EOF'
+$PY - "$OUT" "${TAGS[*]}" <<'EOF'
 import json, re, sys
 from pathlib import Path
 
@@ -244,13 +257,19 @@ def last_json_line(name):
     return None
 
 
-def val_loss(name):
-    """From validate's printed table, else from the best checkpoint's file name."""
-    log = out / f"validate_{name}.log"
+def validated_loss(step_name):
+    """The val loss in a validate step's printed table, or None."""
+    log = out / f"{step_name}.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     found = re.findall(r"val_loss\s*[│|]\s*([0-9.eE+-]+|nan|inf)", text)
-    if found:
-        return float(found[-1]), "validate"
+    return float(found[-1]) if found else None
+
+
+def val_loss(name):
+    """From validate's printed table, else from the best checkpoint's file name."""
+    found = validated_loss(f"validate_{name}")
+    if found is not None:
+        return found, "validate"
     best = out / f"best_{name}.txt"
     hit = re.search(r"val_loss=([0-9.]+)", best.read_text()) if best.exists() else None
     return (float(hit.group(1).rstrip(".")), "checkpoint name") if hit else (None, None)
@@ -293,6 +312,7 @@ for name in fits:
             "best_checkpoint": best.read_text().strip() if best.exists() else None,
             "val_loss": loss,
             "val_loss_from": source,
+            "last_val_loss": validated_loss(f"validate_{name}_last"),
         }
 for name in fits:
     pred = out / f"predict_{name}.jsonl"
