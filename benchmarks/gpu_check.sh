@@ -15,8 +15,9 @@
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
 #     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
 #   4 babygpt fit, then validate of its best and its last checkpoint, for each of FITS (validation every VAL_EVERY
-#     steps): base = configs/base.yaml, best = configs/best.yaml (any name: configs/NAME.yaml); NAME+KEY=VALUE+... adds --KEY VALUE options, e.g.
-#     FITS="best best+model.dropout=0.3" compares best.yaml with a variant (files named fit_best_model_dropout_0_3)
+#     steps): base = configs/base.yaml, best = configs/best.yaml (any name: configs/NAME.yaml). NAME+KEY=VALUE+...
+#     adds --KEY VALUE options: FITS="best best+model.dropout=0.3" compares best.yaml with a variant of it
+#     (whose files are named fit_best_model_dropout_0_3 and so on)
 #   5 babygpt predict from each best checkpoint
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
 set -u
