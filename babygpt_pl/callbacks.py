@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -19,7 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from babygpt_pl.files import write_atomic
+from babygpt_pl.files import jsonl, write_atomic
 from babygpt_pl.generation import complete
 
 
@@ -127,7 +126,7 @@ class PredictionPrinter(BasePredictionWriter):
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         output = getattr(pl_module, "generation", None) and pl_module.generation.output
         if output and trainer.is_global_zero:
-            write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records).encode())
+            write_atomic(output, jsonl(self.records), option="--generation.output")
 
 
 class GracefulStop(Callback):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import TextIO
 
 import torch
 
 from babygpt_pl.errors import UserError
+from babygpt_pl.files import jsonl, write_atomic
 from babygpt_pl.generation import GenerationConfig, complete
 from babygpt_pl.model import BabyGPT
 from babygpt_pl.tokenizer import CharTokenizer
@@ -24,7 +24,8 @@ def _read_prompt(stdin: TextIO, stdout: TextIO) -> str | None:
     if not line:  # Ctrl-D / end of a piped input
         stdout.write("\n")
         return None
-    return line.rstrip("\n") or None
+    # A pasted or piped line may carry Windows line ends or a byte-order mark: neither is part of the prompt.
+    return line.rstrip("\r\n").lstrip("\ufeff") or None
 
 
 def chat_loop(
@@ -34,18 +35,22 @@ def chat_loop(
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
 ) -> int:
-    """Answer prompts until an empty line or end of input; returns how many answers were completed."""
+    """Answer prompts until an empty line or end of input; returns how many answers were completed.
+
+    With ``config.output`` set, the file holds every answer so far as JSON lines (rewritten after each one).
+    """
+    if config.num_samples != 1:
+        raise UserError("chat streams one answer per prompt: drop --generation.num_samples (predict takes it)")
     model.eval()
-    config = replace(config, num_samples=1)  # one answer per prompt, streamed
     stdout.write(BANNER + "\n")
-    answered = 0
+    answers: list[dict] = []
 
     def show(row: int, piece: str) -> None:
         stdout.write(piece)
         stdout.flush()
 
     def warn(message: str) -> None:
-        stdout.write(f"[{message}]\n")
+        stdout.write(f"\n[{message}]\n")
 
     while True:
         try:
@@ -57,18 +62,18 @@ def chat_loop(
             break
         stdout.write(prompt)
         try:
-            [answer] = complete(
-                model, tokenizer, [prompt], config, on_text=show, warn=lambda m: stdout.write(f"[{m}]\n")
-            )
+            [answer] = complete(model, tokenizer, [prompt], config, on_text=show, warn=warn)
         except KeyboardInterrupt:
             stdout.write("\n[stopped]\n")
             continue
         except UserError as err:
             stdout.write(f"\nerror: {err}\n")
             continue
-        answered += 1
+        answers.append(vars(answer))
+        if config.output:
+            write_atomic(config.output, jsonl(answers), option="--generation.output")
         stdout.write(f"\n[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
-    return answered
+    return len(answers)
 
 
 def load_weights(model: torch.nn.Module, ckpt_path: str) -> None:

@@ -17,17 +17,23 @@ from babygpt_pl.files import atomic_writer
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely (tensors and plain types only) or explain in one line why it can't be used."""
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"checkpoint {path} is a directory: pass --ckpt_path to a file in it, e.g. {file}/last.ckpt")
     if not file.is_file():
         raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        # Read whole, not memory-mapped: a mapped load reads the tensors only when they are used, so a damaged
+        # file would pass here and fail later with a traceback.
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files; all of them mean "unusable"
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             raise UserError(
                 f"checkpoint {path} holds pickled Python objects, which could run code: refusing to load it "
                 "(babygpt checkpoints hold only tensors and plain values)"
             ) from None
-        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
+        raise UserError(
+            f"checkpoint {path} is truncated, damaged or not a PyTorch checkpoint ({type(err).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or "vocab" not in ckpt.get("hyper_parameters", {}):
         raise UserError(f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters)")
     return ckpt

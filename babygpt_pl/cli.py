@@ -24,6 +24,7 @@ from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule
 from babygpt_pl.errors import UserError
+from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 
@@ -125,12 +126,17 @@ class BabyGPTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if self.subcommand in ("predict", "chat"):
+            # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
+            config.trainer.enable_progress_bar = False
         if config.trainer.enable_progress_bar is not False:
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
             self.trainer_defaults["callbacks"].append(ProgressBar())
         if self.subcommand in ("predict", "chat"):
             if config.model.vocab is None:
                 raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
+            if config.generation.output:
+                check_writable(config.generation.output, "--generation.output")
             config.trainer.logger = False
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
@@ -171,6 +177,7 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself
     # checkpoints/ ships with its .gitignore, and last.ckpt is meant to be overwritten.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")  # predict from another run's folder
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:

@@ -9,6 +9,7 @@ once from ``seed``, so every validation of every run sees the same text.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,11 +28,13 @@ def read_text(path: str | Path, what: str = "corpus file", option: str = "--data
     """The whole file as text; a clear error, naming ``what`` and the ``option`` to fix, if it is missing,
     empty or not UTF-8."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory: pass {option} to a UTF-8 text file")
+    if not path.exists():
         raise UserError(f"{what} {path} not found: pass {option} to an existing UTF-8 text file")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors write one) is not text
     except UnicodeDecodeError as err:
         raise UserError(
             f"{what} {path} is not UTF-8: invalid byte 0x{raw[err.start]:02x} at byte offset {err.start}; "
@@ -79,7 +82,7 @@ class CiDataModule(L.LightningDataModule):
         train_ratio: the first part of the text is for training, the rest for validation.
         val_batches: how many fixed validation batches to evaluate each time.
         seed: seeds the training and validation windows.
-        prompts: what ``predict`` continues.
+        prompts: what ``predict`` continues: a list, or one prompt.
         prompts_file: a UTF-8 file with one prompt per line; replaces ``prompts`` when set.
         source: where to build ci.txt from: a chinese-poetry directory or .tgz (default: fetch with npm).
     """
@@ -92,7 +95,7 @@ class CiDataModule(L.LightningDataModule):
         train_ratio: float = 0.9,
         val_batches: int = 100,
         seed: int = 1337,
-        prompts: list[str] | None = None,
+        prompts: list[str] | str | None = None,
         prompts_file: str | None = None,
         source: str | None = None,
     ) -> None:
@@ -108,7 +111,7 @@ class CiDataModule(L.LightningDataModule):
         self.train_ratio = train_ratio
         self.val_batches = val_batches
         self.seed = seed
-        self.prompts = DEFAULT_PROMPTS if prompts is None else list(prompts)
+        self.prompts = DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
         self.prompts_file = prompts_file
         self.source = source
         self.tokenizer: CharTokenizer | None = None
@@ -168,6 +171,8 @@ class CiDataModule(L.LightningDataModule):
         else:
             text = read_text(self.prompts_file, "prompts file", "--data.prompts_file")
             prompts = [line for line in text.splitlines() if line.strip()]
+            if self.prompts != DEFAULT_PROMPTS:
+                print(f"warning: data.prompts_file replaces data.prompts; ignoring {self.prompts}", file=sys.stderr)
         if not prompts or any(not p for p in prompts):
             raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
         return prompts

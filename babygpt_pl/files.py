@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from babygpt_pl.errors import UserError
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Fail now, in one line naming ``option``, if a file could not be written at ``path`` (before the work
+    whose result it would hold, not after)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory: give a file name, e.g. {path / 'samples.jsonl'}")
+    parent = path.parent
+    while not parent.exists():  # atomic_writer creates the missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: no permission to write in {parent}; choose another folder")
 
 
 @contextmanager
@@ -16,8 +35,16 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
 
     The temp file lives in the target's directory, so the final ``os.replace`` is a rename on one file
     system: a kill at any moment leaves either the old file or the whole new one, never half of either.
+    A symlink is written through (its target is replaced). A pipe or device, or a name under /dev or /proc
+    (/dev/stdout: maybe the file the shell redirects to), is appended to in place: it cannot, or must not,
+    be replaced.
     """
-    path = Path(path)
+    given = Path(path)
+    if given.exists() and (not given.is_file() or given.absolute().as_posix().startswith(("/dev/", "/proc/"))):
+        with given.open("ab") as f:
+            yield f
+        return
+    path = Path(os.path.realpath(given))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -25,11 +52,32 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_writer(path) as f:
-        f.write(data)
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or a new file's (rw for all, less the umask): mkstemp's are 0600."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def jsonl(records: list[dict]) -> bytes:
+    """JSON lines, UTF-8, characters unescaped (ci stay readable)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def write_atomic(path: str | Path, data: bytes, option: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically; with ``option``, a failure is one error line naming it."""
+    try:
+        with atomic_writer(path) as f:
+            f.write(data)
+    except OSError as err:
+        if option is None:
+            raise
+        raise UserError(f"could not write {option} {path}: {err.strerror or err}; choose another path") from None

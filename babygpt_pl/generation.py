@@ -14,6 +14,7 @@ tokens (the tutorial's crop), so the two agree exactly inside the window and dif
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 import weakref
@@ -416,7 +417,11 @@ def generate(
 
 @dataclass
 class Completion:
-    """One generated sample: the prompt, its continuation, and how fast it came."""
+    """One generated sample: the prompt, its continuation, and how fast it came.
+
+    ``tokens`` counts every generated character, a stop string's included (``text`` leaves it out);
+    ``seconds`` runs from the start of the batch to this sample's end (its stop string, or the batch's end).
+    """
 
     prompt: str
     text: str
@@ -430,8 +435,12 @@ class Completion:
         self.tokens_per_s = self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # stderr: stdout carries only the generated text
+
+
 def encode_prompt(
-    tokenizer: CharTokenizer, prompt: str, window: int, oov: OOVPolicy = "error", warn: Callable[[str], None] = print
+    tokenizer: CharTokenizer, prompt: str, window: int, oov: OOVPolicy = "error", warn: Callable[[str], None] = _warn
 ) -> list[int]:
     """Token ids of a prompt: unknown characters handled per ``oov``, cropped to the last ``window``."""
     ids = tokenizer.encode(prompt, oov=oov)
@@ -454,7 +463,7 @@ def complete(
     prompts: Sequence[str],
     config: GenerationConfig | None = None,
     on_text: Callable[[int, str], None] | None = None,
-    warn: Callable[[str], None] = print,
+    warn: Callable[[str], None] = _warn,
 ) -> list[Completion]:
     """Generate ``config.num_samples`` continuations of each prompt, all in one batch.
 
@@ -464,14 +473,19 @@ def complete(
     config = config or GenerationConfig()
     stop = config.stop
     device = next(model.parameters()).device
+    if config.oov == "error":
+        tokenizer.require_known("".join(prompts))  # every unknown character in one message, not the first prompt's
     ids = [encode_prompt(tokenizer, p, model.config.block_size, config.oov, warn) for p in prompts]
     rows = [(p, i, s) for p, i in zip(prompts, ids, strict=True) for s in range(config.num_samples)]
-    generator = None
-    if config.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device)
+    if config.seed is None:  # fresh randomness, not the global generator's: seed_everything fixes that one
+        generator.seed()
+    else:
+        generator.manual_seed(config.seed)
     texts = [""] * len(rows)
     counts = [0] * len(rows)
     done = [False] * len(rows)
+    ended = [0.0] * len(rows)
     shown = [0] * len(rows)
     t0 = time.perf_counter()
     tokens = stream(
@@ -494,6 +508,7 @@ def complete(
             if hit:
                 texts[row] = texts[row][: -len(hit)]
                 done[row] = True
+                ended[row] = time.perf_counter() - t0
             if on_text is not None:
                 # Hold back a tail that may still grow into a stop string, so it is never shown.
                 safe = len(texts[row]) if done[row] else len(texts[row]) - _stop_prefix(texts[row], stop)
@@ -506,6 +521,6 @@ def complete(
             on_text(row, text[shown[row] :])
     seconds = time.perf_counter() - t0
     return [
-        Completion(prompt=p, text=t, tokens=c, seconds=seconds, sample=s, stopped=d)
-        for (p, _, s), t, c, d in zip(rows, texts, counts, done, strict=True)
+        Completion(prompt=p, text=t, tokens=c, seconds=e if d else seconds, sample=s, stopped=d)
+        for (p, _, s), t, c, d, e in zip(rows, texts, counts, done, ended, strict=True)
     ]

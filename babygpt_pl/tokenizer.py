@@ -38,24 +38,28 @@ class CharTokenizer:
         """The distinct characters of ``text`` that are not in the vocabulary, in order of appearance."""
         return list(dict.fromkeys(ch for ch in text if ch not in self.stoi))
 
+    def require_known(self, text: str) -> None:
+        """Raise one error naming every character of ``text`` outside the vocabulary (if any)."""
+        missing = self.unknown(text)
+        if missing:
+            shown = "".join(missing[:20]) + ("…" if len(missing) > 20 else "")
+            raise UserError(
+                f"{len(missing)} character(s) not in the model's vocabulary: {shown!r}; remove them from the "
+                "prompt, or pass --generation.oov drop (or replace)"
+            )
+
     def encode(self, text: str, oov: OOVPolicy = "error", replacement: str = " ") -> list[int]:
         """Token ids of ``text``. Unknown characters raise (``oov="error"``), are dropped, or replaced."""
         if oov not in ("error", "drop", "replace"):
             raise UserError(f"unknown oov policy {oov!r}: use error, drop or replace")
-        missing = self.unknown(text)
-        if missing:
-            if oov == "error":
-                shown = "".join(missing[:20]) + ("…" if len(missing) > 20 else "")
-                raise UserError(
-                    f"{len(missing)} character(s) not in the model's vocabulary: {shown!r}; remove them from the "
-                    "prompt, or pass --generation.oov drop (or replace)"
-                )
-            if oov == "replace":
-                if replacement not in self.stoi:
-                    raise UserError(f"the replacement character {replacement!r} is not in the vocabulary either")
-                text = "".join(ch if ch in self.stoi else replacement for ch in text)
-            else:
-                text = "".join(ch for ch in text if ch in self.stoi)
+        if oov == "error":
+            self.require_known(text)
+        elif oov == "replace":
+            if self.unknown(text) and replacement not in self.stoi:
+                raise UserError(f"the replacement character {replacement!r} is not in the vocabulary either")
+            text = "".join(ch if ch in self.stoi else replacement for ch in text)
+        else:
+            text = "".join(ch for ch in text if ch in self.stoi)
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids: Iterable[int]) -> str:

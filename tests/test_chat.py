@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import select
@@ -17,6 +18,7 @@ from cli_helper import babygpt_cmd, babygpt_env
 
 from babygpt_pl import chat as chat_module
 from babygpt_pl.chat import chat_loop
+from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig, complete
 from babygpt_pl.model import BabyGPT, GPTConfig
 from babygpt_pl.module import BabyGPTModule
@@ -110,3 +112,22 @@ def test_chat_in_a_terminal(tmp_path: Path, corpus: Path) -> None:
     assert proc.wait(timeout=60) == 0
     os.close(leader)
     assert "春江".encode() in seen
+
+
+def test_windows_line_ends_and_a_byte_order_mark_are_not_part_of_the_prompt(model: BabyGPT) -> None:
+    out = run(model, "\ufeff春江\r\n往事\r\n")
+    assert "error" not in out
+    assert out.count("tokens/s]") == 2
+
+
+def test_num_samples_is_refused_not_ignored(model: BabyGPT) -> None:
+    with pytest.raises(UserError, match="chat streams one answer per prompt"):
+        run(model, "春江\n", GenerationConfig(max_new_tokens=3, num_samples=2))
+
+
+def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:
+    out_file = tmp_path / "chat.jsonl"
+    run(model, "春江\n往事\n", GenerationConfig(max_new_tokens=3, temperature=0, output=str(out_file)))
+    records = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in records] == ["春江", "往事"]
+    assert all(r["tokens"] == 3 and len(r["text"]) == 3 for r in records)

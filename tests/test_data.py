@@ -288,3 +288,30 @@ def test_seed_dropout_seeds_the_cpu_generator_as_torch_manual_seed_does(monkeypa
     monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("seeded every backend"))
     seed_dropout(5, torch.device("cpu"))
     assert torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5), expected)
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_not_text(path: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("\ufeff春江\r\n往事\r\n".encode())
+    assert make(path, prompts_file=str(prompts)).load_prompts() == ["春江", "往事"]
+    assert read_text(prompts) == "春江\r\n往事\r\n"
+
+
+def test_a_directory_is_named_as_one(path: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"prompts file .* is a directory: pass --data.prompts_file"):
+        make(path, prompts_file=str(tmp_path)).load_prompts()
+    with pytest.raises(UserError, match=r"corpus file .* is a directory: pass --data.path"):
+        read_text(tmp_path)
+
+
+def test_one_prompt_may_be_a_plain_string(path: Path) -> None:
+    assert make(path, prompts="明月").load_prompts() == ["明月"]
+
+
+def test_prompts_given_beside_a_prompts_file_are_reported(path: Path, tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("春江\n", encoding="utf-8")
+    assert make(path, prompts_file=str(prompts)).load_prompts() == ["春江"]
+    assert capsys.readouterr().err == ""  # the default prompts are not the user's
+    assert make(path, prompts=["明月"], prompts_file=str(prompts)).load_prompts() == ["春江"]
+    assert "data.prompts_file replaces data.prompts; ignoring ['明月']" in capsys.readouterr().err

@@ -86,8 +86,17 @@ def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
         check_checkpoint(tmp_path / "nope.ckpt")
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(checkpoint.read_bytes()[:5000])
-    with pytest.raises(UserError, match="truncated or not a PyTorch checkpoint"):
+    with pytest.raises(UserError, match="truncated, damaged or not a PyTorch checkpoint"):
         check_checkpoint(truncated)
+    damaged = tmp_path / "damaged.ckpt"  # a tensor record's header zeroed: a mapped load would not notice
+    data = bytearray(checkpoint.read_bytes())
+    header = data.find(b"PK\x03\x04", len(data) // 2)
+    data[header : header + 64] = bytes(64)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="truncated, damaged or not a PyTorch checkpoint"):
+        check_checkpoint(damaged)
+    with pytest.raises(UserError, match="is a directory: pass --ckpt_path to a file in it"):
+        check_checkpoint(tmp_path)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(UserError, match="not a babygpt checkpoint"):
@@ -124,6 +133,14 @@ def test_predict_prompt_errors(tmp_path, monkeypatch, capsys, checkpoint) -> Non
     code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=['']")
     assert code == 2
     assert "empty prompt" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_an_unwritable_output_is_refused_before_generating(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    (tmp_path / "out").mkdir()
+    code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--generation.output=out")
+    assert code == 2
+    assert "--generation.output out is a directory" in one_error_line(capsys)
+    assert capsys.readouterr().out == ""  # nothing was generated
 
 
 def test_resume_with_another_model_shape(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:

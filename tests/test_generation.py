@@ -613,3 +613,39 @@ def test_a_failed_capture_warns_once_and_decodes_eagerly(graphs_on_cpu, monkeypa
         warnings.simplefilter("error")  # the failure is remembered: no second capture, no second warning
         again = generate(fresh, prompt, 5, temperature=0)
     assert torch.equal(first, eager) and torch.equal(again, eager)
+
+
+def test_complete_names_the_unknown_characters_of_every_prompt(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    with pytest.raises(UserError, match=r"2 character\(s\) not in the model's vocabulary: '#%'"):
+        complete(model, tokenizer, ["ab#", "cd%"], GenerationConfig(max_new_tokens=2))
+
+
+def test_complete_without_a_seed_ignores_the_global_seed(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    """seed_everything fixes the global generator: an unseeded run must still differ from the last one."""
+    config = GenerationConfig(max_new_tokens=30, temperature=2.0)
+    texts = []
+    for _ in range(2):
+        torch.manual_seed(1337)
+        texts.append(complete(model, tokenizer, ["ab"], config)[0].text)
+    assert texts[0] != texts[1]
+
+
+def test_a_stopped_sample_reports_its_own_time(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter(range(1000))
+    monkeypatch.setattr(generation.time, "perf_counter", lambda: float(next(clock)))  # one tick per reading
+    config = GenerationConfig(max_new_tokens=8, stop=["\n\n"])
+    monkeypatch.setattr(generation, "stream", two_row_stream("ab\n\ncdef", "abcdefgh", tokenizer))
+    stopped, full = complete(model, tokenizer, ["a", "b"], config)
+    assert stopped.stopped and not full.stopped
+    assert stopped.seconds < full.seconds
+    assert full.tokens_per_s == full.tokens / full.seconds
+
+
+def two_row_stream(first: str, second: str, tokenizer: CharTokenizer):
+    def fake(model, prompts, max_new_tokens, *args, **kwargs):
+        for a, b in zip(tokenizer.encode(first), tokenizer.encode(second), strict=True):
+            yield torch.tensor([a, b])
+
+    return fake

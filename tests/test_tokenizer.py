@@ -104,3 +104,10 @@ def test_vocab_is_a_copy_of_the_input() -> None:
     tok = CharTokenizer(chars)
     chars.append("c")
     assert tok.vocab == ["a", "b"]
+
+
+def test_require_known_names_every_unknown_character_of_all_the_text() -> None:
+    tok = CharTokenizer.from_text("春江往事")
+    tok.require_known("春江往事")
+    with pytest.raises(UserError, match=r"2 character\(s\) not in the model's vocabulary: 'ZX'"):
+        tok.require_known("往事Z" + "春江X")

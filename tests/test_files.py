@@ -1,0 +1,80 @@
+"""Atomic writes: whole files or none, through symlinks, in place for pipes and devices; early path checks."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from babygpt_pl.errors import UserError
+from babygpt_pl.files import atomic_writer, check_writable, write_atomic
+
+
+def test_check_writable_accepts_new_files_in_new_folders(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new" / "deeper" / "out.jsonl", "--generation.output")
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_check_writable_rejects_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--generation.output .* is a directory: give a file name"):
+        check_writable(tmp_path, "--generation.output")
+
+
+def test_check_writable_rejects_a_file_as_folder(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(UserError, match=r"f.txt is a file, not a folder"):
+        check_writable(tmp_path / "f.txt" / "out.jsonl", "--generation.output")
+
+
+def test_new_files_get_the_umask_permissions_not_mkstemp_private_ones(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.txt", b"a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    (tmp_path / "b.txt").write_bytes(b"old")
+    (tmp_path / "b.txt").chmod(0o600)
+    write_atomic(tmp_path / "b.txt", b"new")  # a replaced file keeps its permissions
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+    assert (tmp_path / "b.txt").read_bytes() == b"new"
+
+
+def test_a_symlink_is_written_through(tmp_path: Path) -> None:
+    (tmp_path / "target.jsonl").write_bytes(b"old")
+    (tmp_path / "link.jsonl").symlink_to("target.jsonl")
+    write_atomic(tmp_path / "link.jsonl", b"new")
+    assert (tmp_path / "link.jsonl").is_symlink()
+    assert (tmp_path / "target.jsonl").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "target.jsonl"]
+
+
+def test_a_pipe_is_written_in_place(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that opening it for writing does not block
+    try:
+        write_atomic(fifo, b"through the pipe")
+        assert os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_device_is_one_error_naming_the_option() -> None:
+    with pytest.raises(UserError, match=r"could not write --generation.output /dev/full: No space left on device"):
+        write_atomic("/dev/full", b"x" * 100_000, option="--generation.output")
+    assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)  # still the device, not a file put in its place
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_writer(target) as f:
+        f.write(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
