@@ -54,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` holds the newest weights after every validation.
+    """ModelCheckpoint whose ``last.ckpt`` holds the newest weights after every validation and at the end.
 
     Lightning 2.6 rewrites last.ckpt only at a step where it also saved a top-k checkpoint, so once the val loss
     stops improving last.ckpt stops moving: a resume would go back to the best step, and predict would use old
@@ -75,6 +75,12 @@ class LatestCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):  # validation at epoch end: top-k is saved here
             self._save_latest(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The steps after the last validation (max_steps not a multiple of val_check_interval, or a stop by
+        # a signal) would otherwise be lost from last.ckpt.
+        super().on_train_end(trainer, pl_module)
+        self._save_latest(trainer)
 
     def _save_latest(self, trainer: L.Trainer) -> None:
         # Skipped where the parent just saved at this step (its last.ckpt included), and outside fitting.

@@ -16,6 +16,8 @@ import warnings
 
 import lightning as L
 import torch
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -31,6 +33,9 @@ from babygpt_pl.module import BabyGPTModule
 # The model settings that decide the shapes of the weights, and the optimizer, whose state is shaped by them:
 # Lightning would load an AdamW state into Muon's groups (or the reverse) and carry on with the wrong one.
 _SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to", "optimizer")
+# Settings a resumed run takes from the checkpoint's optimizer state (its param groups and the scheduler's base
+# rates), whatever the config says: a change to them would be silently ignored.
+_OPTIMIZER_STATE = ("lr", "muon_lr", "betas", "weight_decay")
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
 # ckpt_path values Lightning resolves itself rather than as file names.
@@ -77,11 +82,47 @@ class Trainer(L.Trainer):
         chat_loop(model.model.to(device), model.tokenizer, model.generation)
 
 
+def check_trainer_settings(trainer, new_run: bool) -> None:
+    """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
+    accelerator = str(trainer.accelerator)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator is {accelerator} but this machine has no CUDA GPU: pass --trainer.accelerator cpu "
+            "(DDP then runs over gloo)"
+        )
+    every, steps = trainer.val_check_interval, trainer.max_steps
+    if new_run and isinstance(every, int) and 0 < steps < every and trainer.limit_val_batches != 0:
+        raise UserError(
+            f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): the run would never "
+            "validate (no val loss, no best checkpoint); lower it, or pass --trainer.limit_val_batches 0"
+        )
+
+
+def _plain(value):
+    """A setting as compared and shown: YAML gives lists where the defaults are tuples."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Reports a bad option or config file in one line (the project's rule for errors), not after a ~100-line
+    usage dump; JSONARGPARSE_DEBUG or --debug (``verbose``, set by main) still shows everything."""
+
+    verbose = False
+
+    def error(self, message: str, ex: Exception | None = None):
+        if self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
+            return super().error(message, ex)
+        command = self.prog.replace(" [options]", "")
+        print(f"error: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 class BabyGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
             BabyGPTModule,
             CiDataModule,
+            parser_class=OneLineErrorParser,
             # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
             save_config_kwargs={"overwrite": True},
             trainer_class=Trainer,
@@ -111,11 +152,21 @@ class BabyGPTCLI(LightningCLI):
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
             saved = {**_BEFORE, **saved}
-            wrong = [f"{k}={saved[k]!r} (this run: {model[k]!r})" for k in _SHAPE if saved.get(k, model[k]) != model[k]]
-            if wrong:
+
+            def changed(keys: tuple[str, ...]) -> str:
+                differ = [k for k in keys if k in saved and _plain(saved[k]) != _plain(model[k])]
+                return ", ".join(f"{k}={_plain(saved[k])!r} (this run: {_plain(model[k])!r})" for k in differ)
+
+            if wrong := changed(_SHAPE):
                 raise UserError(
-                    f"checkpoint {path} has a different model: {', '.join(wrong)}; resume with the config it was "
+                    f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
+                )
+            if wrong := changed(_OPTIMIZER_STATE):
+                raise UserError(
+                    f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer "
+                    "and learning-rate schedule, so these would be ignored; resume with the checkpoint's values, "
+                    "or drop --ckpt_path to start a new run"
                 )
         super()._parse_ckpt_path()
 
@@ -141,6 +192,10 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
             return
+        check_trainer_settings(config.trainer, new_run=self.subcommand == "fit" and not self.checkpoint)
+        if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
+            callbacks = self.trainer_defaults["callbacks"]
+            callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         logger = config.trainer.logger
         run_id = self.checkpoint.get("wandb_run_id")
         if run_id and getattr(logger, "class_path", "").endswith("WandbLogger") and not logger.init_args.get("id"):
@@ -165,9 +220,26 @@ class BabyGPTCLI(LightningCLI):
             self.trainer.callbacks.insert(0, PredictionPrinter())
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Name the file of a YAML syntax error (the parser would say only "<unicode string>", line N)."""
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
+        if path == flag or not os.path.isfile(path):
+            continue  # not a --config option, or a missing file: the parser reports that one
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or err
+            raise UserError(f"config file {path} is not valid YAML{line}: {problem}; fix the file") from None
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     debug = bool(os.environ.get("JSONARGPARSE_DEBUG")) or "--debug" in argv
+    OneLineErrorParser.verbose = debug
     if args is None:
         sys.argv[1:] = [a for a in argv if a != "--debug"]  # LightningCLI reads sys.argv itself
     else:
@@ -181,12 +253,16 @@ def main(args: list[str] | None = None) -> None:
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
+        check_config_files(argv if args is None else args)
         cli = BabyGPTCLI(args=args)
-    except UserError as err:
+    except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before training started (during it, GracefulStop saves and stops)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]
     if stopped:
         sys.exit(128 + stopped[0])  # the shell's convention for "ended by a signal", after a clean save

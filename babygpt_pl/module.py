@@ -74,6 +74,14 @@ class BabyGPTModule(L.LightningModule):
             raise UserError(f"model.optimizer must be 'adamw' or 'muon', got {optimizer!r}")
         if compile_mode not in COMPILE_MODES:
             raise UserError(f"model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+        positive = {"lr": lr, "muon_lr": muon_lr}
+        non_negative = {"min_lr": min_lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps}
+        bad = [f"model.{k} must be > 0, got {v}" for k, v in positive.items() if not v > 0]
+        bad += [f"model.{k} must be >= 0, got {v}" for k, v in non_negative.items() if not v >= 0]
+        if not all(0 <= b < 1 for b in betas):
+            bad.append(f"model.betas must be in [0, 1), got {list(betas)}")
+        if bad:
+            raise UserError("; ".join(bad))
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
         self.config = GPTConfig(

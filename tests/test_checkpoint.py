@@ -50,6 +50,11 @@ def test_last_checkpoint_follows_training_when_the_best_does_not(tmp_path: Path)
     assert last["global_step"] == 12  # Lightning's own ModelCheckpoint leaves last.ckpt at step 4 here
 
 
+def test_last_checkpoint_holds_the_steps_after_the_last_validation(tmp_path: Path) -> None:
+    fit(tmp_path, max_steps=10, val_check_interval=4)  # validations at 4 and 8, the run ends at 10
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 10
+
+
 def test_validation_at_epoch_end_keeps_the_best_and_the_last(tmp_path: Path) -> None:
     checkpoint = fit(tmp_path, max_epochs=3)  # 12 steps an epoch, validated at each epoch's end
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=12.ckpt", "last.ckpt"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +11,7 @@ import pytest
 import torch
 from cli_helper import TINY, babygpt
 
+from babygpt_pl import cli as cli_module
 from babygpt_pl.checkpoint import check_checkpoint
 from babygpt_pl.cli import main
 from babygpt_pl.data import CiDataModule
@@ -156,6 +158,51 @@ def test_resume_with_another_optimizer(tmp_path, monkeypatch, capsys, checkpoint
     assert "optimizer='adamw' (this run: 'muon')" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("option", "shown"),
+    [
+        ("--model.lr=0.1", "lr=0.0003 (this run: 0.1)"),
+        ("--model.betas=[0.8, 0.9]", "betas=[0.9, 0.999] (this run: [0.8, 0.9])"),
+    ],
+)
+def test_resume_with_another_learning_rate_is_refused_not_ignored(
+    tmp_path, monkeypatch, capsys, checkpoint, corpus, option, shown
+) -> None:
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", "--model.block_size=16"]
+    shape = ["--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+    assert run_main(monkeypatch, tmp_path, *args, *shape, option) == 2
+    line = one_error_line(capsys)
+    assert shown in line and "would be ignored" in line
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--model.lr=-0.01"], "model.lr must be > 0, got -0.01"),
+        (["--model.muon_lr=0"], "model.muon_lr must be > 0, got 0.0"),
+        (["--model.weight_decay=-1"], "model.weight_decay must be >= 0"),
+        (["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer"),
+        (["--trainer.accelerator=gpu"], "no CUDA GPU: pass --trainer.accelerator cpu"),
+        (["--trainer.max_steps=5", "--trainer.val_check_interval=10"], "the run would never validate"),
+        (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
+        (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
+    ],
+)
+def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpus, extra, expected) -> None:
+    if extra[0].startswith("--trainer.accelerator") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(sys, "argv", ["babygpt"])  # the parser names the command after argv[0]
+    assert run_main(monkeypatch, tmp_path, "fit", f"--data.path={corpus}", *SMALL, *extra) == 2
+    assert expected in one_error_line(capsys)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
+    (tmp_path / "bad.yaml").write_text("trainer:\n  max_steps: [10\n", encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", "bad.yaml", f"--data.path={corpus}") == 2
+    assert "config file bad.yaml is not valid YAML at line 3" in one_error_line(capsys)
+
+
 def test_validate_on_a_corpus_with_another_vocabulary(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     other = tmp_path / "other.txt"
     other.write_text("abcdefghij" * 100, encoding="utf-8")
@@ -197,3 +244,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(t).all() for k, t in ckpt["state_dict"].items() if "head.bias" not in k)
+
+
+def test_ctrl_c_before_training_is_a_clean_exit(tmp_path, monkeypatch, capsys) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "BabyGPTCLI", interrupted)
+    assert run_main(monkeypatch, tmp_path, "fit") == 130
+    assert capsys.readouterr().err == "interrupted\n"
