@@ -8,7 +8,7 @@ from typing import TextIO
 import torch
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.files import jsonl, write_atomic
+from babygpt_pl.files import in_place, jsonl, write_atomic
 from babygpt_pl.generation import GenerationConfig, complete
 from babygpt_pl.model import BabyGPT
 from babygpt_pl.tokenizer import CharTokenizer
@@ -70,8 +70,9 @@ def chat_loop(
             stdout.write(f"\nerror: {err}\n")
             continue
         answers.append(vars(answer))
-        if config.output:
-            write_atomic(config.output, jsonl(answers), option="--generation.output")
+        if config.output:  # the whole file anew, or only the new line where it is written in place (a pipe)
+            records = answers[-1:] if in_place(config.output) else answers
+            write_atomic(config.output, jsonl(records), option="--generation.output")
         stdout.write(f"\n[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
     return len(answers)
 

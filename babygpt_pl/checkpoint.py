@@ -77,8 +77,8 @@ class LatestCheckpoint(ModelCheckpoint):
             self._save_latest(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The steps after the last validation (max_steps not a multiple of val_check_interval, or a stop by
-        # a signal) would otherwise be lost from last.ckpt.
+        # The steps after the last validation (max_steps not a multiple of val_check_interval) would otherwise
+        # be lost from last.ckpt.
         super().on_train_end(trainer, pl_module)
         self._save_latest(trainer)
 

@@ -35,7 +35,7 @@ from babygpt_pl.module import BabyGPTModule
 _SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to", "optimizer")
 # Settings a resumed run takes from the checkpoint's optimizer state (its param groups and the scheduler's base
 # rates), whatever the config says: a change to them would be silently ignored.
-_OPTIMIZER_STATE = ("lr", "muon_lr", "betas", "weight_decay")
+_OPTIMIZER_STATE = ("muon_lr", "lr", "betas", "weight_decay")  # muon_lr first: only Muon runs use it
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
 # ckpt_path values Lightning resolves itself rather than as file names.
@@ -85,16 +85,20 @@ class Trainer(L.Trainer):
 def check_trainer_settings(trainer, new_run: bool) -> None:
     """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
     accelerator = str(trainer.accelerator)
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
+    if accelerator in ("gpu", "cuda") and not gpu:
         raise UserError(
             f"trainer.accelerator is {accelerator} but this machine has no CUDA GPU: pass --trainer.accelerator cpu "
             "(DDP then runs over gloo)"
         )
     every, steps = trainer.val_check_interval, trainer.max_steps
-    if new_run and isinstance(every, int) and 0 < steps < every and trainer.limit_val_batches != 0:
-        raise UserError(
-            f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): the run would never "
-            "validate (no val loss, no best checkpoint); lower it, or pass --trainer.limit_val_batches 0"
+    batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
+    if new_run and isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
+        # A warning, not an error: a short smoke run of a long config is a normal thing to do.
+        print(
+            f"warning: trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will "
+            "not validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)",
+            file=sys.stderr,
         )
 
 
@@ -110,7 +114,8 @@ class OneLineErrorParser(LightningArgumentParser):
     verbose = False
 
     def error(self, message: str, ex: Exception | None = None):
-        if self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
+        # exit_on_error=False: an inner parser jsonargparse made to try one type of a union, expecting a raise.
+        if not self.exit_on_error or self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         command = self.prog.replace(" [options]", "")
         print(f"error: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
@@ -147,7 +152,9 @@ class BabyGPTCLI(LightningCLI):
         # or unsafe file gets one clear line instead of a traceback.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        self.checkpoint = check_checkpoint(path) if path and path not in _SPECIAL_CKPT else {}
+        checkpoint = check_checkpoint(path) if path and path not in _SPECIAL_CKPT else {}
+        # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own).
+        self.checkpoint = {k: checkpoint[k] for k in ("hyper_parameters", "wandb_run_id") if k in checkpoint}
         if subcommand == "fit" and self.checkpoint:
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
@@ -162,7 +169,7 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
                 )
-            if wrong := changed(_OPTIMIZER_STATE):
+            if wrong := changed(_OPTIMIZER_STATE if model["optimizer"] == "muon" else _OPTIMIZER_STATE[1:]):
                 raise UserError(
                     f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer "
                     "and learning-rate schedule, so these would be ignored; resume with the checkpoint's values, "
@@ -229,6 +236,8 @@ def check_config_files(argv: list[str]) -> None:
         try:
             with open(path, encoding="utf-8") as f:
                 yaml.safe_load(f)
+        except OSError as err:
+            raise UserError(f"config file {path} cannot be read: {err.strerror}; check its permissions") from None
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             where = getattr(err, "problem_mark", None)
             line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -253,14 +262,16 @@ def main(args: list[str] | None = None) -> None:
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
-        check_config_files(argv if args is None else args)
+        check_config_files(argv)
         cli = BabyGPTCLI(args=args)
     except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C before training started (during it, GracefulStop saves and stops)
+    except KeyboardInterrupt:  # Ctrl-C while the command starts up (during training GracefulStop handles it)
+        if debug:
+            raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]

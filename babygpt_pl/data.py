@@ -113,6 +113,8 @@ class CiDataModule(L.LightningDataModule):
         self.seed = seed
         self.prompts = DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
         self.prompts_file = prompts_file
+        if prompts_file is not None and self.prompts != DEFAULT_PROMPTS:  # here: prompts are read at each validation
+            print(f"warning: data.prompts_file replaces data.prompts; ignoring {self.prompts}", file=sys.stderr)
         self.source = source
         self.tokenizer: CharTokenizer | None = None
         self.train_data: torch.Tensor | None = None
@@ -171,8 +173,6 @@ class CiDataModule(L.LightningDataModule):
         else:
             text = read_text(self.prompts_file, "prompts file", "--data.prompts_file")
             prompts = [line for line in text.splitlines() if line.strip()]
-            if self.prompts != DEFAULT_PROMPTS:
-                print(f"warning: data.prompts_file replaces data.prompts; ignoring {self.prompts}", file=sys.stderr)
         if not prompts or any(not p for p in prompts):
             raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
         return prompts

@@ -13,6 +13,28 @@ from typing import BinaryIO
 
 from babygpt_pl.errors import UserError
 
+# Read once, at import: reading it means setting it, process-wide, and a file made meanwhile would get its mode.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def in_place(path: str | Path) -> bool:
+    """Whether ``path`` is written in place rather than replaced: a pipe or device, or the file this process's
+    stdout or stderr goes to (``/dev/stdout`` redirected to a file, under any name)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    for fd in (1, 2):
+        try:
+            if os.path.samestat(st, os.fstat(fd)):
+                return True
+        except OSError:
+            continue  # that descriptor is closed
+    return False
+
 
 def check_writable(path: str | Path, option: str) -> None:
     """Fail now, in one line naming ``option``, if a file could not be written at ``path`` (before the work
@@ -20,6 +42,10 @@ def check_writable(path: str | Path, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path} is a directory: give a file name, e.g. {path / 'samples.jsonl'}")
+    if in_place(path):
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{option} {path}: no permission to write to it; choose another path")
+        return
     parent = path.parent
     while not parent.exists():  # atomic_writer creates the missing folders
         parent = parent.parent
@@ -35,16 +61,14 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
 
     The temp file lives in the target's directory, so the final ``os.replace`` is a rename on one file
     system: a kill at any moment leaves either the old file or the whole new one, never half of either.
-    A symlink is written through (its target is replaced). A pipe or device, or a name under /dev or /proc
-    (/dev/stdout: maybe the file the shell redirects to), is appended to in place: it cannot, or must not,
-    be replaced.
+    A symlink is written through (its target is replaced). What :func:`in_place` names (a pipe, a device,
+    the file stdout goes to) is appended to instead: it cannot, or must not, be replaced.
     """
-    given = Path(path)
-    if given.exists() and (not given.is_file() or given.absolute().as_posix().startswith(("/dev/", "/proc/"))):
-        with given.open("ab") as f:
+    if in_place(path):
+        with open(path, "ab") as f:
             yield f
         return
-    path = Path(os.path.realpath(given))
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -62,9 +86,7 @@ def _mode_for(path: Path) -> int:
     """The replaced file's permissions, or a new file's (rw for all, less the umask): mkstemp's are 0600."""
     if path.exists():
         return stat.S_IMODE(path.stat().st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_UMASK
 
 
 def jsonl(records: list[dict]) -> bytes:

@@ -313,5 +313,7 @@ def test_prompts_given_beside_a_prompts_file_are_reported(path: Path, tmp_path: 
     prompts.write_text("春江\n", encoding="utf-8")
     assert make(path, prompts_file=str(prompts)).load_prompts() == ["春江"]
     assert capsys.readouterr().err == ""  # the default prompts are not the user's
-    assert make(path, prompts=["明月"], prompts_file=str(prompts)).load_prompts() == ["春江"]
+    module = make(path, prompts=["明月"], prompts_file=str(prompts))
     assert "data.prompts_file replaces data.prompts; ignoring ['明月']" in capsys.readouterr().err
+    assert module.load_prompts() == module.load_prompts() == ["春江"]
+    assert capsys.readouterr().err == ""  # once, not at every validation's samples

@@ -183,7 +183,6 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--model.weight_decay=-1"], "model.weight_decay must be >= 0"),
         (["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer"),
         (["--trainer.accelerator=gpu"], "no CUDA GPU: pass --trainer.accelerator cpu"),
-        (["--trainer.max_steps=5", "--trainer.val_check_interval=10"], "the run would never validate"),
         (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
         (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
     ],
@@ -195,6 +194,13 @@ def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpu
     assert run_main(monkeypatch, tmp_path, "fit", f"--data.path={corpus}", *SMALL, *extra) == 2
     assert expected in one_error_line(capsys)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
+    monkeypatch.chdir(tmp_path)
+    main(["fit", f"--data.path={corpus}", *SMALL, "--trainer.max_steps=3", "--trainer.val_check_interval=10"])
+    assert "warning: trainer.val_check_interval (10) is more than trainer.max_steps (3)" in capsys.readouterr().err
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:

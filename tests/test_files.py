@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,20 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_dev_stdout_redirected_to_a_file_is_appended_to_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    code = "from babygpt_pl.files import write_atomic as w; print('text', flush=True); w('/dev/stdout', b'jsonl\\n')"
+    with out.open("w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True)
+    assert out.read_text() == "text\njsonl\n"
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_a_regular_file_under_dev_is_replaced_like_any_other() -> None:
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        path = Path(folder) / "x.jsonl"
+        write_atomic(path, b"run 1\n")
+        write_atomic(path, b"run 2\n")
+        assert path.read_bytes() == b"run 2\n"
