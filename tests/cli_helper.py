@@ -26,6 +26,8 @@ def babygpt_env(**extra: str | None) -> dict[str, str]:
     # One thread: tiny models only lose to thread sync, and it keeps CPU results bitwise repeatable.
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]))
+    # A wandb service started by an in-process test would be shared, and hold a finished run's id "in use".
+    env.pop("WANDB_SERVICE", None)
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)

@@ -198,7 +198,9 @@ def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpu
 
 def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
-    main(["fit", f"--data.path={corpus}", *SMALL, "--trainer.max_steps=3", "--trainer.val_check_interval=10"])
+    # No logger: wandb in this process would leave a service that the resume tests' subprocesses then share.
+    args = ["--trainer.max_steps=3", "--trainer.val_check_interval=10", "--trainer.logger=false"]
+    main(["fit", f"--data.path={corpus}", *SMALL, *args])
     assert "warning: trainer.val_check_interval (10) is more than trainer.max_steps (3)" in capsys.readouterr().err
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
