@@ -25,7 +25,7 @@ from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, S
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import UserError, warn
 from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
@@ -35,7 +35,7 @@ from babygpt_pl.module import BabyGPTModule
 _SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to", "optimizer")
 # Settings a resumed run takes from the checkpoint's optimizer state (its param groups and the scheduler's base
 # rates), whatever the config says: a change to them would be silently ignored.
-_OPTIMIZER_STATE = ("muon_lr", "lr", "betas", "weight_decay")  # muon_lr first: only Muon runs use it
+_OPTIMIZER_STATE = ("lr", "muon_lr", "betas", "weight_decay")
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
 # ckpt_path values Lightning resolves itself rather than as file names.
@@ -95,10 +95,9 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
     batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
     if new_run and isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
         # A warning, not an error: a short smoke run of a long config is a normal thing to do.
-        print(
-            f"warning: trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will "
-            "not validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)",
-            file=sys.stderr,
+        warn(
+            f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will not "
+            "validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)"
         )
 
 
@@ -169,7 +168,8 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
                 )
-            if wrong := changed(_OPTIMIZER_STATE if model["optimizer"] == "muon" else _OPTIMIZER_STATE[1:]):
+            used = [k for k in _OPTIMIZER_STATE if k != "muon_lr" or model["optimizer"] == "muon"]
+            if wrong := changed(tuple(used)):
                 raise UserError(
                     f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer "
                     "and learning-rate schedule, so these would be ignored; resume with the checkpoint's values, "
@@ -187,10 +187,6 @@ class BabyGPTCLI(LightningCLI):
         if self.subcommand in ("predict", "chat"):
             # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
             config.trainer.enable_progress_bar = False
-        if config.trainer.enable_progress_bar is not False:
-            # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
-            self.trainer_defaults["callbacks"].append(ProgressBar())
-        if self.subcommand in ("predict", "chat"):
             if config.model.vocab is None:
                 raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
             if config.generation.output:
@@ -199,6 +195,9 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
             return
+        if config.trainer.enable_progress_bar is not False:
+            # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
+            self.trainer_defaults["callbacks"].append(ProgressBar())
         check_trainer_settings(config.trainer, new_run=self.subcommand == "fit" and not self.checkpoint)
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]

@@ -9,7 +9,6 @@ once from ``seed``, so every validation of every run sees the same text.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from babygpt_pl.corpus import ensure_corpus
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import UserError, warn
 from babygpt_pl.tokenizer import CharTokenizer
 
 DEFAULT_PROMPTS = ["春江", "往事"]
@@ -114,7 +113,7 @@ class CiDataModule(L.LightningDataModule):
         self.prompts = DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
         self.prompts_file = prompts_file
         if prompts_file is not None and self.prompts != DEFAULT_PROMPTS:  # here: prompts are read at each validation
-            print(f"warning: data.prompts_file replaces data.prompts; ignoring {self.prompts}", file=sys.stderr)
+            warn(f"data.prompts_file replaces data.prompts; ignoring {self.prompts}")
         self.source = source
         self.tokenizer: CharTokenizer | None = None
         self.train_data: torch.Tensor | None = None

@@ -1,8 +1,15 @@
-"""The one exception type for mistakes a user can fix.
+"""What the user is told: the one exception type for mistakes a user can fix, and warnings.
 
-It subclasses ValueError, so library callers may catch either. The CLI prints its message as a single line
-(no traceback) and exits non-zero, so every message names the problem and the fix.
+UserError subclasses ValueError, so library callers may catch either. The CLI prints its message as a single
+line (no traceback) and exits non-zero, so every message names the problem and the fix.
 """
+
+import sys
+
+
+def warn(message: str) -> None:
+    """One ``warning: …`` line on stderr (stdout carries only what a command produces, e.g. generated text)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class UserError(ValueError):

@@ -14,7 +14,6 @@ tokens (the tutorial's crop), so the two agree exactly inside the window and dif
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import warnings
 import weakref
@@ -25,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
+from babygpt_pl.errors import warn as warn_user
 from babygpt_pl.model import BabyGPT, KVCache, Linear
 from babygpt_pl.tokenizer import CharTokenizer, OOVPolicy
 
@@ -435,12 +435,12 @@ class Completion:
         self.tokens_per_s = self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)  # stderr: stdout carries only the generated text
-
-
 def encode_prompt(
-    tokenizer: CharTokenizer, prompt: str, window: int, oov: OOVPolicy = "error", warn: Callable[[str], None] = _warn
+    tokenizer: CharTokenizer,
+    prompt: str,
+    window: int,
+    oov: OOVPolicy = "error",
+    warn: Callable[[str], None] = warn_user,
 ) -> list[int]:
     """Token ids of a prompt: unknown characters handled per ``oov``, cropped to the last ``window``."""
     ids = tokenizer.encode(prompt, oov=oov)
@@ -463,7 +463,7 @@ def complete(
     prompts: Sequence[str],
     config: GenerationConfig | None = None,
     on_text: Callable[[int, str], None] | None = None,
-    warn: Callable[[str], None] = _warn,
+    warn: Callable[[str], None] = warn_user,
 ) -> list[Completion]:
     """Generate ``config.num_samples`` continuations of each prompt, all in one batch.
 
