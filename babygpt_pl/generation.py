@@ -363,7 +363,7 @@ def stream(
         """Logits after reading slots start..n-1 into the cache from its slot 0, each row's last position, and
         whether the window holds padding."""
         positions, mask = _window_inputs(valid[:, start:n])
-        logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask)
+        logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask, last_only=True)
         if decoder is not None:
             decoder.load(positions[:, -1:] + 1, valid[:, start:n])
         return logits, positions[:, -1:], mask is not None

@@ -290,13 +290,15 @@ class BabyGPT(nn.Module):
         pos: int = 0,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) and, given targets, the mean cross-entropy.
 
         For generation: ``cache`` holds the keys/values of positions ``0 .. pos-1`` and ``idx`` sits at
         positions ``pos .. pos+T-1`` of it. ``positions`` (B, T) overrides the position ids (rows of a
         left-padded batch start at different places) and ``mask`` (B, 1, T, pos+T), True where a query may
-        attend a key, overrides the causal mask.
+        attend a key, overrides the causal mask. ``last_only`` returns the logits of the last position alone
+        (B, 1, vocab_size): a prefill samples from no other, and the head is a quarter of the model's products.
         """
         B, T = idx.shape
         if pos and cache is None:
@@ -307,7 +309,7 @@ class BabyGPT(nn.Module):
             positions = torch.arange(pos, pos + T, device=idx.device)
         x = self._hidden(idx, positions, cache=cache, pos=pos, mask=mask)
         if targets is None:
-            return self.head(x)[..., : self.config.vocab_size], None
+            return self.head(x[:, -1:] if last_only else x)[..., : self.config.vocab_size], None
         # Training needs only the loss: the logits are not returned, so the CPU path never materialises them.
         h, y = x.reshape(B * T, -1), targets.reshape(B * T)
         if x.device.type == "cpu" and not torch.is_autocast_enabled(x.device.type):

@@ -139,6 +139,16 @@ def test_cache_logits_inside_window_equal_full_forward(model: BabyGPT, monkeypat
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
+def test_the_head_reads_one_position_per_row(model: BabyGPT, monkeypatch: pytest.MonkeyPatch, use_cache: bool) -> None:
+    """Prefills (the prompt, a window re-read) compute no logits for positions nothing samples from."""
+    rows = []
+    monkeypatch.setattr(model.head, "forward", lambda x: rows.append(x.shape[:-1]) or torch.zeros(*x.shape[:-1], V))
+    run(model, [[1, 2, 3, 4, 5], [6, 7]], 2 * BLOCK, use_cache=use_cache)
+    assert len(rows) == 2 * BLOCK
+    assert set(rows) == {(2, 1)}
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
 def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
     prompt = torch.tensor([[3, 4, 5], [6, 7, 8]])
     out = generate(model, prompt, 3 * BLOCK, temperature=0, use_cache=use_cache)

@@ -92,6 +92,16 @@ def test_forward_shapes_without_targets() -> None:
     assert torch.isfinite(logits).all()
 
 
+def test_last_only_gives_the_last_positions_logits() -> None:
+    model = tiny_model()
+    randomize_head(model)
+    idx = torch.randint(VOCAB, (3, 7))
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (3, 1, VOCAB)
+    torch.testing.assert_close(last, full[:, -1:])
+
+
 def test_forward_shapes_with_targets_and_initial_loss() -> None:
     model = tiny_model()
     idx = torch.randint(VOCAB, (4, BLOCK))
