@@ -357,7 +357,9 @@ def stream(
     if decoder is not None:
         cache = decoder.cache
     elif use_cache:
-        cache = KVCache(model.config, len(rows), device, cache_dtype(model))
+        # Only the slots this call fills: the prompt and the new tokens, or a whole window if they pass it.
+        capacity = min(window, n + max_new_tokens)
+        cache = KVCache(model.config, len(rows), device, cache_dtype(model), capacity)
 
     def prefill(start: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Logits after reading slots start..n-1 into the cache from its slot 0, each row's last position, and

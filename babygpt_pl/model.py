@@ -149,14 +149,26 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated for ``block_size`` positions and written in place.
+    """Keys and values of every layer, preallocated for ``capacity`` positions and written in place.
 
-    ``kv[layer]`` has shape (2, B, n_head, block_size, head_dim): keys then values, so one copy writes both.
+    ``kv[layer]`` has shape (2, B, n_head, capacity, head_dim): keys then values, so one copy writes both.
     The model writes positions ``pos .. pos+T-1`` and attends to slots ``0 .. pos+T-1``; the caller tracks ``pos``.
+    ``capacity`` (default ``block_size``) can be the few slots a short generation needs: each row's keys then
+    lie closer together, so a CPU decode step reads them in longer runs, and the cache takes less memory.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
-        shape = (2, batch_size, config.n_head, config.block_size, config.head_dim)
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        capacity: int | None = None,
+    ) -> None:
+        capacity = config.block_size if capacity is None else capacity
+        if not 0 < capacity <= config.block_size:
+            raise ValueError(f"KVCache capacity must be in 1..block_size ({config.block_size}), got {capacity}")
+        shape = (2, batch_size, config.n_head, capacity, config.head_dim)
         # empty, not zeros: a slot is always written before it is read (at batch 64 zeroing is 300 MB a call).
         self.kv = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
 

@@ -138,6 +138,23 @@ def test_cache_logits_inside_window_equal_full_forward(model: BabyGPT, monkeypat
         torch.testing.assert_close(got, reference[:, 1 + step], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("prompt_len", "new", "capacity"), [(3, 5, 8), (3, BLOCK - 3, BLOCK), (3, 3 * BLOCK, BLOCK)])
+def test_the_cache_holds_only_the_slots_a_call_fills(
+    model: BabyGPT, monkeypatch: pytest.MonkeyPatch, prompt_len: int, new: int, capacity: int
+) -> None:
+    made = []
+
+    class Recorded(KVCache):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self.capacity)
+
+    monkeypatch.setattr(generation, "KVCache", Recorded)
+    out = run(model, [list(range(1, prompt_len + 1))], new)
+    assert made == [capacity]
+    assert out.shape == (1, new)
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_the_head_reads_one_position_per_row(model: BabyGPT, monkeypatch: pytest.MonkeyPatch, use_cache: bool) -> None:
     """Prefills (the prompt, a window re-read) compute no logits for positions nothing samples from."""

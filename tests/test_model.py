@@ -286,6 +286,11 @@ def test_kv_cache_shapes() -> None:
     assert len(cache.kv) == 2
     assert cache.kv[0].shape == (2, 3, 4, BLOCK, 8)
     assert cache.capacity == BLOCK
+    small = KVCache(tiny_config(), 3, "cpu", torch.float32, capacity=5)
+    assert small.kv[0].shape == (2, 3, 4, 5, 8)
+    for capacity in (0, BLOCK + 1):
+        with pytest.raises(ValueError, match="capacity"):
+            KVCache(tiny_config(), 3, "cpu", torch.float32, capacity=capacity)
 
 
 @pytest.mark.parametrize("chunks", [[5, 4, 1], [1] * 10, [10], [3, 7, 6]])
