@@ -9,6 +9,7 @@ babygpt chat --ckpt_path checkpoints/last.ckpt                               # i
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -24,11 +25,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
-from babygpt_pl.data import CiDataModule
+from babygpt_pl.data import CiDataModule, read_prompts
 from babygpt_pl.errors import UserError, warn
 from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
+from babygpt_pl.tokenizer import CharTokenizer
 
 # The model settings that decide the shapes of the weights, and the optimizer, whose state is shaped by them:
 # Lightning would load an AdamW state into Muon's groups (or the reverse) and carry on with the wrong one.
@@ -38,8 +40,10 @@ _SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_voca
 _OPTIMIZER_STATE = ("lr", "muon_lr", "betas", "weight_decay")
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
-# ckpt_path values Lightning resolves itself rather than as file names.
+# ckpt_path values Lightning resolves itself rather than as file names ("last" is resolved here, see below).
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+# The sections of a config file: each is a mapping of settings.
+_SECTIONS = ("trainer", "model", "data", "generation", "checkpoint")
 
 
 def trainer_defaults() -> dict:
@@ -101,6 +105,24 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
         )
 
 
+def _logs_samples(logger) -> bool:
+    """Whether the run logs generated samples: SampleTable writes them to a WandbLogger."""
+    loggers = logger if isinstance(logger, list) else [logger]
+    return any(str(getattr(lg, "class_path", "")).endswith("WandbLogger") for lg in loggers)
+
+
+def check_prompts(tokenizer: CharTokenizer, prompts: list[str], oov: str, corpus: str) -> None:
+    """Before training: the prompts of the samples logged at each validation must be encodable, or the first
+    validation would stop the run."""
+    if oov == "error" and (missing := tokenizer.unknown("".join(prompts))):
+        raise UserError(
+            f"the prompts of the logged samples have {len(missing)} character(s) that {corpus} lacks: "
+            f"{''.join(missing[:20])!r}; pass --data.prompts with text from the corpus, or --generation.oov drop"
+        )
+    if empty := [p for p in prompts if not tokenizer.encode(p, oov=oov)]:
+        raise UserError(f"no character of the prompt {empty[0]!r} is in {corpus}: pass --data.prompts from the corpus")
+
+
 def _plain(value):
     """A setting as compared and shown: YAML gives lists where the defaults are tuples."""
     return list(value) if isinstance(value, (list, tuple)) else value
@@ -150,10 +172,13 @@ class BabyGPTCLI(LightningCLI):
         # Lightning reads the checkpoint's hyper-parameters here; check the file first so a missing, truncated
         # or unsafe file gets one clear line instead of a traceback.
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        path = self._resolve_ckpt_path(subcommand) if subcommand else None
         checkpoint = check_checkpoint(path) if path and path not in _SPECIAL_CKPT else {}
         # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own).
-        self.checkpoint = {k: checkpoint[k] for k in ("hyper_parameters", "wandb_run_id") if k in checkpoint}
+        kept = ("hyper_parameters", "wandb_run_id", "global_step", CiDataModule.__qualname__)
+        self.checkpoint = {k: checkpoint[k] for k in kept if k in checkpoint}
+        if subcommand != "fit" and self.checkpoint:
+            self._check_model_options(path)
         if subcommand == "fit" and self.checkpoint:
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
@@ -175,7 +200,50 @@ class BabyGPTCLI(LightningCLI):
                     "and learning-rate schedule, so these would be ignored; resume with the checkpoint's values, "
                     "or drop --ckpt_path to start a new run"
                 )
+            done, max_steps = self.checkpoint.get("global_step", 0), self.config.fit.trainer.max_steps
+            if max_steps is not None and 0 <= max_steps <= done:
+                raise UserError(
+                    f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
+                    "nothing is left to train; raise --trainer.max_steps to train on"
+                )
         super()._parse_ckpt_path()
+
+    def _resolve_ckpt_path(self, subcommand: str) -> str | None:
+        """The checkpoint file to load; "last" becomes the checkpoint folder's last.ckpt, so that it is checked
+        like any other file (Lightning would load it unchecked)."""
+        config = self.config[subcommand]
+        path = config.get("ckpt_path")
+        if path in ("best", "hpc", "registry"):
+            raise UserError(
+                f"--ckpt_path {path} is not a file this command can load; pass a checkpoint file, "
+                "e.g. --ckpt_path checkpoints/last.ckpt"
+            )
+        if path != "last":
+            return path
+        last = os.path.join(config.checkpoint.dirpath or "checkpoints", "last.ckpt")
+        if os.path.isfile(last):
+            config.ckpt_path = last
+            return last
+        if subcommand != "fit":  # fit starts a new run (Lightning says so): resume-if-possible, as on a cluster
+            raise UserError(f"--ckpt_path last: there is no {last} yet; train first, or pass a checkpoint file")
+        return path
+
+    def _check_model_options(self, path: str) -> None:
+        """Outside fit the checkpoint decides the model: a model setting this run asks for (one that is not
+        the default) that the checkpoint does not have would be silently replaced."""
+        saved, model = self.checkpoint["hyper_parameters"], self.config[self.config.subcommand].model
+        defaults = inspect.signature(BabyGPTModule).parameters
+        asked = [
+            k
+            for k in _SHAPE
+            if k in saved and _plain(model[k]) != _plain(defaults[k].default) and _plain(model[k]) != _plain(saved[k])
+        ]
+        if asked:
+            wrong = ", ".join(f"{k}={_plain(saved[k])!r} (this run: {_plain(model[k])!r})" for k in asked)
+            raise UserError(
+                f"checkpoint {path} has {wrong}: the checkpoint decides the model here, so drop those "
+                "--model options (or the config file that sets them)"
+            )
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         if not self._get(self.config_init, "trainer", {}).get("plugins"):
@@ -184,17 +252,19 @@ class BabyGPTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if self.subcommand != "fit" and not self.checkpoint:
+            raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
         if self.subcommand in ("predict", "chat"):
             # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
             config.trainer.enable_progress_bar = False
-            if config.model.vocab is None:
-                raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
             if config.generation.output:
                 check_writable(config.generation.output, "--generation.output")
             config.trainer.logger = False
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
             return
+        if self.subcommand != "fit":
+            self.save_config_callback = None  # outputs/config.yaml stays that of the training run
         if config.trainer.enable_progress_bar is not False:
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
             self.trainer_defaults["callbacks"].append(ProgressBar())
@@ -210,14 +280,35 @@ class BabyGPTCLI(LightningCLI):
             logger.init_args.resume = "allow"
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
         data = config.data
-        probe = CiDataModule(data.path, block_size=data.block_size, train_ratio=data.train_ratio, source=data.source)
-        vocab = "".join(probe.build_tokenizer().vocab)
+        if data.source and os.path.exists(data.path):
+            warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
+        settings = ("batch_size", "block_size", "train_ratio", "val_batches", "seed", "source")
+        probe = CiDataModule(data.path, **{k: data[k] for k in settings})
+        tokenizer = probe.build_tokenizer()
+        vocab = "".join(tokenizer.vocab)
         if config.model.vocab is None:
             config.model.vocab = vocab
         elif config.model.vocab != vocab:
             raise UserError(
                 f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) differs from that of "
                 f"{data.path} ({len(vocab)} characters): use the corpus it was trained on"
+            )
+        if self.subcommand == "fit" and self.checkpoint:
+            self._check_data_settings(probe.settings())
+        if _logs_samples(logger):
+            check_prompts(tokenizer, read_prompts(data.prompts, data.prompts_file), config.generation.oov, data.path)
+
+    def _check_data_settings(self, now: dict) -> None:
+        """A resumed run draws the windows the uninterrupted run would have, from the same text and settings."""
+        saved = self.checkpoint.get(CiDataModule.__qualname__, {}).get("settings", {})  # none before they were saved
+        differ = [k for k in saved if k != "text_sha256" and _plain(saved[k]) != _plain(now[k])]
+        wrong = [f"data.{k}={saved[k]!r} (this run: {now[k]!r})" for k in differ]
+        if saved.get("text_sha256", now["text_sha256"]) != now["text_sha256"]:
+            wrong.append(f"another text (this run's {self.config.fit.data.path} differs)")
+        if wrong:
+            raise UserError(
+                f"checkpoint {self.config.fit.ckpt_path} was trained with {', '.join(wrong)}; resume with the data "
+                "it was trained on, or drop --ckpt_path to start a new run"
             )
 
     def after_instantiate_classes(self) -> None:
@@ -227,14 +318,15 @@ class BabyGPTCLI(LightningCLI):
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Name the file of a YAML syntax error (the parser would say only "<unicode string>", line N)."""
+    """Name the file of a YAML syntax error (the parser would say only "<unicode string>", line N), and of a
+    file or section that is not a mapping of settings (the parser would say "Unexpected config" or worse)."""
     for flag, value in zip(argv, [*argv[1:], ""], strict=True):
         path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
         if path == flag or not os.path.isfile(path):
             continue  # not a --config option, or a missing file: the parser reports that one
         try:
             with open(path, encoding="utf-8") as f:
-                yaml.safe_load(f)
+                content = yaml.safe_load(f)
         except OSError as err:
             raise UserError(f"config file {path} cannot be read: {err.strerror}; check its permissions") from None
         except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -242,6 +334,17 @@ def check_config_files(argv: list[str]) -> None:
             line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
             problem = getattr(err, "problem", None) or err
             raise UserError(f"config file {path} is not valid YAML{line}: {problem}; fix the file") from None
+        if not isinstance(content, dict):
+            raise UserError(
+                f"config file {path} holds {'nothing' if content is None else repr(content)[:60]}, not settings: "
+                "write sections such as `trainer:` and `model:` with `key: value` lines under them"
+            )
+        for section in _SECTIONS:
+            if section in content and not isinstance(content[section], dict):
+                raise UserError(
+                    f"config file {path}: `{section}:` holds {content[section]!r}, not settings; give it "
+                    f"`key: value` lines (e.g. see `babygpt fit --print_config`), or leave it out"
+                )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ once from ``seed``, so every validation of every run sees the same text.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,24 @@ def read_text(path: str | Path, what: str = "corpus file", option: str = "--data
         ) from None
     if not text:
         raise UserError(f"{what} {path} is empty: pass {option} to a UTF-8 text file with some text in it")
-    return text
+    return text.replace("\r\n", "\n")  # Windows line ends: "\r" is no character of the text
+
+
+def as_prompt_list(prompts: list[str] | str | None) -> list[str]:
+    """The prompts setting as a list: None is the default prompts, a string is one prompt."""
+    return DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
+
+
+def read_prompts(prompts: list[str] | str | None, prompts_file: str | None) -> list[str]:
+    """What predict and the logged samples continue: the lines of ``prompts_file`` if set, else ``prompts``."""
+    if prompts_file is None:
+        prompts = as_prompt_list(prompts)
+    else:
+        text = read_text(prompts_file, "prompts file", "--data.prompts_file")
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts or any(not p for p in prompts):
+        raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
+    return prompts
 
 
 def window_seed(seed: int, rank: int, index: int) -> int:
@@ -99,9 +117,13 @@ class CiDataModule(L.LightningDataModule):
         source: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("block_size", block_size), ("val_batches", val_batches)):
+        if not path:
+            raise UserError(f"data.path must be the path of a UTF-8 text file, got {path!r}")
+        # block_size is set as model.block_size (the CLI links it here).
+        names = {"data.batch_size": batch_size, "model.block_size": block_size, "data.val_batches": val_batches}
+        for name, value in names.items():
             if value < 1:
-                raise UserError(f"data.{name} must be a positive integer, got {value}")
+                raise UserError(f"{name} must be a positive integer, got {value}")
         if not 0 < train_ratio < 1:
             raise UserError(f"data.train_ratio must be strictly between 0 and 1, got {train_ratio}")
         self.path = path
@@ -110,12 +132,13 @@ class CiDataModule(L.LightningDataModule):
         self.train_ratio = train_ratio
         self.val_batches = val_batches
         self.seed = seed
-        self.prompts = DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
+        self.prompts = as_prompt_list(prompts)
         self.prompts_file = prompts_file
         if prompts_file is not None and self.prompts != DEFAULT_PROMPTS:  # here: prompts are read at each validation
             warn(f"data.prompts_file replaces data.prompts; ignoring {self.prompts}")
         self.source = source
         self.tokenizer: CharTokenizer | None = None
+        self.text_sha256: str | None = None
         self.train_data: torch.Tensor | None = None
         self.val_data: torch.Tensor | None = None
         self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
@@ -140,7 +163,17 @@ class CiDataModule(L.LightningDataModule):
                     f"(block_size + 1 = {self.block_size + 1}): use a longer text, a smaller model.block_size, "
                     "or another data.train_ratio"
                 )
+        self.text_sha256 = hashlib.sha256(text.encode()).hexdigest()
         return text, CharTokenizer.from_text(text)
+
+    def settings(self) -> dict:
+        """What the training and validation windows depend on: saved with each checkpoint, so that a resumed
+        run can be held to the same data (read the text first: ``build_tokenizer`` or ``setup``)."""
+        names = ("batch_size", "train_ratio", "val_batches", "seed", "text_sha256")
+        return {name: getattr(self, name) for name in names}
+
+    def state_dict(self) -> dict:
+        return {"settings": self.settings()} if self.text_sha256 else {}
 
     def setup(self, stage: str) -> None:
         if stage == "predict" or self.train_data is not None:
@@ -167,14 +200,7 @@ class CiDataModule(L.LightningDataModule):
         return DataLoader(prompts, batch_size=len(prompts), collate_fn=list)
 
     def load_prompts(self) -> list[str]:
-        if self.prompts_file is None:
-            prompts = self.prompts
-        else:
-            text = read_text(self.prompts_file, "prompts file", "--data.prompts_file")
-            prompts = [line for line in text.splitlines() if line.strip()]
-        if not prompts or any(not p for p in prompts):
-            raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
-        return prompts
+        return read_prompts(self.prompts, self.prompts_file)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is None or self.trainer.predicting:

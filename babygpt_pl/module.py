@@ -84,17 +84,20 @@ class BabyGPTModule(L.LightningModule):
             raise UserError("; ".join(bad))
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
-        self.config = GPTConfig(
-            vocab_size=self.tokenizer.vocab_size,
-            block_size=block_size,
-            n_embed=n_embed,
-            n_head=n_head,
-            n_layer=n_layer,
-            dropout=dropout,
-            attn_dropout=attn_dropout,
-            tie_weights=tie_weights,
-            pad_vocab_to=pad_vocab_to,
-        )
+        try:
+            self.config = GPTConfig(
+                vocab_size=self.tokenizer.vocab_size,
+                block_size=block_size,
+                n_embed=n_embed,
+                n_head=n_head,
+                n_layer=n_layer,
+                dropout=dropout,
+                attn_dropout=attn_dropout,
+                tie_weights=tie_weights,
+                pad_vocab_to=pad_vocab_to,
+            )
+        except UserError as err:  # name the option the user sets, not the dataclass field
+            raise UserError(str(err).replace("GPTConfig.", "model.")) from None
         self.model = BabyGPT(self.config)
         # The CLI replaces this with the --generation.* options; it is not a hyper-parameter of the model.
         self.generation = GenerationConfig()

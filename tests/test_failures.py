@@ -52,7 +52,7 @@ def one_error_line(capsys: pytest.CaptureFixture) -> str:
 def test_bad_corpus_or_settings(tmp_path, monkeypatch, capsys, content, extra, expected) -> None:
     if content is not None:
         (tmp_path / "missing.txt").write_bytes(content)
-    args = ["fit", "--data.path=missing.txt", *SMALL, *extra]
+    args = ["fit", "--data.path=missing.txt", "--data.prompts=长", *SMALL, *extra]
     assert run_main(monkeypatch, tmp_path, *args) == 2
     assert expected in one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["missing.txt"] if content is not None else [])
@@ -261,3 +261,92 @@ def test_ctrl_c_before_training_is_a_clean_exit(tmp_path, monkeypatch, capsys) -
     monkeypatch.setattr(cli_module, "BabyGPTCLI", interrupted)
     assert run_main(monkeypatch, tmp_path, "fit") == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "holds nothing, not settings"),
+        ("- a\n- b\n", "holds ['a', 'b'], not settings"),
+        ("trainer: 5\n", "`trainer:` holds 5, not settings"),
+        ("data:\n", "`data:` holds None, not settings"),
+        ("generation: fast\n", "`generation:` holds 'fast', not settings"),
+    ],
+)
+def test_a_config_file_that_is_not_settings_is_named(tmp_path, monkeypatch, capsys, corpus, content, expected) -> None:
+    (tmp_path / "odd.yaml").write_text(content, encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", "odd.yaml", f"--data.path={corpus}") == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: config file odd.yaml") and expected in line
+
+
+def test_a_null_data_path_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "c.yaml").write_text("data:\n  path: null\n", encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", "c.yaml") == 2
+    assert "data.path must be the path of a UTF-8 text file, got None" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_validate_and_test_need_a_checkpoint(tmp_path, monkeypatch, capsys, corpus, command) -> None:
+    assert run_main(monkeypatch, tmp_path, command, f"--data.path={corpus}", *SMALL) == 2
+    assert one_error_line(capsys) == f"error: {command} needs a trained model: pass --ckpt_path checkpoints/last.ckpt"
+    assert run_main(monkeypatch, tmp_path, command, f"--data.path={corpus}", "--ckpt_path=last") == 2
+    assert "--ckpt_path last: there is no checkpoints/last.ckpt yet" in one_error_line(capsys)
+    assert run_main(monkeypatch, tmp_path, command, f"--data.path={corpus}", "--ckpt_path=best") == 2
+    assert "--ckpt_path best is not a file this command can load" in one_error_line(capsys)
+
+
+def test_ckpt_path_last_is_checked_like_a_file(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    checkpoint.rename(tmp_path / "checkpoints" / "last.ckpt")
+    args = ["fit", f"--data.path={corpus}", "--ckpt_path=last", "--model.block_size=16", "--model.n_embed=32"]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert "checkpoint checkpoints/last.ckpt has a different model: n_embed=16 (this run: 32)" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["validate", "predict"])
+def test_model_options_a_checkpoint_overrides_are_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus, command):
+    args = [command, f"--data.path={corpus}", f"--ckpt_path={checkpoint}", "--model.n_layer=3"]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert "has n_layer=1 (this run: 3): the checkpoint decides the model here" in one_error_line(capsys)
+
+
+RESUME = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+TRAINED_DATA = ["--data.batch_size=4", "--data.val_batches=1", "--trainer.max_steps=4"]  # as the fixture trained
+
+
+def test_a_resume_with_nothing_left_to_train_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *RESUME, *TRAINED_DATA]
+    assert run_main(monkeypatch, tmp_path, *args, "--trainer.max_steps=2") == 2
+    line = one_error_line(capsys)
+    assert "has already trained 2 steps and trainer.max_steps is 2" in line and "raise --trainer.max_steps" in line
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        (["--data.batch_size=8"], "data.batch_size=4 (this run: 8)"),
+        (["--data.seed=5"], "data.seed=1337 (this run: 5)"),
+        (["--data.train_ratio=0.8"], "data.train_ratio=0.9 (this run: 0.8)"),
+        ([], "another text"),
+    ],
+)
+def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus, change, shown) -> None:
+    if not change:
+        corpus.write_text(corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")  # same characters
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *RESUME, *TRAINED_DATA, *change]
+    assert run_main(monkeypatch, tmp_path, *args, "--trainer.logger=false") == 2
+    line = one_error_line(capsys)
+    assert shown in line and "resume with the data it was trained on" in line
+
+
+def test_prompts_the_corpus_cannot_encode_stop_fit_before_training(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "en.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 50, encoding="utf-8")
+    args = ["fit", "--data.path=en.txt", "--data.source=elsewhere.tgz", *SMALL]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert "warning: data.source elsewhere.tgz is not used: en.txt exists" in err
+    assert "the prompts of the logged samples have 4 character(s) that en.txt lacks: '春江往事'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["en.txt"]  # no checkpoint, config or wandb run
+    assert run_main(monkeypatch, tmp_path, *args, "--data.prompts=春", "--generation.oov=drop") == 2
+    assert "no character of the prompt '春' is in en.txt" in capsys.readouterr().err
