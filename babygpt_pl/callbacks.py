@@ -98,6 +98,10 @@ class ProgressBar(RichProgressBar):
             return
         super()._update_metrics(trainer, pl_module)
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Training is one endless epoch that max_steps ends: the library's "Epoch 0/-2" says nothing.
+        return f"Training to step {self.trainer.max_steps}"
+
 
 def format_completion(completion: dict) -> str:
     head = f"--- {completion['prompt']}"

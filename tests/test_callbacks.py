@@ -106,6 +106,12 @@ def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tm
     assert any(not training for training, _ in reads)
 
 
+def test_the_progress_bar_names_the_last_step_not_an_epoch() -> None:
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=5000)
+    assert bar._get_train_description(current_epoch=0) == "Training to step 5000"
+
+
 def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
     """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
     reduced, saved = [], []

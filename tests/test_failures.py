@@ -183,6 +183,8 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--model.weight_decay=-1"], "model.weight_decay must be >= 0"),
         (["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer"),
         (["--trainer.accelerator=gpu"], "no CUDA GPU: pass --trainer.accelerator cpu"),
+        (["--trainer.strategy=bogus"], "the trainer settings were refused: "),
+        (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be > 0"),
         (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
         (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
     ],
@@ -260,6 +262,23 @@ def test_ctrl_c_before_training_is_a_clean_exit(tmp_path, monkeypatch, capsys) -
 
     monkeypatch.setattr(cli_module, "BabyGPTCLI", interrupted)
     assert run_main(monkeypatch, tmp_path, "fit") == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys) -> None:
+    from babygpt_pl import __main__ as entry
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "babygpt_pl.cli":
+                raise KeyboardInterrupt  # as Ctrl-C during the seconds of `import torch, lightning` would
+
+    monkeypatch.delitem(sys.modules, "babygpt_pl.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["babygpt", "fit"])
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main()
+    assert exit_info.value.code == 130
     assert capsys.readouterr().err == "interrupted\n"
 
 
