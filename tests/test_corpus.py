@@ -182,7 +182,13 @@ def test_npm_missing_raises_with_how_to_get_the_file(tmp_path: Path, monkeypatch
         corpus.build_ci(None, tmp_path / "ci.txt")
     message = str(info.value)
     assert "\n" not in message
-    for hint in ("npm", "Node.js", "npm pack chinese-poetry@2.0.1", "python -m babygpt_pl.corpus --source", "--data.path"):
+    for hint in (
+        "npm",
+        "Node.js",
+        "npm pack chinese-poetry@2.0.1",
+        "python -m babygpt_pl.corpus --source",
+        "--data.path",
+    ):
         assert hint in message
 
 
