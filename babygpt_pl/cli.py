@@ -181,6 +181,7 @@ class BabyGPTCLI(LightningCLI):
         self.checkpoint = {k: checkpoint[k] for k in kept if k in checkpoint}
         if subcommand != "fit" and self.checkpoint:
             self._check_model_options(path)
+            self._default_to_trained_data()
         if subcommand == "fit" and self.checkpoint:
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
@@ -229,6 +230,16 @@ class BabyGPTCLI(LightningCLI):
         if subcommand != "fit":  # fit starts a new run (Lightning says so): resume-if-possible, as on a cluster
             raise UserError(f"--ckpt_path last: there is no {last} yet; train first, or pass a checkpoint file")
         return path
+
+    def _default_to_trained_data(self) -> None:
+        """validate/test draw the validation windows that training did (the same loss for the same weights):
+        data settings left at their defaults take the checkpoint's values."""
+        saved = self.checkpoint.get(CiDataModule.__qualname__, {}).get("settings", {})
+        data = self.config[self.config.subcommand].data
+        defaults = inspect.signature(CiDataModule).parameters
+        for key, value in saved.items():
+            if key in defaults and _plain(data[key]) == _plain(defaults[key].default):
+                data[key] = value
 
     def _check_model_options(self, path: str) -> None:
         """Outside fit the checkpoint decides the model: a model setting this run asks for (one that is not

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def test_fit_twice_in_the_same_folder(trained: Path, tmp_path: Path) -> None:
 def test_validate_reports_val_loss(trained: Path) -> None:
     result = babygpt(trained, "validate", "--data.path=corpus.txt", "--ckpt_path=checkpoints/last.ckpt", *TINY[4:])
     assert "val_loss" in result.stdout
+
+
+def test_validate_without_the_data_options_sees_what_training_saw(trained: Path) -> None:
+    best = next((trained / "checkpoints").glob("best-*.ckpt"))
+    logged = float(re.search(r"val_loss=([\d.]+)\.ckpt", best.name)[1])
+    result = babygpt(trained, "validate", "--data.path=corpus.txt", f"--ckpt_path={best}")  # batch size etc. unset
+    assert float(re.search(r"val_loss\s*│\s*([\d.]+)", result.stdout)[1]) == pytest.approx(logged, abs=1e-3)
 
 
 def test_predict_without_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
