@@ -153,8 +153,8 @@ class KVCache:
 
     ``kv[layer]`` has shape (2, B, n_head, capacity, head_dim): keys then values, so one copy writes both.
     The model writes positions ``pos .. pos+T-1`` and attends to slots ``0 .. pos+T-1``; the caller tracks ``pos``.
-    ``capacity`` (default ``block_size``) can be the few slots a short generation needs: each row's keys then
-    lie closer together, so a CPU decode step reads them in longer runs, and the cache takes less memory.
+    ``capacity`` (default ``block_size``) can be the few slots a short generation needs, to take less memory
+    (no faster: at batch 64 x 108 tokens on a 2-core CPU, 1.00x over 10 interleaved pairs).
     """
 
     def __init__(
