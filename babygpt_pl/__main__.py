@@ -11,7 +11,9 @@ def main() -> None:
     try:
         from babygpt_pl.cli import main as cli_main
     except KeyboardInterrupt:
-        if "--debug" in sys.argv:
+        from babygpt_pl.errors import debugging
+
+        if debugging(sys.argv):
             raise
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -100,7 +100,8 @@ class ProgressBar(RichProgressBar):
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Training is one endless epoch that max_steps ends: the library's "Epoch 0/-2" says nothing.
-        return f"Training to step {self.trainer.max_steps}"
+        steps = self.trainer.max_steps
+        return f"Training to step {steps}" if steps is not None and steps >= 0 else "Training"
 
 
 def format_completion(completion: dict) -> str:

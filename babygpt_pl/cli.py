@@ -26,22 +26,24 @@ from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, S
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule, read_prompts
-from babygpt_pl.errors import UserError, warn
+from babygpt_pl.errors import UserError, debugging, warn
 from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 from babygpt_pl.tokenizer import CharTokenizer
 
-# The model settings that decide the shapes of the weights, and the optimizer, whose state is shaped by them:
-# Lightning would load an AdamW state into Muon's groups (or the reverse) and carry on with the wrong one.
-_SHAPE = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to", "optimizer")
+# The model settings that decide the shapes of the weights.
+_WEIGHTS = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vocab_to")
+# On resume, also the optimizer, whose state is shaped by them: Lightning would load an AdamW state into Muon's
+# groups (or the reverse) and carry on with the wrong one.
+_SHAPE = (*_WEIGHTS, "optimizer")
 # Settings a resumed run takes from the checkpoint's optimizer state (its param groups and the scheduler's base
 # rates), whatever the config says: a change to them would be silently ignored.
 _OPTIMIZER_STATE = ("lr", "muon_lr", "betas", "weight_decay")
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
-# ckpt_path values Lightning resolves itself rather than as file names ("last" is resolved here, see below).
-_SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+# ckpt_path values Lightning resolves itself during fit (a SLURM requeue's checkpoint, a model registry's).
+_FIT_ONLY_CKPT = ("hpc", "registry")
 # The sections of a config file: each is a mapping of settings.
 _SECTIONS = ("trainer", "model", "data", "generation", "checkpoint")
 
@@ -97,7 +99,7 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
         )
     every, steps = trainer.val_check_interval, trainer.max_steps
     if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
-        raise UserError(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {every}")
+        raise UserError(f"trainer.val_check_interval must be a positive number of steps, got {every}")
     batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
     if new_run and isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
         # A warning, not an error: a short smoke run of a long config is a normal thing to do.
@@ -108,21 +110,32 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
 
 
 def _logs_samples(logger) -> bool:
-    """Whether the run logs generated samples: SampleTable writes them to a WandbLogger."""
-    loggers = logger if isinstance(logger, list) else [logger]
-    return any(str(getattr(lg, "class_path", "")).endswith("WandbLogger") for lg in loggers)
+    """Whether validation logs generated samples: SampleTable writes them to the trainer's (first) logger, if it is
+    a WandbLogger."""
+    first = logger[0] if isinstance(logger, list) and logger else logger
+    return str(getattr(first, "class_path", "")).endswith("WandbLogger")
 
 
-def check_prompts(tokenizer: CharTokenizer, prompts: list[str], oov: str, corpus: str) -> None:
-    """Before training: the prompts of the samples logged at each validation must be encodable, or the first
-    validation would stop the run."""
+def check_prompts(tokenizer: CharTokenizer, prompts: list[str], oov: str, corpus: str, option: str) -> None:
+    """Before training: the prompts of the samples logged at each validation (set by ``option``) must be
+    encodable, or the first validation would stop the run."""
     if oov == "error" and (missing := tokenizer.unknown("".join(prompts))):
         raise UserError(
             f"the prompts of the logged samples have {len(missing)} character(s) that {corpus} lacks: "
-            f"{''.join(missing[:20])!r}; pass --data.prompts with text from the corpus, or --generation.oov drop"
+            f"{''.join(missing[:20])!r}; pass {option} with text from the corpus, or --generation.oov drop"
         )
     if empty := [p for p in prompts if not tokenizer.encode(p, oov=oov)]:
-        raise UserError(f"no character of the prompt {empty[0]!r} is in {corpus}: pass --data.prompts from the corpus")
+        raise UserError(f"no character of the prompt {empty[0]!r} is in {corpus}: pass {option} from the corpus")
+
+
+def _raised_in(err: BaseException, module: str) -> bool:
+    """Whether ``err`` went through a frame of a file named ``module``."""
+    tb = err.__traceback__
+    while tb is not None:
+        if module in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _plain(value):
@@ -175,7 +188,7 @@ class BabyGPTCLI(LightningCLI):
         # or unsafe file gets one clear line instead of a traceback.
         subcommand = self.config.get("subcommand")
         path = self._resolve_ckpt_path(subcommand) if subcommand else None
-        checkpoint = check_checkpoint(path) if path and path not in _SPECIAL_CKPT else {}
+        checkpoint = check_checkpoint(path) if path and path not in ("last", *_FIT_ONLY_CKPT) else {}
         # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own).
         kept = ("hyper_parameters", "wandb_run_id", "global_step", CiDataModule.__qualname__)
         self.checkpoint = {k: checkpoint[k] for k in kept if k in checkpoint}
@@ -216,7 +229,7 @@ class BabyGPTCLI(LightningCLI):
         like any other file (Lightning would load it unchecked)."""
         config = self.config[subcommand]
         path = config.get("ckpt_path")
-        if path in ("best", "hpc", "registry"):
+        if path == "best" or (path in _FIT_ONLY_CKPT and subcommand != "fit"):
             raise UserError(
                 f"--ckpt_path {path} is not a file this command can load; pass a checkpoint file, "
                 "e.g. --ckpt_path checkpoints/last.ckpt"
@@ -248,7 +261,7 @@ class BabyGPTCLI(LightningCLI):
         defaults = inspect.signature(BabyGPTModule).parameters
         asked = [
             k
-            for k in _SHAPE
+            for k in _WEIGHTS
             if k in saved and _plain(model[k]) != _plain(defaults[k].default) and _plain(model[k]) != _plain(saved[k])
         ]
         if asked:
@@ -263,7 +276,10 @@ class BabyGPTCLI(LightningCLI):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         try:
             return super().instantiate_trainer(**kwargs)
-        except (ValueError, ImportError) as err:  # the Trainer refusing a setting (a strategy, an accelerator)
+        except (ValueError, ImportError) as err:
+            if not _raised_in(err, "accelerator_connector"):
+                raise
+            # Lightning refusing the accelerator, strategy, devices or precision asked for: a setting to fix.
             raise UserError(f"the trainer settings were refused: {' '.join(str(err).split())}") from err
 
     def before_instantiate_classes(self) -> None:
@@ -311,8 +327,10 @@ class BabyGPTCLI(LightningCLI):
             )
         if self.subcommand == "fit" and self.checkpoint:
             self._check_data_settings(probe.settings())
-        if _logs_samples(logger):
-            check_prompts(tokenizer, read_prompts(data.prompts, data.prompts_file), config.generation.oov, data.path)
+        if self.subcommand in ("fit", "validate") and _logs_samples(logger):  # validation logs samples; test not
+            option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
+            prompts = read_prompts(data.prompts, data.prompts_file)
+            check_prompts(tokenizer, prompts, config.generation.oov, data.path, option)
 
     def _check_data_settings(self, now: dict) -> None:
         """A resumed run draws the windows the uninterrupted run would have, from the same text and settings."""
@@ -365,7 +383,7 @@ def check_config_files(argv: list[str]) -> None:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
-    debug = bool(os.environ.get("JSONARGPARSE_DEBUG")) or "--debug" in argv
+    debug = debugging(argv)
     OneLineErrorParser.verbose = debug
     if args is None:
         sys.argv[1:] = [a for a in argv if a != "--debug"]  # LightningCLI reads sys.argv itself

@@ -172,7 +172,7 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
     """Build the corpus from ``source`` (package dir, .tgz, or None to fetch with npm) into ``out_path``;
     ``option`` is what errors about ``out_path`` name."""
     out_path = Path(out_path)
-    check_writable(out_path, option)  # before the fetch and build, not after
+    check_writable(out_path, option, DEFAULT_NAME)  # before the fetch and build, not after
     if source is None:
         with tempfile.TemporaryDirectory(prefix="babygpt-npm-") as tmp:
             source_path = _npm_pack(Path(tmp))

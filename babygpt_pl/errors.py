@@ -4,7 +4,13 @@ UserError subclasses ValueError, so library callers may catch either. The CLI pr
 line (no traceback) and exits non-zero, so every message names the problem and the fix.
 """
 
+import os
 import sys
+
+
+def debugging(argv: list[str]) -> bool:
+    """Whether the user asked for tracebacks (``--debug``, or jsonargparse's ``JSONARGPARSE_DEBUG``)."""
+    return "--debug" in argv or bool(os.environ.get("JSONARGPARSE_DEBUG"))
 
 
 def warn(message: str) -> None:

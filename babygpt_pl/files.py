@@ -36,12 +36,12 @@ def in_place(path: str | Path) -> bool:
     return False
 
 
-def check_writable(path: str | Path, option: str) -> None:
+def check_writable(path: str | Path, option: str, example: str = "samples.jsonl") -> None:
     """Fail now, in one line naming ``option``, if a file could not be written at ``path`` (before the work
-    whose result it would hold, not after)."""
+    whose result it would hold, not after); ``example`` is a file name to suggest for a folder."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{option} {path} is a directory: give a file name, e.g. {path / 'samples.jsonl'}")
+        raise UserError(f"{option} {path} is a directory: give a file name, e.g. {path / example}")
     if in_place(path):
         if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: no permission to write to it; choose another path")

@@ -184,7 +184,7 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer"),
         (["--trainer.accelerator=gpu"], "no CUDA GPU: pass --trainer.accelerator cpu"),
         (["--trainer.strategy=bogus"], "the trainer settings were refused: "),
-        (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be > 0"),
+        (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive number of steps, got 0"),
         (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
         (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
     ],
@@ -328,6 +328,21 @@ def test_model_options_a_checkpoint_overrides_are_refused(tmp_path, monkeypatch,
     args = [command, f"--data.path={corpus}", f"--ckpt_path={checkpoint}", "--model.n_layer=3"]
     assert run_main(monkeypatch, tmp_path, *args) == 2
     assert "has n_layer=1 (this run: 3): the checkpoint decides the model here" in one_error_line(capsys)
+
+
+def test_validate_with_another_optimizer_setting_runs(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    """The optimizer shapes a resumed run's state, not the weights: validate need not refuse it."""
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "validate",
+            f"--data.path={corpus}",
+            f"--ckpt_path={checkpoint}",
+            "--model.optimizer=muon",
+            "--trainer.logger=false",
+        ]
+    )
+    assert "val_loss" in capsys.readouterr().out
 
 
 RESUME = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
