@@ -102,8 +102,9 @@ class BabyGPTModule(L.LightningModule):
         # The CLI replaces this with the --generation.* options; it is not a hyper-parameter of the model.
         self.generation = GenerationConfig()
         # torchmetrics' Perplexity recomputes a log-softmax over all B*T*V logits; the token-weighted mean of the
-        # cross-entropy we already have, exponentiated, is the same number for free.
-        self.val_loss = MeanMetric()
+        # cross-entropy we already have, exponentiated, is the same number for free. nan_strategy "disable": a NaN
+        # loss makes the mean NaN, which is what to report; the default checks (and syncs) each batch to warn.
+        self.val_loss = MeanMetric(nan_strategy="disable")
 
     def configure_model(self) -> None:
         # For training only: generation decodes through its own step (CUDA-graphed on a GPU), and a compiled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -70,6 +71,15 @@ def param_groups(module: BabyGPTModule):
     optimizer = result if isinstance(result, torch.optim.Optimizer) else result["optimizer"]
     decay, no_decay = optimizer.param_groups
     return optimizer, decay, no_decay
+
+
+def test_a_nan_validation_loss_is_reported_as_nan_without_a_warning() -> None:
+    module = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchmetrics' default strategy warns (two extra lines before our error)
+        module.val_loss.update(torch.tensor(2.0), weight=10)
+        module.val_loss.update(torch.tensor(float("nan")), weight=10)
+    assert torch.isnan(module.val_loss.compute())  # not dropped: the mean of the other batches would hide it
 
 
 @pytest.mark.parametrize("tie", [False, True])
