@@ -138,6 +138,15 @@ def _raised_in(err: BaseException, module: str) -> bool:
     return False
 
 
+def _differences(saved: dict, now, keys, prefix: str = "") -> list[str]:
+    """``{prefix}{key}=saved (this run: now)`` for each of ``keys`` that ``saved`` holds with another value."""
+    return [
+        f"{prefix}{k}={_plain(saved[k])!r} (this run: {_plain(now[k])!r})"
+        for k in keys
+        if k in saved and _plain(saved[k]) != _plain(now[k])
+    ]
+
+
 def _plain(value):
     """A setting as compared and shown: YAML gives lists where the defaults are tuples."""
     return list(value) if isinstance(value, (list, tuple)) else value
@@ -199,18 +208,13 @@ class BabyGPTCLI(LightningCLI):
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
             saved = {**_BEFORE, **saved}
-
-            def changed(keys: tuple[str, ...]) -> str:
-                differ = [k for k in keys if k in saved and _plain(saved[k]) != _plain(model[k])]
-                return ", ".join(f"{k}={_plain(saved[k])!r} (this run: {_plain(model[k])!r})" for k in differ)
-
-            if wrong := changed(_SHAPE):
+            if wrong := ", ".join(_differences(saved, model, _SHAPE)):
                 raise UserError(
                     f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
                 )
             used = [k for k in _OPTIMIZER_STATE if k != "muon_lr" or model["optimizer"] == "muon"]
-            if wrong := changed(tuple(used)):
+            if wrong := ", ".join(_differences(saved, model, used)):
                 raise UserError(
                     f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer "
                     "and learning-rate schedule, so these would be ignored; resume with the checkpoint's values, "
@@ -247,10 +251,9 @@ class BabyGPTCLI(LightningCLI):
     def _default_to_trained_data(self) -> None:
         """validate/test draw the validation windows that training did (the same loss for the same weights):
         data settings left at their defaults take the checkpoint's values."""
-        saved = self.checkpoint.get(CiDataModule.__qualname__, {}).get("settings", {})
         data = self.config[self.config.subcommand].data
         defaults = inspect.signature(CiDataModule).parameters
-        for key, value in saved.items():
+        for key, value in self._saved_data_settings().items():
             if key in defaults and _plain(data[key]) == _plain(defaults[key].default):
                 data[key] = value
 
@@ -259,13 +262,8 @@ class BabyGPTCLI(LightningCLI):
         the default) that the checkpoint does not have would be silently replaced."""
         saved, model = self.checkpoint["hyper_parameters"], self.config[self.config.subcommand].model
         defaults = inspect.signature(BabyGPTModule).parameters
-        asked = [
-            k
-            for k in _WEIGHTS
-            if k in saved and _plain(model[k]) != _plain(defaults[k].default) and _plain(model[k]) != _plain(saved[k])
-        ]
-        if asked:
-            wrong = ", ".join(f"{k}={_plain(saved[k])!r} (this run: {_plain(model[k])!r})" for k in asked)
+        asked = [k for k in _WEIGHTS if _plain(model[k]) != _plain(defaults[k].default)]
+        if wrong := ", ".join(_differences(saved, model, asked)):
             raise UserError(
                 f"checkpoint {path} has {wrong}: the checkpoint decides the model here, so drop those "
                 "--model options (or the config file that sets them)"
@@ -332,11 +330,14 @@ class BabyGPTCLI(LightningCLI):
             prompts = read_prompts(data.prompts, data.prompts_file)
             check_prompts(tokenizer, prompts, config.generation.oov, data.path, option)
 
+    def _saved_data_settings(self) -> dict:
+        """The data settings the checkpoint was trained with (none in one from before they were saved)."""
+        return self.checkpoint.get(CiDataModule.__qualname__, {}).get("settings", {})
+
     def _check_data_settings(self, now: dict) -> None:
         """A resumed run draws the windows the uninterrupted run would have, from the same text and settings."""
-        saved = self.checkpoint.get(CiDataModule.__qualname__, {}).get("settings", {})  # none before they were saved
-        differ = [k for k in saved if k != "text_sha256" and _plain(saved[k]) != _plain(now[k])]
-        wrong = [f"data.{k}={saved[k]!r} (this run: {now[k]!r})" for k in differ]
+        saved = self._saved_data_settings()
+        wrong = _differences(saved, now, [k for k in saved if k != "text_sha256"], prefix="data.")
         if saved.get("text_sha256", now["text_sha256"]) != now["text_sha256"]:
             wrong.append(f"another text (this run's {self.config.fit.data.path} differs)")
         if wrong:
