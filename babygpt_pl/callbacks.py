@@ -47,8 +47,9 @@ class TokenThroughput(ThroughputMonitor):
         self._pending = 0  # training batches counted since the last update
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # The library averages over its last 100 updates, one per batch; ours come every log_every_n_steps.
-        self.kwargs.setdefault("window_size", max(2, math.ceil(100 / max(1, trainer.log_every_n_steps))))
+        # The library averages over its last 100 updates, one per batch, and logs nothing until it has them; ours
+        # come every log_every_n_steps, and a window of about 20 steps gives a first value early in a short run.
+        self.kwargs.setdefault("window_size", max(2, math.ceil(20 / max(1, trainer.log_every_n_steps))))
         super().setup(trainer, pl_module, stage)
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
@@ -97,6 +98,15 @@ class ProgressBar(RichProgressBar):
         if trainer.training and not trainer._logger_connector.should_update_logs:
             return
         super()._update_metrics(trainer, pl_module)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        # The bar counts the endless epoch's batches from 0, also after a resume, where the library's total is
+        # the steps left (a resumed run to step 60 from 40 showed 60/20).
+        steps = self.trainer.max_steps
+        if steps is None or steps < 0:
+            return super().total_train_batches
+        return steps * (self.trainer.accumulate_grad_batches or 1)
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Training is one endless epoch that max_steps ends: the library's "Epoch 0/-2" says nothing.
@@ -166,7 +176,7 @@ class GracefulStop(Callback):
         if not received:
             return
         path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it
         trainer.should_stop = True
         rank_zero_info(
             f"\nstopped by a signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"

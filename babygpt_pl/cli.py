@@ -9,6 +9,7 @@ babygpt chat --ckpt_path checkpoints/last.ckpt                               # i
 
 from __future__ import annotations
 
+import glob
 import inspect
 import logging
 import os
@@ -27,7 +28,7 @@ from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule, read_prompts
 from babygpt_pl.errors import UserError, debugging, warn
-from babygpt_pl.files import check_writable
+from babygpt_pl.files import check_folder_writable, check_writable
 from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.module import BabyGPTModule
 from babygpt_pl.tokenizer import CharTokenizer
@@ -107,6 +108,17 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
             f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will not "
             "validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)"
         )
+
+
+def check_output_folders(config, checkpoints: bool) -> None:
+    """The folders of the loggers (and of the checkpoints, when ``checkpoints``) must take files before the run
+    starts: else the first save, after all the training before it, would end the run in a traceback."""
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+    for logger in loggers:
+        if save_dir := getattr(logger, "init_args", {}).get("save_dir"):
+            check_folder_writable(save_dir, "--trainer.logger.init_args.save_dir")
+    if checkpoints:
+        check_folder_writable(config.checkpoint.dirpath or "checkpoints", "--checkpoint.dirpath")
 
 
 def _logs_samples(logger) -> bool:
@@ -299,13 +311,16 @@ class BabyGPTCLI(LightningCLI):
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
             self.trainer_defaults["callbacks"].append(ProgressBar())
         check_trainer_settings(config.trainer, new_run=self.subcommand == "fit" and not self.checkpoint)
+        check_output_folders(config, checkpoints=self.subcommand == "fit")
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         logger = config.trainer.logger
         run_id = self.checkpoint.get("wandb_run_id")
         if run_id and getattr(logger, "class_path", "").endswith("WandbLogger") and not logger.init_args.get("id"):
-            # Resuming from a checkpoint of a wandb run: log into that same run.
+            # Resuming from a checkpoint of a wandb run: log into that same run. Only for this run's logger: the
+            # saved config.yaml keeps the settings as given, so a new run started from it gets a new wandb run.
+            self._given_logger_args = (logger.init_args, logger.init_args.clone())
             logger.init_args.id = run_id
             logger.init_args.resume = "allow"
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
@@ -318,10 +333,15 @@ class BabyGPTCLI(LightningCLI):
         vocab = "".join(tokenizer.vocab)
         if config.model.vocab is None:
             config.model.vocab = vocab
-        elif config.model.vocab != vocab:
+        elif config.model.vocab != vocab and self.checkpoint:
             raise UserError(
                 f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) differs from that of "
                 f"{data.path} ({len(vocab)} characters): use the corpus it was trained on"
+            )
+        elif config.model.vocab != vocab:
+            raise UserError(
+                f"model.vocab ({len(config.model.vocab)} characters, from the config) differs from the characters "
+                f"of {data.path} ({len(vocab)}): drop model.vocab from the config (it is read from the corpus)"
             )
         if self.subcommand == "fit" and self.checkpoint:
             self._check_data_settings(probe.settings())
@@ -347,6 +367,9 @@ class BabyGPTCLI(LightningCLI):
             )
 
     def after_instantiate_classes(self) -> None:
+        if given := getattr(self, "_given_logger_args", None):
+            args, saved = given
+            args.id, args.resume = saved.get("id"), saved.get("resume")
         self.model.generation = self._get(self.config_init, "generation")
         if self.subcommand == "predict":
             self.trainer.callbacks.insert(0, PredictionPrinter())
@@ -357,8 +380,14 @@ def check_config_files(argv: list[str]) -> None:
     file or section that is not a mapping of settings (the parser would say "Unexpected config" or worse)."""
     for flag, value in zip(argv, [*argv[1:], ""], strict=True):
         path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
-        if path == flag or not os.path.isfile(path):
-            continue  # not a --config option, or a missing file: the parser reports that one
+        if path == flag:
+            continue  # not a --config option
+        if not os.path.isfile(path):
+            if set("{}:\n") & set(path) and not os.path.isdir(path):
+                continue  # a YAML string given inline, which the parser reads itself
+            shipped = ", ".join(sorted(glob.glob("configs/*.yaml"))) or "configs/*.yaml in the babygpt checkout"
+            problem = "is a folder" if os.path.isdir(path) else "does not exist"
+            raise UserError(f"config file {path} {problem}; pass a YAML file, e.g. one of {shipped}")
         try:
             with open(path, encoding="utf-8") as f:
                 content = yaml.safe_load(f)

@@ -55,6 +55,27 @@ def check_writable(path: str | Path, option: str, example: str = "samples.jsonl"
         raise UserError(f"{option} {path}: no permission to write in {parent}; choose another folder")
 
 
+def check_folder_writable(folder: str | Path, option: str) -> None:
+    """Fail now, in one line naming ``option``, if files could not be written in ``folder`` (made if missing):
+    before a run whose checkpoints or logs would go there, not at its first save.
+
+    It makes a temporary file in the folder, or in the nearest one that exists, since permission bits do not
+    tell (root passes ``os.access`` in /proc, and a read-only mount refuses the owner); it creates nothing.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {folder}: {existing} is a file, not a folder; choose another folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        problem = f"cannot write in {existing} ({err.strerror})"
+        raise UserError(f"{option} {folder}: {problem}; choose another folder") from None
+
+
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` only once it is completely written and synced to disk.

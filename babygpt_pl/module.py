@@ -180,8 +180,9 @@ class BabyGPTModule(L.LightningModule):
         # compute() reduces across ranks (torchmetrics), so every rank logs the same global mean.
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log(f"{prefix}_loss", loss, prog_bar=True)
-        self.log(f"{prefix}_ppl", torch.exp(loss))
+        # Already global: sync_dist with max keeps it exactly and spares Lightning's warning to sync it under DDP.
+        self.log(f"{prefix}_loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log(f"{prefix}_ppl", torch.exp(loss), sync_dist=True, reduce_fx="max")
 
     def predict_step(self, batch: list[str], batch_idx: int) -> list[dict]:
         completions = complete(self.model, self.tokenizer, batch, self.generation)

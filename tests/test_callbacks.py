@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 from pathlib import Path
@@ -112,6 +113,36 @@ def test_the_progress_bar_names_the_last_step_not_an_epoch() -> None:
     assert bar._get_train_description(current_epoch=0) == "Training to step 5000"
 
 
+def test_the_progress_bar_counts_to_max_steps_also_after_a_resume() -> None:
+    """Its count is the batch index from 0, so the total is max_steps batches (the library's: the steps left)."""
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=60, global_step=40, accumulate_grad_batches=1, max_epochs=-1)
+    assert bar.total_train_batches == 60
+    bar._trainer.accumulate_grad_batches = 2
+    assert bar.total_train_batches == 120
+    bar._trainer = SimpleNamespace(max_steps=-1, max_epochs=1, num_training_batches=7)
+    assert bar.total_train_batches == 7
+
+
+def test_a_short_run_logs_tokens_per_second(module, tmp_path: Path) -> None:
+    """By its 20th step, logging every 10th (the library's monitor waits for 100 updates before its first value)."""
+    x = torch.randint(len(VOCAB), (80, 16))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=20,
+        log_every_n_steps=10,
+        callbacks=[TokenThroughput()],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, loader)
+    rows = list(csv.DictReader((Path(trainer.log_dir) / "metrics.csv").open()))
+    assert [float(r["train/device/items_per_sec"]) > 0 for r in rows if r.get("train/device/items_per_sec")] == [True]
+
+
 def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
     """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
     reduced, saved = [], []
@@ -121,7 +152,7 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
         log_every_n_steps=5,
         strategy=strategy,
         checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)),
-        save_checkpoint=saved.append,
+        save_checkpoint=lambda path, **kwargs: saved.append(path),
         should_stop=False,
     )
     stop = GracefulStop()

@@ -299,6 +299,38 @@ def test_a_config_file_that_is_not_settings_is_named(tmp_path, monkeypatch, caps
     assert line.startswith("error: config file odd.yaml") and expected in line
 
 
+@pytest.mark.parametrize(
+    ("option", "shown"),
+    [
+        ("--checkpoint.dirpath=afile/ck", "--checkpoint.dirpath afile/ck: afile is a file, not a folder"),
+        ("--trainer.logger.init_args.save_dir=afile/out", "--trainer.logger.init_args.save_dir afile/out: afile is"),
+    ],
+)
+def test_an_unwritable_output_folder_is_refused_before_training(
+    tmp_path, monkeypatch, capsys, corpus, option, shown
+) -> None:
+    (tmp_path / "afile").write_text("")
+    assert run_main(monkeypatch, tmp_path, "fit", f"--data.path={corpus}", *SMALL, option) == 2
+    assert shown in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "corpus.txt"]  # no wandb run, no checkpoints
+
+
+@pytest.mark.parametrize(("value", "problem"), [("nope.yaml", "does not exist"), ("configs", "is a folder")])
+def test_a_config_file_that_is_not_there_is_named(tmp_path, monkeypatch, capsys, value, problem) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "cpu.yaml").write_text("trainer:\n  max_steps: 5\n", encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", value) == 2
+    line = one_error_line(capsys)
+    assert f"config file {value} {problem}; pass a YAML file, e.g. one of configs/cpu.yaml" in line
+
+
+def test_a_config_vocabulary_other_than_the_corpus_is_named(tmp_path, monkeypatch, capsys, corpus) -> None:
+    (tmp_path / "c.yaml").write_text("model:\n  vocab: abc\n", encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", "c.yaml", f"--data.path={corpus}", *SMALL) == 2
+    line = one_error_line(capsys)
+    assert "model.vocab (3 characters, from the config) differs" in line and "checkpoint" not in line
+
+
 def test_a_null_data_path_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "c.yaml").write_text("data:\n  path: null\n", encoding="utf-8")
     assert run_main(monkeypatch, tmp_path, "fit", "--config", "c.yaml") == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.files import atomic_writer, check_writable, write_atomic
+from babygpt_pl.files import atomic_writer, check_folder_writable, check_writable, write_atomic
 
 
 def test_check_writable_accepts_new_files_in_new_folders(tmp_path: Path) -> None:
@@ -29,6 +29,25 @@ def test_check_writable_rejects_a_file_as_folder(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(UserError, match=r"f.txt is a file, not a folder"):
         check_writable(tmp_path / "f.txt" / "out.jsonl", "--generation.output")
+
+
+def test_check_folder_writable_accepts_a_new_folder_and_creates_nothing(tmp_path: Path) -> None:
+    check_folder_writable(tmp_path / "new" / "deeper", "--checkpoint.dirpath")
+    check_folder_writable(tmp_path, "--checkpoint.dirpath")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_folder_writable_rejects_a_file_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(UserError, match=r"--checkpoint.dirpath .*f.txt/ck: .*f.txt is a file, not a folder"):
+        check_folder_writable(tmp_path / "f.txt" / "ck", "--checkpoint.dirpath")
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_check_folder_writable_tries_rather_than_trusting_permission_bits() -> None:
+    # No file can be made in /proc, even by root, for whom os.access says yes.
+    with pytest.raises(UserError, match=r"--checkpoint.dirpath /proc/ck: cannot write in /proc \("):
+        check_folder_writable("/proc/ck", "--checkpoint.dirpath")
 
 
 def test_new_files_get_the_umask_permissions_not_mkstemp_private_ones(tmp_path: Path) -> None:

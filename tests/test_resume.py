@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env
 
 from babygpt_pl.checkpoint import AtomicCheckpointIO
@@ -115,6 +116,7 @@ def test_signal_saves_a_resumable_checkpoint(run_dir, signum: int) -> None:
     step = last(run)["global_step"]
     assert step >= 3
     assert f"stopped by a signal at step {step}" in err
+    assert "weights_only" not in err  # Lightning's note on how it saved, noise before our line
     babygpt(run, *RUN[:2], f"--trainer.max_steps={step + 2}", *RUN[3:], "--ckpt_path=checkpoints/last.ckpt")
     assert last(run)["global_step"] == step + 2
 
@@ -126,6 +128,10 @@ def test_resume_continues_the_same_wandb_run(run_dir) -> None:
     babygpt(run, *RUN[:2], f"--trainer.max_steps={N + 2}", *RUN[3:], "--ckpt_path=checkpoints/last.ckpt")
     assert last(run)["wandb_run_id"] == run_id
     assert len(list((run / "outputs" / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    # The saved config is the settings as given: a new run started from it must not log into this wandb run.
+    saved = yaml.safe_load((run / "outputs" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["ckpt_path"] == "checkpoints/last.ckpt"
+    assert saved["trainer"]["logger"]["init_args"].get("id") is None
 
 
 def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
