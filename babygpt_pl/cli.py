@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -119,6 +120,17 @@ def check_output_folders(config, checkpoints: bool) -> None:
             check_folder_writable(save_dir, "--trainer.logger.init_args.save_dir")
     if checkpoints:
         check_folder_writable(config.checkpoint.dirpath or "checkpoints", "--checkpoint.dirpath")
+
+
+def warn_of_earlier_checkpoints(folder: str) -> None:
+    """A new run writes its own last.ckpt over an earlier run's, and its best checkpoint beside the earlier
+    best (ModelCheckpoint knows only the files it wrote): say so before, while that run can still be resumed."""
+    earlier = sorted(p.name for p in Path(folder).glob("*.ckpt"))
+    if earlier:
+        warn(
+            f"{folder} holds {', '.join(earlier)} from an earlier run: this new run overwrites last.ckpt and keeps "
+            f"its own best checkpoint beside them (to continue that run instead, pass --ckpt_path last)"
+        )
 
 
 def _logs_samples(logger) -> bool:
@@ -312,6 +324,8 @@ class BabyGPTCLI(LightningCLI):
             self.trainer_defaults["callbacks"].append(ProgressBar())
         check_trainer_settings(config.trainer, new_run=self.subcommand == "fit" and not self.checkpoint)
         check_output_folders(config, checkpoints=self.subcommand == "fit")
+        if self.subcommand == "fit" and not self.checkpoint:
+            warn_of_earlier_checkpoints(config.checkpoint.dirpath or "checkpoints")
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -207,6 +207,17 @@ def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypa
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.max_steps=2", "--trainer.logger=false"]
+    main(args)
+    assert "earlier run" not in capsys.readouterr().err
+    main(args)
+    assert "warning: checkpoints holds last.ckpt from an earlier run: this new run overwrites last.ckpt" in (
+        capsys.readouterr().err
+    )
+
+
 def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
     (tmp_path / "bad.yaml").write_text("trainer:\n  max_steps: [10\n", encoding="utf-8")
     assert run_main(monkeypatch, tmp_path, "fit", "--config", "bad.yaml", f"--data.path={corpus}") == 2
