@@ -7,6 +7,7 @@ from typing import TextIO
 
 import torch
 
+from babygpt_pl.checkpoint import check_checkpoint
 from babygpt_pl.errors import UserError
 from babygpt_pl.files import in_place, jsonl, write_atomic
 from babygpt_pl.generation import GenerationConfig, complete
@@ -78,6 +79,5 @@ def chat_loop(
 
 
 def load_weights(model: torch.nn.Module, ckpt_path: str) -> None:
-    """Copy a Lightning checkpoint's weights into the module (tensors only: weights_only)."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
+    """Copy a Lightning checkpoint's weights into the module (read safely and checked by check_checkpoint)."""
+    model.load_state_dict(check_checkpoint(ckpt_path)["state_dict"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from babygpt_pl.errors import UserError
 from babygpt_pl.files import atomic_writer
+from babygpt_pl.model import BabyGPT, GPTConfig
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -36,7 +38,32 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "vocab" not in ckpt.get("hyper_parameters", {}):
         raise UserError(f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(f"checkpoint {path} holds no weights (no state_dict): it is damaged; use one babygpt fit wrote")
+    _check_weights(path, ckpt["state_dict"], ckpt["hyper_parameters"])
     return ckpt
+
+
+def _check_weights(path: str | Path, saved: dict[str, torch.Tensor], hparams: dict[str, Any]) -> None:
+    """One line, not load_state_dict's traceback after a run has started, when the weights do not fit the model
+    the checkpoint's own settings describe (a damaged or hand-edited file)."""
+    fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+    config = GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        expected = {f"model.{k}": v for k, v in BabyGPT(config).state_dict().items()}
+    wrong = [f"{k} is missing" for k in expected if k not in saved]
+    wrong += [f"{k} is unexpected" for k in saved if k not in expected]
+    wrong += [
+        f"{k} is {list(saved[k].shape)}, the settings make {list(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise UserError(
+            f"checkpoint {path}'s weights do not fit its model settings: {wrong[0]}{more}; the file is damaged "
+            "or was edited: use one babygpt fit wrote"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

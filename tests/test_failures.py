@@ -105,6 +105,36 @@ def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
         check_checkpoint(foreign)
 
 
+def edited(checkpoint: Path, tmp_path: Path, edit) -> Path:
+    """A copy of ``checkpoint`` whose loaded dict ``edit`` changed in place."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    edit(ckpt)
+    path = tmp_path / "edited.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c.pop("state_dict"), "holds no weights (no state_dict): it is damaged"),
+        (lambda c: c["state_dict"].pop("model.ln_f.weight"), "weights do not fit its model settings: model.ln_f"),
+        (lambda c: c["state_dict"].update(x=torch.zeros(1)), "weights do not fit its model settings: x is unexpected"),
+        (
+            lambda c: c["state_dict"].update({"model.tok_emb.weight": torch.zeros(3)}),
+            "model.tok_emb.weight is [3], the settings make [192, 16]",
+        ),
+    ],
+)
+def test_a_damaged_babygpt_checkpoint_is_one_line_before_any_work(
+    tmp_path, monkeypatch, capsys, checkpoint, edit, expected
+) -> None:
+    path = edited(checkpoint, tmp_path, edit)
+    for command in ("predict", "chat"):
+        assert run_main(monkeypatch, tmp_path, command, f"--ckpt_path={path}") == 2
+        assert expected in one_error_line(capsys)
+
+
 class Payload:
     """Unpickling this would create a marker file: the stand-in for code in a malicious checkpoint."""
 
