@@ -380,6 +380,15 @@ class BabyGPTCLI(LightningCLI):
                 "it was trained on, or drop --ckpt_path to start a new run"
             )
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as err:
+            if err.code == 1 and self.trainer.interrupted:
+                # Lightning's answer to Ctrl-C in a run (exit 1, as for a crash): the command's "interrupted", 130.
+                raise KeyboardInterrupt from None
+            raise
+
     def after_instantiate_classes(self) -> None:
         if given := getattr(self, "_given_logger_args", None):
             args, saved = given

@@ -107,6 +107,10 @@ def sample_next(
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
+    # Relative to each row's best: a tiny temperature (or penalty) then sends the others to -inf, greedy's limit,
+    # where the best's own score would overflow to inf, and inf - inf is NaN.
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)
+    logits = logits - logits.max(dim=-1, keepdim=True).values
     if sampling.temperature != 1:
         logits = logits / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):
@@ -345,8 +349,11 @@ def stream(
     window = model.config.block_size
     device = next(model.parameters()).device
     rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
-    tokens, valid = _left_pad(rows, device, max_new_tokens)
-    n = tokens.size(1) - max_new_tokens  # filled slots
+    # Room for two windows of new tokens at most, then the newest window moves to the front: a huge
+    # max_new_tokens (generate until a stop string) reserves nothing up front.
+    extra = min(max_new_tokens, 2 * window)
+    tokens, valid = _left_pad(rows, device, extra)
+    n = tokens.size(1) - extra  # filled slots
     seen = None
     if sampling.repetition_penalty != 1.0:
         # scatter_add, not scatter_: a padding 0 and a real token 0 in one row must not race for seen[row, 0].
@@ -378,6 +385,12 @@ def stream(
             yield nxt
             if step == max_new_tokens - 1:
                 break
+            if n == tokens.size(1):
+                drop = n - window  # every slot a prefill or the cache reads is in the last window
+                tokens[:, :window] = tokens[:, drop:n].clone()
+                valid[:, :window] = valid[:, drop:n].clone()
+                valid[:, window:] = True
+                n, start = window, start - drop
             tokens[:, n] = nxt
             n += 1
             if seen is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -304,6 +305,23 @@ def test_ctrl_c_before_training_is_a_clean_exit(tmp_path, monkeypatch, capsys) -
     monkeypatch.setattr(cli_module, "BabyGPTCLI", interrupted)
     assert run_main(monkeypatch, tmp_path, "fit") == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_while_predict_generates_is_a_clean_exit(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    """Lightning turns it into exit code 1 (a crash's); the command says "interrupted", 130, as at start-up."""
+    from babygpt_pl import module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "complete", interrupted)
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT from then on
+    try:
+        assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--generation.output=o") == 130
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted"
+    assert not (tmp_path / "o").exists()
 
 
 def test_ctrl_c_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys) -> None:

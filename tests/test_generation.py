@@ -268,10 +268,20 @@ def test_batched_prompts_match_generating_alone_inside_window(model: BabyGPT, us
 
 
 def test_batched_prompts_match_alone_past_window_without_cache(model: BabyGPT) -> None:
-    n = 3 * BLOCK
-    batched = run(model, PROMPTS, n, use_cache=False)
-    for row, prompt in enumerate(PROMPTS):
+    # Long enough that the token buffer (two windows of new tokens) moves its newest window to the front twice,
+    # with a prompt longer than the window, so the other rows' padding reaches past it.
+    n = 5 * BLOCK
+    prompts = [*PROMPTS, list(range(1, BLOCK + 5))]
+    batched = run(model, prompts, n, use_cache=False)
+    for row, prompt in enumerate(prompts):
         assert torch.equal(batched[row], run(model, [prompt], n, use_cache=False)[0]), row
+
+
+def test_a_huge_max_new_tokens_reserves_nothing_up_front(model: BabyGPT) -> None:
+    """Generate until a stop string, with a cap of a trillion: it used to allocate 8 bytes per token first."""
+    tokens = stream(model, [[1, 2], [3]], 10**12, GREEDY)
+    assert [next(tokens).shape for _ in range(3)] == [torch.Size([2])] * 3
+    tokens.close()
 
 
 def test_stream_accepts_tensor_prompts(model: BabyGPT) -> None:
@@ -346,6 +356,17 @@ def test_sample_next_greedy_and_top_k_top_p_support() -> None:
     assert set(top_p.tolist()) == {1, 2}
     everything = sample_next(logits, Sampling(temperature=1.0), g)
     assert {0, 1, 2, 4} <= set(everything.tolist())
+
+
+def test_a_tiny_temperature_or_penalty_tends_to_greedy_not_to_overflow() -> None:
+    """Scores divided by 1e-38 overflow to inf, and inf - inf makes NaN probabilities, which picked the last
+    token of the vocabulary every time."""
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0, 2.8]]).repeat(50, 1)
+    g = torch.Generator().manual_seed(0)
+    assert sample_next(logits, Sampling(temperature=1e-38), g).tolist() == [1] * 50
+    seen = torch.tensor([[False, False, True, False, False]]).repeat(50, 1)
+    promoted = sample_next(logits, Sampling(temperature=1.0, repetition_penalty=1e-300), g, seen=seen)
+    assert promoted.tolist() == [2] * 50  # 2.9 / 1e-300 overflows; it is still the one best score
 
 
 def test_repetition_penalty_demotes_seen_tokens() -> None:
