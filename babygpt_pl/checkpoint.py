@@ -21,8 +21,10 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     if file.is_dir():
         raise UserError(f"checkpoint {path} is a directory: pass --ckpt_path to a file in it, e.g. {file}/last.ckpt")
-    if not file.is_file():
+    if not file.exists():
         raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
+    if not file.is_file():
+        raise UserError(f"checkpoint {path} is not a regular file: pass --ckpt_path to a file written by `babygpt fit`")
     try:
         # Read whole, not memory-mapped: a mapped load reads the tensors only when they are used, so a damaged
         # file would pass here and fail later with a traceback.

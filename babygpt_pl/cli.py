@@ -90,8 +90,8 @@ class Trainer(L.Trainer):
         chat_loop(model.model.to(device), model.tokenizer, model.generation)
 
 
-def check_trainer_settings(trainer, new_run: bool) -> None:
-    """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
+def check_accelerator(trainer) -> None:
+    """A GPU asked for on a machine without one: Lightning's "No supported gpu backend found!" names no fix."""
     accelerator = str(trainer.accelerator)
     gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
     if accelerator in ("gpu", "cuda") and not gpu:
@@ -99,6 +99,10 @@ def check_trainer_settings(trainer, new_run: bool) -> None:
             f"trainer.accelerator is {accelerator} but this machine has no CUDA GPU: pass --trainer.accelerator cpu "
             "(DDP then runs over gloo)"
         )
+
+
+def check_trainer_settings(trainer, new_run: bool) -> None:
+    """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
     every, steps = trainer.val_check_interval, trainer.max_steps
     if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
         raise UserError(f"trainer.val_check_interval must be a positive number of steps, got {every}")
@@ -308,6 +312,7 @@ class BabyGPTCLI(LightningCLI):
         config = self.config[self.subcommand]
         if self.subcommand != "fit" and not self.checkpoint:
             raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
+        check_accelerator(config.trainer)
         if self.subcommand in ("predict", "chat"):
             # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
             config.trainer.enable_progress_bar = False

@@ -57,8 +57,15 @@ def read_prompts(prompts: list[str] | str | None, prompts_file: str | None) -> l
     else:
         text = read_text(prompts_file, "prompts file", "--data.prompts_file")
         prompts = [line for line in text.splitlines() if line.strip()]
-    if not prompts or any(not p for p in prompts):
-        raise UserError("empty prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
+        if not prompts:
+            raise UserError(f"prompts file {prompts_file} has only blank lines: write one prompt per line")
+    if not prompts:
+        raise UserError("no prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
+    if "" in prompts:
+        raise UserError(
+            f"prompt {prompts.index('') + 1} of {len(prompts)} is empty: remove it from data.prompts "
+            "(each prompt needs at least one character)"
+        )
     return prompts
 
 

@@ -46,34 +46,29 @@ def check_writable(path: str | Path, option: str, example: str = "samples.jsonl"
         if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: no permission to write to it; choose another path")
         return
-    parent = path.parent
-    while not parent.exists():  # atomic_writer creates the missing folders
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {path}: no permission to write in {parent}; choose another folder")
+    check_folder_writable(path.parent, option, shown=path)  # atomic_writer creates the missing folders
 
 
-def check_folder_writable(folder: str | Path, option: str) -> None:
-    """Fail now, in one line naming ``option``, if files could not be written in ``folder`` (made if missing):
-    before a run whose checkpoints or logs would go there, not at its first save.
+def check_folder_writable(folder: str | Path, option: str, shown: str | Path | None = None) -> None:
+    """Fail now, in one line naming ``option`` and ``shown`` (default: the folder), if files could not be written
+    in ``folder`` (made if missing): before the work whose results would go there, not at its first save.
 
     It makes a temporary file in the folder, or in the nearest one that exists, since permission bits do not
-    tell (root passes ``os.access`` in /proc, and a read-only mount refuses the owner); it creates nothing.
+    tell (root passes ``os.access`` in /proc and /sys, and a read-only mount refuses the owner); it creates nothing.
     """
     folder = Path(folder)
+    shown = folder if shown is None else shown
     existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{option} {folder}: {existing} is a file, not a folder; choose another folder")
+        raise UserError(f"{option} {shown}: {existing} is a file, not a folder; choose another folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         problem = f"cannot write in {existing} ({err.strerror})"
-        raise UserError(f"{option} {folder}: {problem}; choose another folder") from None
+        raise UserError(f"{option} {shown}: {problem}; choose another folder") from None
 
 
 @contextmanager

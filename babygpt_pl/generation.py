@@ -86,8 +86,10 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         _ = self.sampling  # validate now, not at the first sample
-        if self.max_new_tokens < 0 or self.num_samples < 1:
-            raise UserError("generation.max_new_tokens must be >= 0 and generation.num_samples >= 1")
+        if self.max_new_tokens < 0:
+            raise UserError(f"generation.max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise UserError(f"generation.num_samples must be >= 1, got {self.num_samples}")
 
     @property
     def sampling(self) -> Sampling:

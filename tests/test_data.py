@@ -240,16 +240,19 @@ def test_prompts_file(path: Path, tmp_path: Path) -> None:
     assert list(module.predict_dataloader()) == [["春江", "明月 几时", "往事"]]
 
 
-@pytest.mark.parametrize("prompts", [[""], ["春江", ""], []])
-def test_empty_prompt_rejected(path: Path, prompts: list[str]) -> None:
-    with pytest.raises(UserError, match="empty prompt"):
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [([""], "prompt 1 of 1 is empty"), (["春江", ""], "prompt 2 of 2 is empty: remove it"), ([], "no prompt: give")],
+)
+def test_empty_prompt_rejected(path: Path, prompts: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
         make(path, prompts=prompts).load_prompts()
 
 
 def test_prompts_file_errors(path: Path, tmp_path: Path) -> None:
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n", encoding="utf-8")
-    with pytest.raises(UserError, match="empty prompt"):
+    with pytest.raises(UserError, match=r"prompts file .*blank.txt has only blank lines"):
         make(path, prompts_file=str(blank)).load_prompts()
     with pytest.raises(UserError, match=r"prompts file .*missing.txt not found: pass --data.prompts_file"):
         make(path, prompts_file=str(tmp_path / "missing.txt")).load_prompts()

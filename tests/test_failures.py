@@ -100,6 +100,8 @@ def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
         check_checkpoint(damaged)
     with pytest.raises(UserError, match="is a directory: pass --ckpt_path to a file in it"):
         check_checkpoint(tmp_path)
+    with pytest.raises(UserError, match="/dev/null is not a regular file: pass --ckpt_path to a file"):
+        check_checkpoint("/dev/null")
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(UserError, match="not a babygpt checkpoint"):
@@ -165,7 +167,13 @@ def test_predict_prompt_errors(tmp_path, monkeypatch, capsys, checkpoint) -> Non
     assert "not in the model's vocabulary: '火星X'" in capsys.readouterr().err.splitlines()[-1]
     code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=['']")
     assert code == 2
-    assert "empty prompt" in capsys.readouterr().err.splitlines()[-1]
+    assert "prompt 1 of 1 is empty" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_predict_on_a_gpu_that_is_not_there_names_the_fix(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--trainer.accelerator=gpu") == 2
+    assert "no CUDA GPU: pass --trainer.accelerator cpu" in one_error_line(capsys)
 
 
 def test_an_unwritable_output_is_refused_before_generating(tmp_path, monkeypatch, capsys, checkpoint) -> None:

@@ -43,11 +43,13 @@ def test_check_folder_writable_rejects_a_file_on_the_way(tmp_path: Path) -> None
         check_folder_writable(tmp_path / "f.txt" / "ck", "--checkpoint.dirpath")
 
 
-@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc and /sys")
 def test_check_folder_writable_tries_rather_than_trusting_permission_bits() -> None:
     # No file can be made in /proc, even by root, for whom os.access says yes.
     with pytest.raises(UserError, match=r"--checkpoint.dirpath /proc/ck: cannot write in /proc \("):
         check_folder_writable("/proc/ck", "--checkpoint.dirpath")
+    with pytest.raises(UserError, match=r"--generation.output /sys/x.jsonl: cannot write in /sys \("):
+        check_writable("/sys/x.jsonl", "--generation.output")
 
 
 def test_new_files_get_the_umask_permissions_not_mkstemp_private_ones(tmp_path: Path) -> None:

@@ -312,6 +312,18 @@ def test_sampling_validation(kwargs: dict) -> None:
         GenerationConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": -1}, "generation.max_new_tokens must be >= 0, got -1"),
+        ({"num_samples": 0}, "generation.num_samples must be >= 1, got 0"),
+    ],
+)
+def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        GenerationConfig(**kwargs)
+
+
 def test_sampling_valid_edges() -> None:
     Sampling(temperature=0, top_k=1, top_p=1.0, repetition_penalty=0.5)
 
