@@ -48,7 +48,8 @@ class TokenThroughput(ThroughputMonitor):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The library averages over its last 100 updates, one per batch, and logs nothing until it has them; ours
-        # come every log_every_n_steps, and a window of about 20 steps gives a first value early in a short run.
+        # come every log_every_n_steps, and a window of about 20 steps (at least 2 updates) gives a first value
+        # early in a short run.
         self.kwargs.setdefault("window_size", max(2, math.ceil(20 / max(1, trainer.log_every_n_steps))))
         super().setup(trainer, pl_module, stage)
 
@@ -106,7 +107,7 @@ class ProgressBar(RichProgressBar):
         steps = self.trainer.max_steps
         if steps is None or steps < 0:
             return super().total_train_batches
-        return steps * (self.trainer.accumulate_grad_batches or 1)
+        return min(self.trainer.num_training_batches, steps * (self.trainer.accumulate_grad_batches or 1))
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Training is one endless epoch that max_steps ends: the library's "Epoch 0/-2" says nothing.

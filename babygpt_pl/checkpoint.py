@@ -50,15 +50,21 @@ def _check_weights(path: str | Path, saved: dict[str, torch.Tensor], hparams: di
     """One line, not load_state_dict's traceback after a run has started, when the weights do not fit the model
     the checkpoint's own settings describe (a damaged or hand-edited file)."""
     fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
-    config = GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        expected = {f"model.{k}": v for k, v in BabyGPT(config).state_dict().items()}
+    try:
+        config = GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
+        with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+            expected = {f"model.{k}": v for k, v in BabyGPT(config).state_dict().items()}
+    except (UserError, TypeError, ValueError) as err:
+        raise UserError(
+            f"checkpoint {path}'s model settings are invalid ({err}): the file is damaged or was edited; use one "
+            "babygpt fit wrote"
+        ) from None
     wrong = [f"{k} is missing" for k in expected if k not in saved]
     wrong += [f"{k} is unexpected" for k in saved if k not in expected]
     wrong += [
-        f"{k} is {list(saved[k].shape)}, the settings make {list(v.shape)}"
+        f"{k} is {list(getattr(saved[k], 'shape', [type(saved[k]).__name__]))}, the settings make {list(v.shape)}"
         for k, v in expected.items()
-        if k in saved and saved[k].shape != v.shape
+        if k in saved and getattr(saved[k], "shape", None) != v.shape
     ]
     if wrong:
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""

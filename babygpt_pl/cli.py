@@ -122,19 +122,21 @@ def check_output_folders(config, checkpoints: bool) -> None:
     for logger in loggers:
         if save_dir := getattr(logger, "init_args", {}).get("save_dir"):
             check_folder_writable(save_dir, "--trainer.logger.init_args.save_dir")
-    if checkpoints:
-        check_folder_writable(config.checkpoint.dirpath or "checkpoints", "--checkpoint.dirpath")
+    if checkpoints and config.checkpoint.dirpath:  # (None: Lightning's folder under the logger's, checked above)
+        check_folder_writable(config.checkpoint.dirpath, "--checkpoint.dirpath")
 
 
 def warn_of_earlier_checkpoints(folder: str) -> None:
     """A new run writes its own last.ckpt over an earlier run's, and its best checkpoint beside the earlier
     best (ModelCheckpoint knows only the files it wrote): say so before, while that run can still be resumed."""
     earlier = sorted(p.name for p in Path(folder).glob("*.ckpt"))
-    if earlier:
+    if "last.ckpt" in earlier:
         warn(
             f"{folder} holds {', '.join(earlier)} from an earlier run: this new run overwrites last.ckpt and keeps "
-            f"its own best checkpoint beside them (to continue that run instead, pass --ckpt_path last)"
+            "its own best checkpoint beside the others (to continue that run instead, pass --ckpt_path last)"
         )
+    elif earlier:
+        warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
 
 
 def _logs_samples(logger) -> bool:
@@ -329,8 +331,8 @@ class BabyGPTCLI(LightningCLI):
             self.trainer_defaults["callbacks"].append(ProgressBar())
         check_trainer_settings(config.trainer, new_run=self.subcommand == "fit" and not self.checkpoint)
         check_output_folders(config, checkpoints=self.subcommand == "fit")
-        if self.subcommand == "fit" and not self.checkpoint:
-            warn_of_earlier_checkpoints(config.checkpoint.dirpath or "checkpoints")
+        if self.subcommand == "fit" and not self.checkpoint and config.checkpoint.dirpath:
+            warn_of_earlier_checkpoints(config.checkpoint.dirpath)
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -389,7 +391,7 @@ class BabyGPTCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except SystemExit as err:
-            if err.code == 1 and self.trainer.interrupted:
+            if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):
                 # Lightning's answer to Ctrl-C in a run (exit 1, as for a crash): the command's "interrupted", 130.
                 raise KeyboardInterrupt from None
             raise
@@ -410,6 +412,8 @@ def check_config_files(argv: list[str]) -> None:
         path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
         if path == flag:
             continue  # not a --config option
+        if not path:
+            raise UserError("--config needs the path of a YAML file, e.g. --config configs/cpu.yaml")
         if not os.path.isfile(path):
             if set("{}:\n") & set(path) and not os.path.isdir(path):
                 continue  # a YAML string given inline, which the parser reads itself

@@ -14,8 +14,14 @@ def debugging(argv: list[str]) -> bool:
 
 
 def warn(message: str) -> None:
-    """One ``warning: …`` line on stderr (stdout carries only what a command produces, e.g. generated text)."""
-    print(f"warning: {message}", file=sys.stderr)
+    """One ``warning: …`` line on stderr (stdout carries only what a command produces, e.g. generated text),
+    from the first process only: under DDP every rank runs the command, and would repeat it."""
+    # The variables Lightning's rank_zero_only reads, in its order (no Lightning import here: model.py uses this).
+    rank = next(
+        (os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK") if k in os.environ), "0"
+    )
+    if rank == "0":
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class UserError(ValueError):

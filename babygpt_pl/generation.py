@@ -107,7 +107,7 @@ def sample_next(
     if seen is not None and sampling.repetition_penalty != 1.0:
         p = sampling.repetition_penalty  # CTRL's penalty: shrink the scores of tokens already in the context
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
-    if sampling.temperature == 0:
+    if sampling.temperature < torch.finfo(logits.dtype).tiny:  # 0, or so small that dividing by it makes 0/0
         return logits.argmax(dim=-1)
     # Relative to each row's best: a tiny temperature (or penalty) then sends the others to -inf, greedy's limit,
     # where the best's own score would overflow to inf, and inf - inf is NaN.

@@ -113,15 +113,42 @@ def test_the_progress_bar_names_the_last_step_not_an_epoch() -> None:
     assert bar._get_train_description(current_epoch=0) == "Training to step 5000"
 
 
-def test_the_progress_bar_counts_to_max_steps_also_after_a_resume() -> None:
-    """Its count is the batch index from 0, so the total is max_steps batches (the library's: the steps left)."""
-    bar = ProgressBar()
-    bar._trainer = SimpleNamespace(max_steps=60, global_step=40, accumulate_grad_batches=1, max_epochs=-1)
-    assert bar.total_train_batches == 60
-    bar._trainer.accumulate_grad_batches = 2
-    assert bar.total_train_batches == 120
-    bar._trainer = SimpleNamespace(max_steps=-1, max_epochs=1, num_training_batches=7)
-    assert bar.total_train_batches == 7
+class RecordedBar(ProgressBar):
+    """Records the training bar's (completed, total) as training ends."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        task = self.progress.tasks[self.train_progress_bar_id]
+        self.shown = (task.completed, task.total)
+        super().on_train_end(trainer, pl_module)
+
+
+def test_the_progress_bar_counts_to_max_steps_also_after_a_resume(module, tmp_path: Path) -> None:
+    """The bar counts the epoch's batches from 0, also in a resumed run, whose total was the steps left (9/3)."""
+
+    class Endless(torch.utils.data.IterableDataset):  # as babygpt's training data: one epoch without end
+        def __iter__(self):
+            while True:
+                x = torch.randint(len(VOCAB), (4, 16))
+                yield x, x
+
+    loader = torch.utils.data.DataLoader(Endless(), batch_size=None)
+
+    def fit(max_steps: int, ckpt_path: Path | None = None) -> L.Trainer:
+        bar = RecordedBar()
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            callbacks=[bar],
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return bar
+
+    fit(6)
+    module.trainer.save_checkpoint(tmp_path / "six.ckpt")
+    assert fit(9, tmp_path / "six.ckpt").shown == (9, 9)
 
 
 def test_a_short_run_logs_tokens_per_second(module, tmp_path: Path) -> None:

@@ -127,6 +127,9 @@ def edited(checkpoint: Path, tmp_path: Path, edit) -> Path:
             lambda c: c["state_dict"].update({"model.tok_emb.weight": torch.zeros(3)}),
             "model.tok_emb.weight is [3], the settings make [192, 16]",
         ),
+        (lambda c: c["state_dict"].update({"model.ln_f.bias": 1.5}), "model.ln_f.bias is ['float'], the settings"),
+        (lambda c: c["hyper_parameters"].update(n_head=3), "model settings are invalid (GPTConfig.n_embed (16) must"),
+        (lambda c: c["hyper_parameters"].update(n_layer="x"), "model settings are invalid (GPTConfig.n_layer must"),
     ],
 )
 def test_a_damaged_babygpt_checkpoint_is_one_line_before_any_work(
@@ -255,6 +258,9 @@ def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypa
     assert "warning: checkpoints holds last.ckpt from an earlier run: this new run overwrites last.ckpt" in (
         capsys.readouterr().err
     )
+    # Without a checkpoint folder Lightning picks one under the logger's: nothing to say of checkpoints/.
+    main([*args, "--checkpoint.dirpath=null"])
+    assert "earlier run" not in capsys.readouterr().err
 
 
 def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
@@ -389,6 +395,8 @@ def test_a_config_file_that_is_not_there_is_named(tmp_path, monkeypatch, capsys,
     assert run_main(monkeypatch, tmp_path, "fit", "--config", value) == 2
     line = one_error_line(capsys)
     assert f"config file {value} {problem}; pass a YAML file, e.g. one of configs/cpu.yaml" in line
+    assert run_main(monkeypatch, tmp_path, "fit", "--config=") == 2
+    assert "--config needs the path of a YAML file" in one_error_line(capsys)
 
 
 def test_a_config_vocabulary_other_than_the_corpus_is_named(tmp_path, monkeypatch, capsys, corpus) -> None:

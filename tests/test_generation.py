@@ -371,11 +371,12 @@ def test_sample_next_greedy_and_top_k_top_p_support() -> None:
 
 
 def test_a_tiny_temperature_or_penalty_tends_to_greedy_not_to_overflow() -> None:
-    """Scores divided by 1e-38 overflow to inf, and inf - inf makes NaN probabilities, which picked the last
-    token of the vocabulary every time."""
+    """Scores divided by 1e-40 (or by a penalty of 1e-300) overflow to inf, and inf - inf made NaN probabilities,
+    which picked the last token of the vocabulary every time; 1e-46 rounds to 0 in fp32, and 0/0 is NaN."""
     logits = torch.tensor([[0.0, 3.0, 2.9, -1.0, 2.8]]).repeat(50, 1)
     g = torch.Generator().manual_seed(0)
-    assert sample_next(logits, Sampling(temperature=1e-38), g).tolist() == [1] * 50
+    for temperature in (1e-40, 1e-46):
+        assert sample_next(logits, Sampling(temperature=temperature), g).tolist() == [1] * 50
     seen = torch.tensor([[False, False, True, False, False]]).repeat(50, 1)
     promoted = sample_next(logits, Sampling(temperature=1.0, repetition_penalty=1e-300), g, seen=seen)
     assert promoted.tolist() == [2] * 50  # 2.9 / 1e-300 overflows; it is still the one best score
