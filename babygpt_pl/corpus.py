@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -78,7 +79,7 @@ def _package_root(directory: Path) -> Path:
 
 def _read_directory(directory: Path) -> dict[str, bytes]:
     root = _package_root(directory)
-    candidates = [f"dist/songci/{p.name}" for p in (root / "dist" / "songci").iterdir()]
+    candidates = [f"dist/songci/{p.name}" for p in (root / "dist" / "songci").iterdir() if p.is_file()]
     if (root / _NANTANG).is_file():
         candidates.append(_NANTANG)
     return {rel: (root / rel).read_bytes() for rel in candidates if _wanted(rel)}
@@ -162,15 +163,23 @@ def _read_source(source: Path) -> tuple[dict[str, bytes], bool]:
         return _read_directory(source), False
     if not source.is_file():
         raise UserError(f"source {source} not found; pass the {PACKAGE} package directory or its .tgz")
+    files = _read_tarball(source)  # first: a file that is no tarball at all gets its error alone, no warning
     official = _integrity(source) == PACKAGE_INTEGRITY
     if not official:
         log.warning("%s is not the published %s tarball (integrity differs); building from it anyway", source, PACKAGE)
-    return _read_tarball(source), official
+    return files, official
 
 
 def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--out") -> Path:
     """Build the corpus from ``source`` (package dir, .tgz, or None to fetch with npm) into ``out_path``;
     ``option`` is what errors about ``out_path`` name."""
+    if str(out_path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
+        raise UserError(f"{option} {out_path} names a folder: give a file name, e.g. {out_path}{DEFAULT_NAME}")
+    if str(source).startswith(("http://", "https://")):
+        raise UserError(
+            f"source {source} is a URL, and only local files are read: download it first (e.g. `npm pack "
+            f"{PACKAGE}`) and pass the .tgz, or leave the source unset to fetch it with npm"
+        )
     out_path = Path(out_path)
     check_writable(out_path, option, DEFAULT_NAME)  # before the fetch and build, not after
     if source is None:
@@ -222,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # the output is written atomically, and the fetch's temp folder removed
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     data = out.read_bytes()
     print(out)
     print(f"sha256: {hashlib.sha256(data).hexdigest()}")

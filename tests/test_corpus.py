@@ -164,11 +164,41 @@ def test_an_unwritable_out_is_refused_before_the_fetch(
         corpus.ensure_corpus(tmp_path / "file" / "ci.txt")
 
 
-def test_a_source_that_is_not_a_tarball_is_one_line(tmp_path: Path) -> None:
+def test_a_source_that_is_not_a_tarball_is_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "notes.txt").write_text("not a tarball")
     with pytest.raises(UserError, match="not a tar archive") as info:
         corpus.build_ci(tmp_path / "notes.txt", tmp_path / "ci.txt")
     assert "\n" not in str(info.value)
+    assert not caplog.records  # no "not the published tarball" warning before the error
+
+
+def test_a_url_source_or_a_folder_out_is_refused(tmp_path: Path) -> None:
+    url = "https://registry.npmjs.org/chinese-poetry/-/chinese-poetry-2.0.1.tgz"
+    with pytest.raises(UserError, match=f"source {url} is a URL, and only local files are read"):
+        corpus.build_ci(url, tmp_path / "ci.txt")
+    with pytest.raises(UserError, match=r"--out .*/dir/ names a folder: give a file name, e.g. .*/dir/ci.txt"):
+        corpus.build_ci(make_package(tmp_path), f"{tmp_path}/dir/")
+    assert not (tmp_path / "dir").exists()
+
+
+def test_a_folder_among_the_source_files_is_skipped(tmp_path: Path) -> None:
+    package = make_package(tmp_path)
+    (package / "dist" / "songci" / "ci.song.99000.json").mkdir()
+    corpus.build_ci(package, tmp_path / "ci.txt")
+    assert (tmp_path / "ci.txt").read_text(encoding="utf-8") == EXPECTED
+
+
+def test_main_ctrl_c_is_interrupted_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus, "build_ci", interrupted)
+    with pytest.raises(SystemExit) as info:
+        corpus.main(["--out", str(tmp_path / "ci.txt")])
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_missing_source_raises(tmp_path: Path) -> None:
