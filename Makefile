@@ -1,5 +1,6 @@
 # make run   - install, build data/ci.txt, train configs/cpu.yaml, generate from the checkpoint
 # make test  - install, run the tests and ruff
+# make lint  - ruff only; make bench - the two benchmarks at the seed shape (minutes on a CPU)
 #
 # TORCH picks the PyTorch build. The default pins a release: on a machine with an NVIDIA GPU, pip takes
 # PyPI's CUDA build of it; on a CPU-only box with a local wheel (like CI), the CPU build. To choose, e.g.
@@ -30,6 +31,9 @@ run: install data/ci.txt
 
 test: install
 	$(BIN)/python -m pytest
+	$(MAKE) lint
+
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

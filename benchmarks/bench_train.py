@@ -24,11 +24,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import (  # noqa: E402
+    check_args,
     default_device,
     default_out,
     device_profiler,
     environment,
     peak_memory_mib,
+    positive_int,
     print_table,
     report,
     reset_peak,
@@ -45,13 +47,15 @@ DENSE_BF16_FALLBACK = {"h200": 989.4e12, "h100": 989.4e12, "gh200": 989.4e12}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=Path("configs/base.yaml"), help="model/data sizes (YAML)")
+    p.add_argument(
+        "--config", type=Path, default=Path("configs/base.yaml"), help="model/data sizes (YAML; default: %(default)s)"
+    )
     p.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--steps", type=positive_int, help="timed steps (default: 20 on cuda, 3 on cpu)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
-    p.add_argument("--batch", type=int, help="override data.batch_size")
-    p.add_argument("--vocab", type=int, default=6148, help="vocabulary size (6148: the ci corpus)")
+    p.add_argument("--batch", type=positive_int, help="override data.batch_size")
+    p.add_argument("--vocab", type=positive_int, default=6148, help="vocabulary size (6148: the ci corpus)")
     p.add_argument(
         "--compile",
         nargs="?",
@@ -71,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/train-<device>.json)")
     p.add_argument("--profile", type=Path, help="also write torch.profiler's table of one step's top kernels here")
     args = p.parse_args(argv)
+    check_args(p, args)
+    if args.warmup is not None and args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if not args.config.is_file():
+        p.error(f"--config {args.config} is not a file; pass a babygpt config, e.g. configs/cpu.yaml")
     cuda = args.device.startswith("cuda")
     args.steps = args.steps or (20 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
@@ -15,7 +16,31 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from babygpt_pl.errors import UserError
+from babygpt_pl.files import check_writable
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (zero steps, tokens, rounds or threads measure nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse does not check option by option, before the run rather than after it: the device exists,
+    and the output files can be written."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this machine has no CUDA GPU; pass --device cpu")
+    for option in ("out", "profile"):
+        if getattr(args, option) is not None:
+            try:
+                check_writable(getattr(args, option), f"--{option}", "result.json")
+            except UserError as err:
+                parser.error(str(err))
 
 
 def default_device() -> str:

@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end at tiny sizes, write their JSON, and refuse bad options before running."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_GENERATE = ["--device=cpu", "--threads=1", "--vocab=64", "--block-size=32", "--n-embed=32", "--n-head=2"]
+TINY_GENERATE += ["--n-layer=2", "--new-tokens=8", "--batch", "1", "2", "--prompt-len=8", "--rounds=1"]
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_bench_generate_writes_every_figure(tmp_path: Path) -> None:
+    result = bench("bench_generate.py", *TINY_GENERATE, f"--out={tmp_path / 'g.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((tmp_path / "g.json").read_text())
+    for key in ("prefill_b1_ms", "decode_b1_tokens_per_s", "decode_b2_tokens_per_s", "cache_speedup_b1"):
+        assert figures[key] > 0, key
+    assert figures["window_past_tokens"] > 0
+
+
+def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
+    args = ["--config=configs/cpu.yaml", "--device=cpu", "--threads=1", "--steps=1", "--warmup=0", "--batch=2"]
+    result = bench("bench_train.py", *args, "--vocab=64", f"--out={tmp_path / 't.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((tmp_path / "t.json").read_text())
+    assert figures["eager_tokens_per_s"] > 0 and figures["eager_s_per_step"] > 0
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "shown"),
+    [
+        ("bench_generate.py", ["--new-tokens=0"], "argument --new-tokens: must be >= 1, got 0"),
+        ("bench_generate.py", ["--window-tokens=10"], "--window-tokens must pass the window"),
+        ("bench_generate.py", ["--out=."], "--out . is a directory"),
+        ("bench_train.py", ["--steps=-2"], "argument --steps: must be >= 1, got -2"),
+        ("bench_train.py", ["--config=nope.yaml"], "--config nope.yaml is not a file"),
+    ],
+)
+def test_bad_options_are_refused_before_running(script: str, args: list[str], shown: str) -> None:
+    result = bench(script, "--device=cpu", *args)
+    assert result.returncode == 2
+    assert shown in result.stderr.splitlines()[-1]
