@@ -217,6 +217,15 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
     assert shown in line and "would be ignored" in line
 
 
+def test_a_union_error_of_other_types_is_kept_whole() -> None:
+    message = (
+        'Parser key "trainer.logger": Does not validate against any of the Union subtypes Subtypes: '
+        "[<class 'lightning.pytorch.loggers.logger.Logger'>, <class 'bool'>] Errors: - x Given value type: "
+        "<class 'str'> Given value: 5"
+    )
+    assert cli_module.short_union_error(message) == message
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -226,9 +235,12 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer"),
         (["--trainer.accelerator=gpu"], "no CUDA GPU: pass --trainer.accelerator cpu"),
         (["--trainer.strategy=bogus"], "the trainer settings were refused: "),
+        (["--trainer.devices=x"], "the trainer settings were refused: `devices` selected with `CPUAccelerator` should"),
         (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive number of steps, got 0"),
         (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
         (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
+        (["--model.attn_dropout=abc"], "error: model.attn_dropout: abc is not accepted; give a number or null (see"),
+        (["--trainer.precision=bf17"], "bf17 is not accepted; give 64, 32, 16, transformer-engine, transformer-engine"),
     ],
 )
 def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpus, extra, expected) -> None:
