@@ -121,8 +121,11 @@ def check_output_folders(config, checkpoints: bool) -> None:
     starts: else the first save, after all the training before it, would end the run in a traceback."""
     loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
     for logger in loggers:
-        if save_dir := getattr(logger, "init_args", {}).get("save_dir"):
-            check_folder_writable(save_dir, "--trainer.logger.init_args.save_dir")
+        for key in ("save_dir", "dir"):  # (dir: WandbLogger's other name for it)
+            if folder := getattr(logger, "init_args", {}).get(key):
+                check_folder_writable(folder, f"--trainer.logger.init_args.{key}")
+    if config.trainer.default_root_dir:  # the default logger's, and the checkpoints' without a dirpath
+        check_folder_writable(config.trainer.default_root_dir, "--trainer.default_root_dir")
     if checkpoints and config.checkpoint.dirpath:  # (None: Lightning's folder under the logger's, checked above)
         check_folder_writable(config.checkpoint.dirpath, "--checkpoint.dirpath")
 

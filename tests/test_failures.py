@@ -389,6 +389,7 @@ def test_a_config_file_that_is_not_settings_is_named(tmp_path, monkeypatch, caps
     [
         ("--checkpoint.dirpath=afile/ck", "--checkpoint.dirpath afile/ck: afile is a file, not a folder"),
         ("--trainer.logger.init_args.save_dir=afile/out", "--trainer.logger.init_args.save_dir afile/out: afile is"),
+        ("--trainer.default_root_dir=afile/r", "--trainer.default_root_dir afile/r: afile is a file, not a folder"),
     ],
 )
 def test_an_unwritable_output_folder_is_refused_before_training(
