@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from babygpt_pl.errors import UserError
 from babygpt_pl.files import atomic_writer
-from babygpt_pl.model import BabyGPT, GPTConfig
+from babygpt_pl.model import BabyGPT
+from babygpt_pl.module import gpt_config
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -49,11 +49,9 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
 def _check_weights(path: str | Path, saved: dict[str, torch.Tensor], hparams: dict[str, Any]) -> None:
     """One line, not load_state_dict's traceback after a run has started, when the weights do not fit the model
     the checkpoint's own settings describe (a damaged or hand-edited file)."""
-    fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
     try:
-        config = GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
         with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-            expected = {f"model.{k}": v for k, v in BabyGPT(config).state_dict().items()}
+            expected = {f"model.{k}": v for k, v in BabyGPT(gpt_config(hparams)).state_dict().items()}
     except (UserError, TypeError, ValueError) as err:
         raise UserError(
             f"checkpoint {path}'s model settings are invalid ({err}): the file is damaged or was edited; use one "

@@ -388,9 +388,11 @@ def stream(
             if step == max_new_tokens - 1:
                 break
             if n == tokens.size(1):
-                drop = n - window  # every slot a prefill or the cache reads is in the last window
-                tokens[:, :window] = tokens[:, drop:n].clone()
-                valid[:, :window] = valid[:, drop:n].clone()
+                # Every slot a prefill or the cache reads is in the last window; drop >= window (a full buffer holds
+                # the prompt and two windows), so the two slices do not overlap.
+                drop = n - window
+                tokens[:, :window] = tokens[:, drop:n]
+                valid[:, :window] = valid[:, drop:n]
                 valid[:, window:] = True
                 n, start = window, start - drop
             tokens[:, n] = nxt

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,6 +21,13 @@ from babygpt_pl.optim import MuonAdamW
 from babygpt_pl.tokenizer import CharTokenizer
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
+    """The model's GPTConfig from BabyGPTModule's hyper-parameters (a checkpoint's too): the vocabulary's size and
+    the fields of the same names."""
+    fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+    return GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
 
 
 class BabyGPTModule(L.LightningModule):
@@ -85,17 +95,7 @@ class BabyGPTModule(L.LightningModule):
         self.save_hyperparameters()
         self.tokenizer = CharTokenizer(vocab)
         try:
-            self.config = GPTConfig(
-                vocab_size=self.tokenizer.vocab_size,
-                block_size=block_size,
-                n_embed=n_embed,
-                n_head=n_head,
-                n_layer=n_layer,
-                dropout=dropout,
-                attn_dropout=attn_dropout,
-                tie_weights=tie_weights,
-                pad_vocab_to=pad_vocab_to,
-            )
+            self.config = gpt_config(self.hparams)
         except UserError as err:  # name the option the user sets, not the dataclass field
             raise UserError(str(err).replace("GPTConfig.", "model.")) from None
         self.model = BabyGPT(self.config)
