@@ -30,7 +30,9 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
         # file would pass here and fail later with a traceback.
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files; all of them mean "unusable"
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        # Only a class or function named in the file means pickled code; any other refusal of the safe reader
+        # ("Unsupported operand") is bytes that are no pickle at all: random data, a text file.
+        if "global" in str(err).lower():
             raise UserError(
                 f"checkpoint {path} holds pickled Python objects, which could run code: refusing to load it "
                 "(babygpt checkpoints hold only tensors and plain values)"

@@ -98,6 +98,11 @@ def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
     damaged.write_bytes(bytes(data))
     with pytest.raises(UserError, match="truncated, damaged or not a PyTorch checkpoint"):
         check_checkpoint(damaged)
+    # Bytes that are no pickle at all are damaged, not "pickled Python objects" (which the safe reader also refuses).
+    for name, content in (("random.ckpt", bytes(range(7, 256)) * 4), ("prompt.txt", "春江\n".encode())):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match="truncated, damaged or not a PyTorch checkpoint"):
+            check_checkpoint(tmp_path / name)
     with pytest.raises(UserError, match="is a directory: pass --ckpt_path to a file in it"):
         check_checkpoint(tmp_path)
     with pytest.raises(UserError, match="/dev/null is not a regular file: pass --ckpt_path to a file"):
