@@ -35,8 +35,10 @@ def chat_loop(
     config: GenerationConfig,
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
 ) -> int:
-    """Answer prompts until an empty line or end of input; returns how many answers were completed.
+    """Answer prompts until an empty line or end of input; returns how many prompts were refused (their errors
+    go to ``stderr``, so a piped session's output holds the answers alone).
 
     With ``config.output`` set, the file holds every answer so far as JSON lines (rewritten after each one).
     """
@@ -45,6 +47,7 @@ def chat_loop(
     model.eval()
     stdout.write(BANNER + "\n")
     answers: list[dict] = []
+    refused = 0
 
     def show(row: int, piece: str) -> None:
         stdout.write(piece)
@@ -68,14 +71,17 @@ def chat_loop(
             stdout.write("\n[stopped]\n")
             continue
         except UserError as err:
-            stdout.write(f"\nerror: {err}\n")
+            stdout.write("\n")
+            stdout.flush()  # the error after the prompt it is about, where both go to one terminal
+            stderr.write(f"error: {err}\n")
+            refused += 1
             continue
         answers.append(vars(answer))
         if config.output:  # the whole file anew, or only the new line where it is written in place (a pipe)
             records = answers[-1:] if in_place(config.output) else answers
             write_atomic(config.output, jsonl(records), option="--generation.output")
         stdout.write(f"\n[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
-    return len(answers)
+    return refused
 
 
 def load_weights(model: torch.nn.Module, ckpt_path: str) -> None:

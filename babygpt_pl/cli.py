@@ -88,7 +88,9 @@ class Trainer(L.Trainer):
             raise UserError("chat needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
         load_weights(model, ckpt_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        chat_loop(model.model.to(device), model.tokenizer, model.generation)
+        refused = chat_loop(model.model.to(device), model.tokenizer, model.generation)
+        if refused and not sys.stdin.isatty():  # a script's input: its exit status must tell that prompts failed
+            raise UserError(f"{refused} prompt(s) of the input were refused (see the errors above); fix them")
 
 
 def check_accelerator(trainer) -> None:

@@ -33,10 +33,10 @@ def model() -> BabyGPT:
     return BabyGPT(GPTConfig(vocab_size=len(VOCAB), block_size=16, n_embed=16, n_head=2, n_layer=1, dropout=0.0))
 
 
-def run(model: BabyGPT, text: str, config: GenerationConfig | None = None) -> str:
+def run(model: BabyGPT, text: str, config: GenerationConfig | None = None, err: io.StringIO | None = None) -> str:
     out = io.StringIO()
     config = config or GenerationConfig(max_new_tokens=5, temperature=0)
-    chat_loop(model, CharTokenizer(VOCAB), config, stdin=io.StringIO(text), stdout=out)
+    chat_loop(model, CharTokenizer(VOCAB), config, stdin=io.StringIO(text), stdout=out, stderr=err or io.StringIO())
     return out.getvalue()
 
 
@@ -52,9 +52,24 @@ def test_end_of_input_exits_cleanly(model: BabyGPT) -> None:
 
 
 def test_a_bad_prompt_is_reported_and_the_loop_goes_on(model: BabyGPT) -> None:
-    out = run(model, "火星\n春江\n")
-    assert "error: 2 character(s) not in the model's vocabulary: '火星'" in out
+    err = io.StringIO()
+    out = run(model, "火星\n春江\n", err=err)
+    assert err.getvalue().startswith("error: 2 character(s) not in the model's vocabulary: '火星'")
+    assert "error" not in out  # stdout holds the answers alone
     assert out.count("tokens/s]") == 1
+
+
+@pytest.mark.slow
+def test_piped_input_with_a_refused_prompt_exits_non_zero(tmp_path: Path, corpus: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path, corpus)
+    cmd = babygpt_cmd("chat", f"--ckpt_path={ckpt}", "--generation.max_new_tokens=3")
+    result = subprocess.run(cmd, input="ZZ\n春江\n", capture_output=True, text=True, env=babygpt_env(), timeout=300)
+    assert result.returncode == 2
+    assert "error" not in result.stdout and result.stdout.count("tokens/s]") == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]  # (not Lightning's INFO)
+    assert len(errors) == 2
+    assert errors[0].startswith("error: 1 character(s) not in the model's vocabulary: 'Z'")
+    assert errors[-1] == "error: 1 prompt(s) of the input were refused (see the errors above); fix them"
 
 
 def test_ctrl_c_stops_the_answer_not_the_loop(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,16 +96,21 @@ def test_streamed_text_is_the_answer(model: BabyGPT) -> None:
     assert answer == "春" + expected.text
 
 
-@pytest.mark.slow
-def test_chat_in_a_terminal(tmp_path: Path, corpus: Path) -> None:
-    """`babygpt chat` under a pseudo-terminal: type a prompt, see it answered, Ctrl-D leaves."""
+def tiny_checkpoint(folder: Path, corpus: Path) -> Path:
+    """An untrained model's checkpoint over the corpus's characters."""
     vocab = "".join(sorted(set(corpus.read_text(encoding="utf-8"))))
     module = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(module)
-    ckpt = tmp_path / "m.ckpt"
+    ckpt = folder / "m.ckpt"
     trainer.save_checkpoint(ckpt)
+    return ckpt
 
+
+@pytest.mark.slow
+def test_chat_in_a_terminal(tmp_path: Path, corpus: Path) -> None:
+    """`babygpt chat` under a pseudo-terminal: type a prompt, see it answered, Ctrl-D leaves."""
+    ckpt = tiny_checkpoint(tmp_path, corpus)
     leader, follower = pty.openpty()
     cmd = babygpt_cmd("chat", f"--ckpt_path={ckpt}", "--generation.max_new_tokens=10")
     proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=subprocess.DEVNULL, env=babygpt_env())
