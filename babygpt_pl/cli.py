@@ -22,6 +22,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -94,7 +95,8 @@ class Trainer(L.Trainer):
 
 
 def check_accelerator(trainer) -> None:
-    """A GPU asked for on a machine without one: Lightning's "No supported gpu backend found!" names no fix."""
+    """A device asked for that this machine lacks: Lightning's "No supported gpu backend found!" names no fix, and
+    for a TPU it suggests installing torch_xla. And fp16 AMP on a CPU, which Lightning swaps for bf16 silently."""
     accelerator = str(trainer.accelerator)
     gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
     if accelerator in ("gpu", "cuda") and not gpu:
@@ -102,20 +104,30 @@ def check_accelerator(trainer) -> None:
             f"trainer.accelerator is {accelerator} but this machine has no CUDA GPU: pass --trainer.accelerator cpu "
             "(DDP then runs over gloo)"
         )
+    if accelerator in AcceleratorRegistry and not AcceleratorRegistry[accelerator]["accelerator"].is_available():
+        raise UserError(f"trainer.accelerator is {accelerator}, not on this machine: use --trainer.accelerator cpu")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and str(trainer.precision) in ("16", "16-mixed"):
+        raise UserError(
+            f"trainer.precision {trainer.precision} (fp16 mixed precision) does not run on a CPU: pass "
+            "--trainer.precision bf16-mixed, or 32-true"
+        )
 
 
-def check_trainer_settings(trainer, new_run: bool) -> None:
+def check_trainer_settings(trainer, fitting: bool) -> None:
     """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
-    every, steps = trainer.val_check_interval, trainer.max_steps
+    every = trainer.val_check_interval
     if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
         raise UserError(f"trainer.val_check_interval must be a positive number of steps, got {every}")
-    batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
-    if new_run and isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
-        # A warning, not an error: a short smoke run of a long config is a normal thing to do.
-        warn(
-            f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will not "
-            "validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)"
-        )
+    accumulate, clip = trainer.accumulate_grad_batches, trainer.gradient_clip_val
+    if accumulate is not None and accumulate < 1:  # Lightning: a ZeroDivisionError at the first step
+        raise UserError(f"trainer.accumulate_grad_batches must be >= 1 (1: no accumulation), got {accumulate}")
+    if clip is not None and clip < 0:  # a negative norm limit flips the gradients: the loss would climb
+        raise UserError(f"trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
+    if str(trainer.devices) == "0":  # Lightning's error names no fix
+        raise UserError("trainer.devices must be a count of devices, a list of ids, -1 (all) or auto, got 0")
+    if fitting and trainer.limit_train_batches == 0:  # Lightning would end the run at once, silently
+        raise UserError("trainer.limit_train_batches is 0: this run would train nothing; drop it")
 
 
 def check_output_folders(config, checkpoints: bool) -> None:
@@ -130,6 +142,40 @@ def check_output_folders(config, checkpoints: bool) -> None:
         check_folder_writable(config.trainer.default_root_dir, "--trainer.default_root_dir")
     if checkpoints and config.checkpoint.dirpath:  # (None: Lightning's folder under the logger's, checked above)
         check_folder_writable(config.checkpoint.dirpath, "--checkpoint.dirpath")
+
+
+# What ModelCheckpoint's monitor and filename may name: the metrics the module logs, and the epoch and step.
+LOGGED_METRICS = ("val_loss", "val_ppl", "train_loss")
+
+
+def check_checkpoint_metrics(checkpoint) -> None:
+    """A misspelt metric in --checkpoint.monitor would end the run at its first validation, after all the training
+    before it (and one in --checkpoint.filename would silently be written as 0)."""
+    names = ", ".join(LOGGED_METRICS)
+    if checkpoint.monitor is not None and checkpoint.monitor not in LOGGED_METRICS:
+        raise UserError(f"checkpoint.monitor {checkpoint.monitor} is not a metric babygpt logs: use one of {names}")
+    for name in re.findall(r"\{([^{}:]+)", checkpoint.filename or ""):
+        if name not in (*LOGGED_METRICS, "epoch", "step"):
+            raise UserError(
+                f"checkpoint.filename {checkpoint.filename} names {{{name}}}, which babygpt does not log: use "
+                f"{{epoch}}, {{step}} or one of {names}"
+            )
+
+
+def warn_of_a_short_run(trainer, warmup_steps: int) -> None:
+    """Warnings, not errors: a short smoke run of a long config is a normal thing to do."""
+    every, steps = trainer.val_check_interval, trainer.max_steps
+    batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
+    if isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
+        warn(
+            f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will not "
+            "validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)"
+        )
+    if 0 <= steps < warmup_steps:
+        warn(
+            f"model.warmup_steps ({warmup_steps}) is more than trainer.max_steps ({steps}): the learning rate "
+            "never reaches model.lr"
+        )
 
 
 def warn_of_earlier_checkpoints(folder: str) -> None:
@@ -342,7 +388,8 @@ class BabyGPTCLI(LightningCLI):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         try:
             return super().instantiate_trainer(**kwargs)
-        except (ValueError, TypeError, ImportError) as err:  # TypeError: e.g. --trainer.devices x on a CPU
+        # TypeError: e.g. --trainer.devices x on a CPU
+        except (ValueError, TypeError, ImportError, MisconfigurationException) as err:
             if not _raised_in(err, "accelerator_connector"):
                 raise
             # Lightning refusing the accelerator, strategy, devices or precision asked for: a setting to fix.
@@ -367,10 +414,11 @@ class BabyGPTCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False:
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
             self.trainer_defaults["callbacks"].append(ProgressBar())
-        check_trainer_settings(config.trainer, new_run=self.subcommand == "fit" and not self.checkpoint)
-        check_output_folders(config, checkpoints=self.subcommand == "fit")
-        if self.subcommand == "fit" and not self.checkpoint and config.checkpoint.dirpath:
-            warn_of_earlier_checkpoints(config.checkpoint.dirpath)
+        fitting = self.subcommand == "fit"
+        check_trainer_settings(config.trainer, fitting)
+        check_output_folders(config, checkpoints=fitting)
+        if fitting:
+            check_checkpoint_metrics(config.checkpoint)
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -438,6 +486,14 @@ class BabyGPTCLI(LightningCLI):
         if given := getattr(self, "_given_logger_args", None):
             args, saved = given
             args.id, args.resume = saved.get("id"), saved.get("resume")
+        if self.subcommand == "fit":
+            # Before the run writes its config and starts its wandb run; the warnings after every refusal.
+            self.model.check_trainer(self.trainer)
+            config = self.config.fit
+            if not self.checkpoint:
+                warn_of_a_short_run(config.trainer, config.model.warmup_steps)
+                if config.checkpoint.dirpath:
+                    warn_of_earlier_checkpoints(config.checkpoint.dirpath)
         self.model.generation = self._get(self.config_init, "generation")
         if self.subcommand == "predict":
             self.trainer.callbacks.insert(0, PredictionPrinter())

@@ -90,6 +90,8 @@ class GenerationConfig:
             raise UserError(f"generation.max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.num_samples < 1:
             raise UserError(f"generation.num_samples must be >= 1, got {self.num_samples}")
+        if "" in self.stop:  # it would end every sample at once, so it could only be a slip
+            raise UserError(f"generation.stop holds an empty string: {self.stop}; drop it")
 
     @property
     def sampling(self) -> Sampling:
@@ -523,7 +525,7 @@ def complete(
                 continue
             texts[row] += tokenizer.vocab[token]
             counts[row] += 1
-            hit = next((s for s in stop if s and texts[row].endswith(s)), None)
+            hit = next((s for s in stop if texts[row].endswith(s)), None)
             if hit:
                 texts[row] = texts[row][: -len(hit)]
                 done[row] = True

@@ -188,15 +188,24 @@ class BabyGPTModule(L.LightningModule):
         completions = complete(self.model, self.tokenizer, batch, self.generation)
         return [vars(c) for c in completions]
 
-    def configure_optimizers(self):
+    def check_trainer(self, trainer: L.Trainer | None) -> None:
+        """The optimizer settings a trainer (or none) cannot run; the CLI asks before the run writes anything."""
         hp = self.hparams
-        if hp.lr_schedule == "cosine" and (self.trainer.max_steps is None or self.trainer.max_steps < 0):
-            raise UserError("model.lr_schedule: cosine needs trainer.max_steps, the length of the schedule")
-        if hp.optimizer == "muon" and isinstance(getattr(self._trainer, "strategy", None), FSDPStrategy):
+        max_steps = getattr(trainer, "max_steps", None)
+        if hp.lr_schedule == "cosine" and (max_steps is None or max_steps < 0):
+            raise UserError(
+                "model.lr_schedule cosine needs trainer.max_steps, the length of the schedule: pass "
+                "--trainer.max_steps N, or --model.lr_schedule constant"
+            )
+        if hp.optimizer == "muon" and isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
             raise UserError(
                 "model.optimizer muon orthogonalises whole weight matrices, and FSDP shards them: use "
                 "--trainer.strategy ddp, or --model.optimizer adamw"
             )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        self.check_trainer(self._trainer)
         kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": self.device.type == "cuda"}
         optimizer = (MuonAdamW if hp.optimizer == "muon" else torch.optim.AdamW)(self._param_groups(), **kwargs)
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:

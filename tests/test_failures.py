@@ -242,6 +242,18 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--trainer.strategy=bogus"], "the trainer settings were refused: "),
         (["--trainer.devices=x"], "the trainer settings were refused: `devices` selected with `CPUAccelerator` should"),
         (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive number of steps, got 0"),
+        (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be >= 1 (1: no accumulation)"),
+        (["--trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got"),
+        (["--trainer.limit_train_batches=0"], "trainer.limit_train_batches is 0: this run would train nothing"),
+        (["--trainer.devices=0"], "trainer.devices must be a count of devices, a list of ids, -1 (all) or auto"),
+        (["--trainer.accelerator=tpu"], "trainer.accelerator is tpu, not on this machine: use --trainer.accelerator"),
+        (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
+        (["--checkpoint.monitor=val_los"], "checkpoint.monitor val_los is not a metric babygpt logs: use one of val"),
+        (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
+        (
+            ["--model.lr_schedule=cosine", "--trainer.max_steps=-1", "--trainer.max_epochs=1"],
+            "model.lr_schedule cosine needs trainer.max_steps, the length of the schedule: pass --trainer.max_steps N",
+        ),
         (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
         (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
         (["--model.attn_dropout=abc"], "error: model.attn_dropout: abc is not accepted; give a number or null (see"),
@@ -255,6 +267,7 @@ def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpu
     assert run_main(monkeypatch, tmp_path, "fit", f"--data.path={corpus}", *SMALL, *extra) == 2
     assert expected in one_error_line(capsys)
     assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "outputs").exists()  # no saved config, no wandb run
 
 
 def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
@@ -266,11 +279,21 @@ def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypa
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.max_steps=2", "--trainer.logger=false", "--model.warmup_steps=10"]
+    main(["fit", f"--data.path={corpus}", *SMALL, *args])
+    assert "warning: model.warmup_steps (10) is more than trainer.max_steps (2)" in capsys.readouterr().err
+
+
 def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.max_steps=2", "--trainer.logger=false"]
     main(args)
     assert "earlier run" not in capsys.readouterr().err
+    # A run refused for its model settings says only that: no warning of what it would have overwritten.
+    assert run_main(monkeypatch, tmp_path, *args, "--model.betas=[0.9, 1.5]") == 2
+    assert "model.betas must be in [0, 1)" in one_error_line(capsys)
     main(args)
     assert "warning: checkpoints holds last.ckpt from an earlier run: this new run overwrites last.ckpt" in (
         capsys.readouterr().err

@@ -317,6 +317,7 @@ def test_sampling_validation(kwargs: dict) -> None:
     [
         ({"max_new_tokens": -1}, "generation.max_new_tokens must be >= 0, got -1"),
         ({"num_samples": 0}, "generation.num_samples must be >= 1, got 0"),
+        ({"stop": ["\n\n", ""]}, "generation.stop holds an empty string"),  # it would end every sample at once
     ],
 )
 def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> None:
@@ -454,7 +455,7 @@ def test_complete_without_stop_runs_to_max_new_tokens(
     model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(generation, "stream", fake_stream("abc\n\ndef", tokenizer))
-    (result,) = complete(model, tokenizer, ["ab"], GenerationConfig(max_new_tokens=6, stop=["zz", ""]))
+    (result,) = complete(model, tokenizer, ["ab"], GenerationConfig(max_new_tokens=6, stop=["zz"]))
     assert result.text == "abc\n\nd"
     assert result.stopped is False
     assert result.tokens == 6
