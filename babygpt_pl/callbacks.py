@@ -179,6 +179,9 @@ class GracefulStop(Callback):
         path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / "last.ckpt"
         trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it
         trainer.should_stop = True
+        # Lightning validates once more on a should_stop (for early stopping): minutes on a CPU, and a val point
+        # (and best checkpoint) that the uninterrupted run never has. A stop is for leaving now.
+        trainer.limit_val_batches = 0
         rank_zero_info(
             f"\nstopped by a signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"
         )

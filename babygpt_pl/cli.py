@@ -41,9 +41,22 @@ _WEIGHTS = ("block_size", "n_embed", "n_head", "n_layer", "tie_weights", "pad_vo
 # On resume, also the optimizer, whose state is shaped by them: Lightning would load an AdamW state into Muon's
 # groups (or the reverse) and carry on with the wrong one.
 _SHAPE = (*_WEIGHTS, "optimizer")
-# Settings a resumed run takes from the checkpoint's optimizer state (its param groups and the scheduler's base
-# rates), whatever the config says: a change to them would be silently ignored.
-_OPTIMIZER_STATE = ("lr", "muon_lr", "betas", "weight_decay")
+# Settings a resumed run takes from the checkpoint, whatever the config says: the rates from its optimizer state (its
+# param groups and the scheduler's base rates), the rest from its hyper-parameters, which replace the config's.
+# A change to them would be silently ignored.
+_RESUMED = (
+    "lr",
+    "muon_lr",
+    "betas",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_steps",
+    "min_lr",
+    "dropout",
+    "attn_dropout",
+)
+# Settings of how a run executes, not of what it trains: a resumed run takes this run's.
+_RUNTIME = ("compile", "compile_mode")
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
 # ckpt_path values Lightning resolves itself during fit (a SLURM requeue's checkpoint, a model registry's).
@@ -327,12 +340,12 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
                 )
-            used = [k for k in _OPTIMIZER_STATE if k != "muon_lr" or model["optimizer"] == "muon"]
+            used = [k for k in _RESUMED if k != "muon_lr" or model["optimizer"] == "muon"]
             if wrong := ", ".join(_differences(saved, model, used)):
                 raise UserError(
-                    f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer "
-                    "and learning-rate schedule, so these would be ignored; resume with the checkpoint's values, "
-                    "or drop --ckpt_path to start a new run"
+                    f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer, "
+                    "learning-rate schedule and dropout, so these would be ignored; resume with the checkpoint's "
+                    "values, or drop --ckpt_path to start a new run"
                 )
             done, max_steps = self.checkpoint.get("global_step", 0), self.config.fit.trainer.max_steps
             if max_steps is not None and 0 <= max_steps <= done:
@@ -340,7 +353,20 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
                     "nothing is left to train; raise --trainer.max_steps to train on"
                 )
-        super()._parse_ckpt_path()
+        self._take_checkpoint_hparams()
+
+    def _take_checkpoint_hparams(self) -> None:
+        """Lightning's _parse_ckpt_path from the hyper-parameters read above (it would read the whole file again),
+        keeping this run's runtime settings."""
+        hparams = {k: v for k, v in self.checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        if not hparams:
+            return
+        subcommand = self.config.subcommand
+        model = self.config[subcommand].model
+        runtime = {k: model[k] for k in _RUNTIME}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        for key, value in runtime.items():
+            self.config[subcommand].model[key] = value
 
     def _resolve_ckpt_path(self, subcommand: str) -> str | None:
         """The checkpoint file to load; "last" becomes the checkpoint folder's last.ckpt, so that it is checked
@@ -358,9 +384,13 @@ class BabyGPTCLI(LightningCLI):
         if os.path.isfile(last):
             config.ckpt_path = last
             return last
-        if subcommand != "fit":  # fit starts a new run (Lightning says so): resume-if-possible, as on a cluster
+        if subcommand != "fit":
             raise UserError(f"--ckpt_path last: there is no {last} yet; train first, or pass a checkpoint file")
-        return path
+        # fit starts a new run: resume-if-possible, as on a cluster. Said here in one line: Lightning's warning
+        # would advise save_last=True, which is already set.
+        warn(f"--ckpt_path last: there is no {last} yet, so this is a new run")
+        config.ckpt_path = None
+        return None
 
     def _default_to_trained_data(self) -> None:
         """validate/test draw the validation windows that training did (the same loss for the same weights):

@@ -143,6 +143,13 @@ class BabyGPTModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._first_bad_step = torch.tensor(-1, device=self.device)
+        # A resumed optimizer holds the rate its checkpoint's schedule gave this step; a run extended with a larger
+        # trainer.max_steps has a longer cosine, so take this step's rate from it (else the first step of a finished
+        # run's extension would train at min_lr).
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * self._lr_factor(scheduler.last_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps  # 0: Lightning never logs; checkpoints still check

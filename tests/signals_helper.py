@@ -30,3 +30,14 @@ class MarkStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             self.path.touch()
+
+
+class SignalAtStep(Callback):
+    """Send this process SIGINT once training has finished ``step`` steps, as a Ctrl-C there would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

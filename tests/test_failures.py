@@ -210,6 +210,10 @@ def test_resume_with_another_optimizer(tmp_path, monkeypatch, capsys, checkpoint
     [
         ("--model.lr=0.1", "lr=0.0003 (this run: 0.1)"),
         ("--model.betas=[0.8, 0.9]", "betas=[0.9, 0.999] (this run: [0.8, 0.9])"),
+        # Lightning would replace these with the checkpoint's hyper-parameters without a word.
+        ("--model.dropout=0.3", "dropout=0.2 (this run: 0.3)"),
+        ("--model.lr_schedule=cosine", "lr_schedule='constant' (this run: 'cosine')"),
+        ("--model.warmup_steps=30", "warmup_steps=0 (this run: 30)"),
     ],
 )
 def test_resume_with_another_learning_rate_is_refused_not_ignored(
@@ -461,6 +465,28 @@ def test_validate_and_test_need_a_checkpoint(tmp_path, monkeypatch, capsys, corp
     assert "--ckpt_path last: there is no checkpoints/last.ckpt yet" in one_error_line(capsys)
     assert run_main(monkeypatch, tmp_path, command, f"--data.path={corpus}", "--ckpt_path=best") == 2
     assert "--ckpt_path best is not a file this command can load" in one_error_line(capsys)
+
+
+def test_fit_with_ckpt_path_last_and_none_yet_is_a_new_run(tmp_path, monkeypatch, capsys, corpus) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.max_steps=1", "--trainer.logger=false", "--ckpt_path=last"]
+    main(["fit", f"--data.path={corpus}", *SMALL, *args])
+    err = capsys.readouterr().err
+    assert "warning: --ckpt_path last: there is no checkpoints/last.ckpt yet, so this is a new run" in err
+    assert "save_last=True" not in err  # Lightning's own warning, whose advice does not apply
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, checkpoint, corpus) -> None:
+    """compile is how a run executes, not what it trains: unlike the training settings, it is not the checkpoint's."""
+    monkeypatch.chdir(tmp_path)
+    shape = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+    data = ["--data.batch_size=4", "--data.val_batches=1"]
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *shape, *data, "--model.compile=true"]
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
+    cli = cli_module.BabyGPTCLI(args=args)
+    assert cli.model.hparams.compile is True
+    assert cli.model.hparams.n_layer == 1
 
 
 def test_ckpt_path_last_is_checked_like_a_file(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:

@@ -1,4 +1,4 @@
-"""Tests for babygpt_pl.module.BabyGPTModule without a real training run."""
+"""Tests for babygpt_pl.module.BabyGPTModule, mostly without a real training run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 import warnings
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
@@ -278,3 +279,27 @@ def test_gradients_are_clipped_with_a_fused_adamw_in_bf16(monkeypatch: pytest.Mo
     trainer.fit(module, loader)
     assert isinstance(trainer.optimizers[0], adamw) and trainer.optimizers[0].defaults["fused"]
     assert len(norms) == 2 and all(norm > limit for norm, limit in norms)  # both steps really were clipped
+
+
+def test_an_extended_cosine_run_starts_at_its_new_schedules_rate(tmp_path) -> None:
+    """Resumed with a larger max_steps, the first step takes its rate from the longer cosine, not the checkpoint's
+    (which, for a finished run, is min_lr: a step wasted at rate 0)."""
+    module = make(lr_schedule="cosine", lr=1e-3)
+    tokens = torch.randint(len(VOCAB), (4, 16))
+    loader = torch.utils.data.DataLoader([(tokens, tokens)] * 100, batch_size=None)
+    rates = []
+
+    class FirstRate(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def fit(max_steps: int, ckpt_path=None) -> None:
+        rates.clear()
+        kwargs = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
+        trainer = L.Trainer(max_steps=max_steps, callbacks=[FirstRate()], limit_val_batches=0, **kwargs)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+
+    fit(4)
+    module.trainer.save_checkpoint(tmp_path / "four.ckpt")
+    fit(8, tmp_path / "four.ckpt")
+    assert rates[0] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))  # step 4 of 8

@@ -92,6 +92,23 @@ def test_resume_after_sigkill_is_exact(run_dir, optimizer: str) -> None:
     assert torch.equal(ckpt_a["callbacks"][val]["best_model_score"], ckpt_b["callbacks"][val]["best_model_score"])
 
 
+def test_resume_after_ctrl_c_is_exact(run_dir) -> None:
+    a = run_dir("a")
+    babygpt(a, *RUN, *csv_logger("logs"))
+    b = run_dir("b")
+    stop = ["--trainer.callbacks+=signals_helper.SignalAtStep", f"--trainer.callbacks.init_args.step={N - 3}"]
+    stopped = babygpt(b, *RUN, *csv_logger("logs1"), *stop, check=False)
+    assert stopped.returncode == 128 + signal.SIGINT
+    assert last(b)["global_step"] == N - 3
+    assert not list((b / "checkpoints").glob("best-*"))  # the stop does not validate on its way out
+    babygpt(b, *RUN, *csv_logger("logs2"), "--ckpt_path=checkpoints/last.ckpt")
+    losses_a, losses_b = train_losses(a, "logs"), train_losses(b, "logs2")
+    after = list(range(N - 3, 2 * N))
+    assert [losses_b.get(s) for s in after] == [losses_a[s] for s in after]  # the same steps: no lag
+    for key, tensor in last(a)["state_dict"].items():
+        assert torch.equal(tensor, last(b)["state_dict"][key]), key
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_resumable_checkpoint(run_dir, signum: int) -> None:
     run = run_dir("run")
