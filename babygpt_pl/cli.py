@@ -284,13 +284,19 @@ class OneLineErrorParser(LightningArgumentParser):
     usage dump; JSONARGPARSE_DEBUG or --debug (``verbose``, set by main) still shows everything."""
 
     verbose = False
+    config_files: dict[str, dict] = {}  # the --config files' settings (set by main), to name the file of a bad key
 
     def error(self, message: str, ex: Exception | None = None):
         # exit_on_error=False: an inner parser jsonargparse made to try one type of a union, expecting a raise.
         if not self.exit_on_error or self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         command = self.prog.replace(" [options]", "")
-        print(f"error: {short_union_error(' '.join(message.split()))} (see {command} --help)", file=sys.stderr)
+        message = short_union_error(" ".join(message.split()))
+        if unknown := re.search(r"Subcommand '(\w+)' does not accept option '([^']+)'", message):
+            command = f"{command} {unknown[1]}"  # (the top parser's message: its --help lists no options)
+            if files := [path for path, content in self.config_files.items() if _holds_key(content, unknown[2])]:
+                message = f"config file {files[0]} sets {unknown[2]}, which is not an option: check its spelling"
+        print(f"error: {message} (see {command} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -529,9 +535,20 @@ class BabyGPTCLI(LightningCLI):
             self.trainer.callbacks.insert(0, PredictionPrinter())
 
 
-def check_config_files(argv: list[str]) -> None:
+def _holds_key(settings: dict, dotted: str) -> bool:
+    """Whether nested ``settings`` set ``dotted`` (e.g. "model.n_layer")."""
+    for part in dotted.split("."):
+        if not isinstance(settings, dict) or part not in settings:
+            return False
+        settings = settings[part]
+    return True
+
+
+def check_config_files(argv: list[str]) -> dict[str, dict]:
     """Name the file of a YAML syntax error (the parser would say only "<unicode string>", line N), and of a
-    file or section that is not a mapping of settings (the parser would say "Unexpected config" or worse)."""
+    file or section that is not a mapping of settings (the parser would say "Unexpected config" or worse).
+    Returns each file's settings."""
+    settings = {}
     for flag, value in zip(argv, [*argv[1:], ""], strict=True):
         path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
         if path == flag:
@@ -565,6 +582,8 @@ def check_config_files(argv: list[str]) -> None:
                     f"config file {path}: `{section}:` holds {content[section]!r}, not settings; give it "
                     f"`key: value` lines (e.g. see `babygpt fit --print_config`), or leave it out"
                 )
+        settings[path] = content
+    return settings
 
 
 def main(args: list[str] | None = None) -> None:
@@ -584,7 +603,7 @@ def main(args: list[str] | None = None) -> None:
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
-        check_config_files(argv)
+        OneLineErrorParser.config_files = check_config_files(argv)
         cli = BabyGPTCLI(args=args)
     except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:

@@ -307,6 +307,18 @@ def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypa
     assert "earlier run" not in capsys.readouterr().err
 
 
+def test_a_misspelt_key_in_a_config_file_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
+    (tmp_path / "good.yaml").write_text("model:\n  n_layer: 3\n", encoding="utf-8")
+    (tmp_path / "typo.yaml").write_text("model:\n  n_layr: 3\n", encoding="utf-8")
+    args = ["fit", "--config", "good.yaml", "--config", "typo.yaml", f"--data.path={corpus}"]
+    monkeypatch.setattr(sys, "argv", ["babygpt"])  # the parser names the command after argv[0]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert one_error_line(capsys) == (
+        "error: config file typo.yaml sets model.n_layr, which is not an option: check its spelling "
+        "(see babygpt fit --help)"
+    )
+
+
 def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
     (tmp_path / "bad.yaml").write_text("trainer:\n  max_steps: [10\n", encoding="utf-8")
     assert run_main(monkeypatch, tmp_path, "fit", "--config", "bad.yaml", f"--data.path={corpus}") == 2
