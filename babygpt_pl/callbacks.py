@@ -179,9 +179,11 @@ class GracefulStop(Callback):
         path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / "last.ckpt"
         trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it
         trainer.should_stop = True
-        # Lightning validates once more on a should_stop (for early stopping): minutes on a CPU, and a val point
-        # (and best checkpoint) that the uninterrupted run never has. A stop is for leaving now.
-        trainer.limit_val_batches = 0
+        if not _validates_at_this_batch(trainer):
+            # Lightning validates once more on a should_stop (for early stopping): minutes on a CPU, and a val point
+            # (and best checkpoint) that the uninterrupted run never has. A stop is for leaving now. (A validation
+            # due at this batch still runs: the resumed run takes it as done.)
+            trainer.limit_val_batches = 0
         rank_zero_info(
             f"\nstopped by a signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"
         )
@@ -196,6 +198,15 @@ class GracefulStop(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def _validates_at_this_batch(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ended is one the run validates after (a step-counted val_check_interval);
+    True where that cannot be told, so that Lightning validates as it would."""
+    every = trainer.val_check_batch
+    if trainer.check_val_every_n_epoch is not None or not isinstance(every, int):
+        return True
+    return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
 
 
 class SampleTable(Callback):

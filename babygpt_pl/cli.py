@@ -119,7 +119,9 @@ def check_accelerator(trainer) -> None:
         )
     if accelerator in AcceleratorRegistry and not AcceleratorRegistry[accelerator]["accelerator"].is_available():
         raise UserError(f"trainer.accelerator is {accelerator}, not on this machine: use --trainer.accelerator cpu")
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    on_cpu = accelerator == "cpu" or (
+        accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    )
     if on_cpu and str(trainer.precision) in ("16", "16-mixed"):
         raise UserError(
             f"trainer.precision {trainer.precision} (fp16 mixed precision) does not run on a CPU: pass "
@@ -346,7 +348,9 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
                 )
-            used = [k for k in _RESUMED if k != "muon_lr" or model["optimizer"] == "muon"]
+            unused = {"muon_lr"} if model["optimizer"] != "muon" else set()
+            unused |= {"min_lr"} if model["lr_schedule"] != "cosine" else set()
+            used = [k for k in _RESUMED if k not in unused]
             if wrong := ", ".join(_differences(saved, model, used)):
                 raise UserError(
                     f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer, "
@@ -392,11 +396,10 @@ class BabyGPTCLI(LightningCLI):
             return last
         if subcommand != "fit":
             raise UserError(f"--ckpt_path last: there is no {last} yet; train first, or pass a checkpoint file")
-        # fit starts a new run: resume-if-possible, as on a cluster. Said here in one line: Lightning's warning
-        # would advise save_last=True, which is already set.
+        # fit starts a new run: resume-if-possible, as on a cluster (the saved config keeps "last", so a requeue
+        # resumes). Said here in one line: Lightning's own warning advises save_last=True, which is already set.
         warn(f"--ckpt_path last: there is no {last} yet, so this is a new run")
-        config.ckpt_path = None
-        return None
+        return path
 
     def _default_to_trained_data(self) -> None:
         """validate/test draw the validation windows that training did (the same loss for the same weights):
@@ -600,6 +603,8 @@ def main(args: list[str] | None = None) -> None:
     # checkpoints/ ships with its .gitignore, and last.ckpt is meant to be overwritten.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message="The dirpath has changed from")  # predict from another run's folder
+    # --ckpt_path last without a last.ckpt: said in one line by _resolve_ckpt_path.
+    warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last")
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -307,6 +308,16 @@ def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypa
     assert "earlier run" not in capsys.readouterr().err
 
 
+def test_fp16_mixed_precision_is_refused_on_a_cpu_not_on_a_mac_gpu(monkeypatch) -> None:
+    trainer = SimpleNamespace(accelerator="auto", precision="16-mixed")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserError, match="does not run on a CPU"):
+        cli_module.check_accelerator(trainer)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # auto picks MPS, where fp16 AMP runs
+    cli_module.check_accelerator(trainer)
+
+
 def test_a_misspelt_key_in_a_config_file_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
     (tmp_path / "good.yaml").write_text("model:\n  n_layer: 3\n", encoding="utf-8")
     (tmp_path / "typo.yaml").write_text("model:\n  n_layr: 3\n", encoding="utf-8")
@@ -494,7 +505,9 @@ def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, ch
     monkeypatch.chdir(tmp_path)
     shape = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
     data = ["--data.batch_size=4", "--data.val_batches=1"]
-    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *shape, *data, "--model.compile=true"]
+    # min_lr is not used by the checkpoint's constant schedule: a change to it is no reason to refuse.
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *shape, *data, "--model.min_lr=1e-4"]
+    args.append("--model.compile=true")
     monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
     cli = cli_module.BabyGPTCLI(args=args)
     assert cli.model.hparams.compile is True

@@ -36,14 +36,14 @@ def csv_logger(folder: str) -> list[str]:
     return ["--trainer.logger=CSVLogger", f"--trainer.logger.init_args.save_dir={folder}"]
 
 
-def train_losses(run: Path, folder: str) -> dict[int, str]:
-    """step -> train_loss as written (the exact decimal repr of the float) from every CSV log of a run."""
+def train_losses(run: Path, folder: str, metric: str = "train_loss") -> dict[int, str]:
+    """step -> ``metric`` as written (the exact decimal repr of the float) from every CSV log of a run."""
     losses: dict[int, str] = {}
     for path in sorted((run / folder).rglob("metrics.csv")):
         with path.open() as f:
             for row in csv.DictReader(f):
-                if row.get("train_loss"):
-                    losses[int(row["step"])] = row["train_loss"]
+                if row.get(metric):
+                    losses[int(row["step"])] = row[metric]
     return losses
 
 
@@ -92,19 +92,24 @@ def test_resume_after_sigkill_is_exact(run_dir, optimizer: str) -> None:
     assert torch.equal(ckpt_a["callbacks"][val]["best_model_score"], ckpt_b["callbacks"][val]["best_model_score"])
 
 
-def test_resume_after_ctrl_c_is_exact(run_dir) -> None:
+@pytest.mark.parametrize("stop_at", [N - 3, N])  # between validations, and at a step that validates
+def test_resume_after_ctrl_c_is_exact(run_dir, stop_at: int) -> None:
     a = run_dir("a")
     babygpt(a, *RUN, *csv_logger("logs"))
     b = run_dir("b")
-    stop = ["--trainer.callbacks+=signals_helper.SignalAtStep", f"--trainer.callbacks.init_args.step={N - 3}"]
+    stop = ["--trainer.callbacks+=signals_helper.SignalAtStep", f"--trainer.callbacks.init_args.step={stop_at}"]
     stopped = babygpt(b, *RUN, *csv_logger("logs1"), *stop, check=False)
     assert stopped.returncode == 128 + signal.SIGINT
-    assert last(b)["global_step"] == N - 3
-    assert not list((b / "checkpoints").glob("best-*"))  # the stop does not validate on its way out
+    assert last(b)["global_step"] == stop_at
+    # No validation on the way out, but the one due at this step.
+    assert len(list((b / "checkpoints").glob("best-*"))) == (stop_at == N)
     babygpt(b, *RUN, *csv_logger("logs2"), "--ckpt_path=checkpoints/last.ckpt")
     losses_a, losses_b = train_losses(a, "logs"), train_losses(b, "logs2")
-    after = list(range(N - 3, 2 * N))
+    after = list(range(stop_at, 2 * N))
     assert [losses_b.get(s) for s in after] == [losses_a[s] for s in after]  # the same steps: no lag
+    val_a, val_b = train_losses(a, "logs", "val_loss"), train_losses(b, "logs1", "val_loss")
+    val_b.update(train_losses(b, "logs2", "val_loss"))
+    assert val_b == val_a  # every validation of the uninterrupted run, once
     for key, tensor in last(a)["state_dict"].items():
         assert torch.equal(tensor, last(b)["state_dict"][key]), key
 
