@@ -181,6 +181,10 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
         checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)),
         save_checkpoint=lambda path, **kwargs: saved.append(path),
         should_stop=False,
+        check_val_every_n_epoch=None,
+        val_check_batch=50,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=9)),  # the stop's batch: no validation
+        limit_val_batches=1.0,
     )
     stop = GracefulStop()
     for step in range(1, 13):
@@ -192,6 +196,7 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
             break
     assert reduced == [False, True]
     assert trainer.global_step == 10 and saved == [tmp_path / "last.ckpt"]
+    assert trainer.limit_val_batches == 0  # no validation on the way out
 
 
 def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:
