@@ -33,7 +33,7 @@ from babygpt_pl.data import CiDataModule, read_prompts
 from babygpt_pl.errors import UserError, debugging, warn
 from babygpt_pl.files import check_folder_writable, check_writable
 from babygpt_pl.generation import GenerationConfig
-from babygpt_pl.module import BabyGPTModule
+from babygpt_pl.module import FIT_METRICS, BabyGPTModule
 from babygpt_pl.tokenizer import CharTokenizer
 
 # The model settings that decide the shapes of the weights.
@@ -159,18 +159,14 @@ def check_output_folders(config, checkpoints: bool) -> None:
         check_folder_writable(config.checkpoint.dirpath, "--checkpoint.dirpath")
 
 
-# What ModelCheckpoint's monitor and filename may name: the metrics the module logs, and the epoch and step.
-LOGGED_METRICS = ("val_loss", "val_ppl", "train_loss")
-
-
 def check_checkpoint_metrics(checkpoint) -> None:
     """A misspelt metric in --checkpoint.monitor would end the run at its first validation, after all the training
     before it (and one in --checkpoint.filename would silently be written as 0)."""
-    names = ", ".join(LOGGED_METRICS)
-    if checkpoint.monitor is not None and checkpoint.monitor not in LOGGED_METRICS:
+    names = ", ".join(FIT_METRICS)
+    if checkpoint.monitor is not None and checkpoint.monitor not in FIT_METRICS:
         raise UserError(f"checkpoint.monitor {checkpoint.monitor} is not a metric babygpt logs: use one of {names}")
     for name in re.findall(r"\{([^{}:]+)", checkpoint.filename or ""):
-        if name not in (*LOGGED_METRICS, "epoch", "step"):
+        if name not in (*FIT_METRICS, "epoch", "step"):
             raise UserError(
                 f"checkpoint.filename {checkpoint.filename} names {{{name}}}, which babygpt does not log: use "
                 f"{{epoch}}, {{step}} or one of {names}"

@@ -21,6 +21,8 @@ from babygpt_pl.optim import MuonAdamW
 from babygpt_pl.tokenizer import CharTokenizer
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+# The metrics fit logs (training_step, and _log_eval for "val"): what a ModelCheckpoint may monitor or name.
+FIT_METRICS = ("val_loss", "val_ppl", "train_loss")
 
 
 def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
