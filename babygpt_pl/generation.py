@@ -103,8 +103,10 @@ def sample_next(
     sampling: Sampling,
     generator: torch.Generator | None = None,
     seen: torch.Tensor | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One token id per row from last-position logits (B, V). ``seen`` (B, V) marks tokens to penalise."""
+    """One token id per row from last-position logits (B, V). ``seen`` (B, V) marks tokens to penalise;
+    ``uniform`` (B, 1) in [0, 1) is the random draw per row (None: drawn here from ``generator``)."""
     logits = logits.float()
     if seen is not None and sampling.repetition_penalty != 1.0:
         p = sampling.repetition_penalty  # CTRL's penalty: shrink the scores of tokens already in the context
@@ -129,7 +131,9 @@ def sample_next(
     # Inverse-CDF sampling: one uniform per row and a binary search, a fraction of torch.multinomial's cost
     # per step at this vocabulary size (it draws V exponentials). Zero-probability tokens are never chosen.
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(probs.size(0), 1, generator=generator, device=probs.device)
+    u = uniform * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
@@ -145,16 +149,16 @@ def _window_inputs(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | No
     return positions, ((causal & valid[:, None, :]) | eye)[:, None]
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts as one (B, longest) tensor, padded on the left, and where it holds real tokens."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
-    tokens = torch.zeros(len(prompts), longest + extra, dtype=torch.long)
-    valid = torch.zeros(len(prompts), longest + extra, dtype=torch.bool)
+    tokens = torch.zeros(len(prompts), longest, dtype=torch.long)
+    valid = torch.zeros(len(prompts), longest, dtype=torch.bool)
     for row, p in enumerate(prompts):
-        tokens[row, longest - len(p) : longest] = torch.as_tensor(list(p), dtype=torch.long)
-        valid[row, longest - len(p) : longest] = True
-    valid[:, longest:] = True
+        tokens[row, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        valid[row, longest - len(p) :] = True
     return tokens.to(device), valid.to(device)
 
 
@@ -166,16 +170,22 @@ def cache_dtype(model: BabyGPT) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-class GraphedDecoder:
-    """The decode step of one model at one batch size, captured in a CUDA graph and replayed per token.
+# Uniforms drawn at a time for sampling: one launch per this many tokens instead of one per token, and a CUDA
+# graph reads its token's draw from the same buffer the eager steps read theirs from.
+DRAWS = 64
 
-    At small batches a GPU spends a decode step waiting for Python to launch ~80 tiny kernels one by one; a
+
+class GraphedDecoder:
+    """The decode step of one model at one batch size and sampling, captured in a CUDA graph and replayed per token.
+
+    At small batches a GPU spends a decode step waiting for Python to launch ~100 tiny kernels one by one; a
     graph replay launches them all at once. Its shapes are fixed: the decoder owns the KV cache, reads its
-    inputs from buffers updated in place, attends every cache slot under a mask, and advances its own
-    position and slot counters, so a token costs one copy of the sampled ids and one replay.
+    inputs from buffers updated in place, attends every cache slot under a mask, samples the next token (from
+    pre-drawn uniforms), feeds it back as its next input, and advances its own position, slot and draw
+    counters, so a token costs one replay and one copy of the sampled ids.
     """
 
-    def __init__(self, model: BabyGPT, batch_size: int, compile: bool = False) -> None:
+    def __init__(self, model: BabyGPT, batch_size: int, sampling: Sampling, compile: bool = False) -> None:
         p = next(model.parameters())
         window = model.config.block_size
         # zeros, not empty: the step reads every slot, and a NaN in a masked-out one still poisons the softmax.
@@ -187,12 +197,21 @@ class GraphedDecoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=p.device)
         self.valid = torch.ones(batch_size, 1, 1, window, dtype=torch.bool, device=p.device)  # False: padding
         self.slots = torch.arange(window, device=p.device)
+        self.sampling = sampling
+        self.uniforms = torch.zeros(DRAWS, batch_size, 1, device=p.device)
+        self.draw = torch.zeros(1, dtype=torch.long, device=p.device)
+        # The tokens a repetition penalty applies to: the stream fills in the prompt's, the graph adds each new one.
+        self.seen = (
+            torch.zeros(batch_size, model.config.vocab_size, dtype=torch.bool, device=p.device)
+            if sampling.repetition_penalty != 1.0
+            else None
+        )
         # A weak reference and the unbound step: the decoders live in a dict keyed weakly by the model.
         self.model = weakref.ref(model)
         step = type(model).decode_step
         self.step = torch.compile(step, fullgraph=True, dynamic=False) if compile else step
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits = torch.empty(0)
+        self.token = torch.empty(0)
         self.busy = False  # one stream at a time uses the cache
 
     def _run(self) -> torch.Tensor:
@@ -200,9 +219,15 @@ class GraphedDecoder:
         mask = torch.zeros_like(self.valid, dtype=self.cache.kv[0].dtype)
         mask.masked_fill_(~(self.valid & (self.slots <= self.slot)), float("-inf"))
         logits = self.step(self.model(), self.idx, self.positions, self.slot, mask, self.cache)
+        uniform = self.uniforms.index_select(0, self.draw)[0]
+        token = sample_next(logits[:, -1], self.sampling, seen=self.seen, uniform=uniform)
+        if self.seen is not None:
+            self.seen.scatter_(1, token[:, None], True)
+        self.idx.copy_(token[:, None])
         self.positions += 1
         self.slot += 1
-        return logits
+        self.draw += 1
+        return token
 
     def capture(self) -> None:
         # Warm up on a side stream first (cuBLAS workspaces, compilation), as torch.cuda.graph asks.
@@ -211,11 +236,12 @@ class GraphedDecoder:
         with torch.cuda.stream(side):
             for _ in range(3):
                 self.slot.zero_()  # stay inside the window however small it is
+                self.draw.zero_()
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._run()
+            self.token = self._run()
 
     def load(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Set up after a prefill of ``valid.size(1)`` slots: ``positions`` (B, 1) are the next token's, and
@@ -226,32 +252,38 @@ class GraphedDecoder:
         self.valid[:, 0, 0, :filled] = valid
         self.valid[:, 0, 0, filled:] = True
 
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1, vocab) after feeding ``idx`` (B, 1); valid until the next call."""
-        self.idx.copy_(idx)
+    def feed(self, token: torch.Tensor, draw: int) -> None:
+        """Decode from ``token`` (B,) next, sampling with uniform number ``draw`` of the current batch of them."""
+        self.idx.copy_(token[:, None])
+        self.draw.fill_(draw)
+
+    def next(self) -> torch.Tensor:
+        """The next token (B,) after the last one fed or sampled."""
         if self.graph is None:
             return self._run()
         self.graph.replay()
-        return self.logits
+        return self.token.clone()  # the graph's buffer is overwritten by the next replay
 
 
 _DECODERS: weakref.WeakKeyDictionary[BabyGPT, dict] = weakref.WeakKeyDictionary()
 
 
-def graphed_decoder(model: BabyGPT, batch_size: int, compile: bool = False) -> GraphedDecoder | None:
-    """The model's captured decoder for this batch size (made once, then reused), or None where it does not
+def graphed_decoder(
+    model: BabyGPT, batch_size: int, sampling: Sampling = Sampling(), compile: bool = False
+) -> GraphedDecoder | None:
+    """The model's captured decoder for this batch size and sampling (made once, then reused), or None where it does not
     apply: not on CUDA, in training mode (dropout draws new numbers per call), while another stream of the
     same batch size is using it, or where capture failed (warned once)."""
     if not _graphs_apply(model):
         return None
     p = next(model.parameters())
     # The graph reads the weights where they were at capture: new storage (.to(), a new model) needs a new graph.
-    key = (batch_size, compile, cache_dtype(model), p.dtype, tuple(t.data_ptr() for t in model.parameters()))
+    key = (batch_size, sampling, compile, cache_dtype(model), p.dtype, tuple(t.data_ptr() for t in model.parameters()))
     decoders = _DECODERS.setdefault(model, {})
     if key not in decoders:
         if len(decoders) >= 4:
             decoders.clear()  # the caches of the last few batch sizes, not of every one ever used
-        decoders[key] = _capture(model, batch_size, compile)
+        decoders[key] = _capture(model, batch_size, sampling, compile)
     decoder = decoders[key]
     return None if decoder is None or decoder.busy else decoder
 
@@ -316,8 +348,8 @@ def _graphs_apply(model: BabyGPT) -> bool:
     return next(model.parameters()).device.type == "cuda" and not model.training
 
 
-def _capture(model: BabyGPT, batch_size: int, compile: bool) -> GraphedDecoder | None:
-    decoder = GraphedDecoder(model, batch_size, compile)
+def _capture(model: BabyGPT, batch_size: int, sampling: Sampling, compile: bool) -> GraphedDecoder | None:
+    decoder = GraphedDecoder(model, batch_size, sampling, compile)
     amp = torch.is_autocast_enabled("cuda")
     # Autocast's weight cache would hand the graph copies that are freed when the autocast region ends.
     amp_ctx = torch.autocast("cuda", cache_dtype(model), cache_enabled=False) if amp else contextlib.nullcontext()
@@ -353,66 +385,74 @@ def stream(
     window = model.config.block_size
     device = next(model.parameters()).device
     rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
-    # Room for two windows of new tokens at most, then the newest window moves to the front: a huge
-    # max_new_tokens (generate until a stop string) reserves nothing up front.
-    extra = min(max_new_tokens, 2 * window)
-    tokens, valid = _left_pad(rows, device, extra)
-    n = tokens.size(1) - extra  # filled slots
+    tokens, valid = _left_pad(rows, device)  # the context a prefill reads (new tokens join it at a prefill)
+    decoder = graphed_decoder(model, len(rows), sampling, compile) if use_cache and cuda_graph else None
     seen = None
     if sampling.repetition_penalty != 1.0:
         # scatter_add, not scatter_: a padding 0 and a real token 0 in one row must not race for seen[row, 0].
         counts = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.int32, device=device)
-        seen = counts.scatter_add_(1, tokens[:, :n], valid[:, :n].int()) > 0
-    decoder = graphed_decoder(model, len(rows), compile) if use_cache and cuda_graph else None
+        seen = counts.scatter_add_(1, tokens, valid.int()) > 0
+        if decoder is not None:
+            seen = decoder.seen.copy_(seen)  # one record, kept by the graph's steps and the eager ones alike
+    draws = decoder.uniforms if decoder is not None else torch.empty(DRAWS, len(rows), 1, device=device)
     cache = None
     if decoder is not None:
         cache = decoder.cache
     elif use_cache:
         # Only the slots this call fills: the prompt and the new tokens, or a whole window if they pass it.
-        capacity = min(window, n + max_new_tokens)
-        cache = KVCache(model.config, len(rows), device, cache_dtype(model), capacity)
+        cache = KVCache(
+            model.config, len(rows), device, cache_dtype(model), min(window, tokens.size(1) + max_new_tokens)
+        )
+    slot_valid = torch.ones(len(rows), 1, 1, window, dtype=torch.bool, device=device)  # False: a cache slot of padding
 
-    def prefill(start: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Logits after reading slots start..n-1 into the cache from its slot 0, each row's last position, and
-        whether the window holds padding."""
-        positions, mask = _window_inputs(valid[:, start:n])
-        logits, _ = model(tokens[:, start:n], cache=cache, positions=positions, mask=mask, last_only=True)
+    def prefill(keep: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Logits after reading the last ``keep`` tokens into the cache from its slot 0, each row's last
+        position, and whether those tokens hold padding."""
+        positions, mask = _window_inputs(valid[:, -keep:])
+        logits, _ = model(tokens[:, -keep:], cache=cache, positions=positions, mask=mask, last_only=True)
+        if mask is not None:
+            slot_valid[:, 0, 0, :keep] = valid[:, -keep:]
+            slot_valid[:, 0, 0, keep:] = True
         if decoder is not None:
-            decoder.load(positions[:, -1:] + 1, valid[:, start:n])
+            decoder.load(positions[:, -1:] + 1, valid[:, -keep:])
         return logits, positions[:, -1:], mask is not None
 
     with _cpu_decode_layout(model, max_new_tokens), _held(decoder):
-        start = max(0, n - window)  # first slot of the window the cache holds
-        logits, row_pos, padded = prefill(start)
+        filled = min(window, tokens.size(1))  # cache slots in use
+        logits, row_pos, padded = prefill(filled)
+        new: list[torch.Tensor] = []  # tokens since the last prefill
         for step in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1], sampling, generator, seen)
+            if step % DRAWS == 0:
+                draws.uniform_(generator=generator)
+                if decoder is not None:
+                    decoder.draw.zero_()
+            if logits is None:  # the graph decodes and samples
+                nxt = decoder.next()
+            else:
+                nxt = sample_next(logits[:, -1], sampling, seen=seen, uniform=draws[step % DRAWS])
+                if seen is not None:
+                    seen.scatter_(1, nxt[:, None], True)
             yield nxt
             if step == max_new_tokens - 1:
                 break
-            if n == tokens.size(1):
-                # Every slot a prefill or the cache reads is in the last window; drop >= window (a full buffer holds
-                # the prompt and two windows), so the two slices do not overlap.
-                drop = n - window
-                tokens[:, :window] = tokens[:, drop:n]
-                valid[:, :window] = valid[:, drop:n]
-                valid[:, window:] = True
-                n, start = window, start - drop
-            tokens[:, n] = nxt
-            n += 1
-            if seen is not None:
-                seen[torch.arange(len(rows), device=device), nxt] = True
-            if cache is not None and n - start <= window:
+            new.append(nxt)
+            if cache is not None and filled < window:
+                filled += 1
                 if decoder is not None:
-                    logits = decoder(nxt[:, None])
+                    if logits is not None:  # the first token after a prefill
+                        decoder.feed(nxt, (step + 1) % DRAWS)
+                    logits = None
                     continue
                 row_pos = row_pos + 1
-                pad_mask = valid[:, None, None, start:n] if padded else None
-                pos = n - 1 - start
-                logits, _ = model(tokens[:, n - 1 : n], cache=cache, pos=pos, positions=row_pos, mask=pad_mask)
+                pad_mask = slot_valid[..., :filled] if padded else None
+                logits, _ = model(nxt[:, None], cache=cache, pos=filled - 1, positions=row_pos, mask=pad_mask)
                 continue
             # No cache: re-read the last full window. Cache full: keep its newest half and prefill that once.
-            start = max(0, n - window) if cache is None else n - max(1, window // 2)
-            logits, row_pos, padded = prefill(start)
+            tokens = torch.cat([tokens, torch.stack(new, dim=1)], dim=1)[:, -window:]
+            valid = torch.cat([valid, valid.new_ones(len(rows), len(new))], dim=1)[:, -window:]
+            new.clear()
+            filled = min(tokens.size(1), window if cache is None else max(1, window // 2))
+            logits, row_pos, padded = prefill(filled)
 
 
 def generate(

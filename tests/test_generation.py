@@ -30,6 +30,7 @@ VOCAB = list(" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV")
 V = len(VOCAB)  # 50
 BLOCK = 16
 GREEDY = Sampling(temperature=0)
+SAMPLED = Sampling(temperature=0.9)
 
 
 def make_model(seed: int = 0, tie_weights: bool = False) -> BabyGPT:
@@ -575,33 +576,51 @@ def test_sampling_follows_the_distribution_and_never_picks_impossible_tokens() -
 
 
 def sampled_run(
-    model: BabyGPT, prompts: list, n: int, fixed_shape: bool, compile: bool = False
+    model: BabyGPT,
+    prompts: list,
+    n: int,
+    fixed_shape: bool,
+    compile: bool = False,
+    sampling: Sampling = SAMPLED,
 ) -> tuple[torch.Tensor, list]:
     """Tokens and per-step logits of a seeded sampled decode, through the fixed-shape step (run on the CPU,
     where it is not captured; compiled or not) or through the ordinary cached forward."""
     built: list[GraphedDecoder] = []
 
-    def build(model: BabyGPT, batch_size: int, _compile: bool = False) -> GraphedDecoder:
-        built.append(GraphedDecoder(model, batch_size, compile))
+    def build(model: BabyGPT, batch_size: int, sampling: Sampling, _compile: bool = False) -> GraphedDecoder:
+        built.append(GraphedDecoder(model, batch_size, sampling, compile))
         return built[-1]
 
     with pytest.MonkeyPatch.context() as patch:
         if fixed_shape:
             patch.setattr(generation, "graphed_decoder", build)
         seen = record_logits(patch)
-        tokens = run(model, prompts, n, Sampling(temperature=0.9), generator=torch.Generator().manual_seed(3))
+        tokens = run(model, prompts, n, sampling, generator=torch.Generator().manual_seed(3))
     assert len(built) == fixed_shape
     return tokens, seen
 
 
+FILTERED = Sampling(temperature=0.9, top_k=8, top_p=0.95, repetition_penalty=1.3)
+
+
 @pytest.mark.parametrize(
-    ("prompts", "compile"),
-    [([[4, 9, 17]], False), (PROMPTS, False), pytest.param(PROMPTS, True, marks=pytest.mark.slow)],
+    ("prompts", "compile", "sampling"),
+    [
+        ([[4, 9, 17]], False, SAMPLED),
+        (PROMPTS, False, SAMPLED),
+        (PROMPTS, False, FILTERED),
+        pytest.param(PROMPTS, True, FILTERED, marks=pytest.mark.slow),
+    ],
 )
-def test_fixed_shape_decode_matches_eager_decode(model: BabyGPT, prompts: list, compile: bool) -> None:
+def test_fixed_shape_decode_matches_eager_decode(
+    model: BabyGPT, prompts: list, compile: bool, sampling: Sampling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixed-shape step samples inside the graph: the same tokens from the same uniforms, the penalty's
+    record of seen tokens kept across graph steps, prefills and fresh batches of uniforms."""
+    monkeypatch.setattr(generation, "DRAWS", 7)  # a fresh batch of uniforms mid-window and right after a prefill
     n = 3 * BLOCK  # inside the window, then past it, where the cache refills its newest half
-    eager_tokens, eager_logits = sampled_run(model, prompts, n, fixed_shape=False)
-    fixed_tokens, fixed_logits = sampled_run(model, prompts, n, fixed_shape=True, compile=compile)
+    eager_tokens, eager_logits = sampled_run(model, prompts, n, fixed_shape=False, sampling=sampling)
+    fixed_tokens, fixed_logits = sampled_run(model, prompts, n, fixed_shape=True, compile=compile, sampling=sampling)
     assert torch.equal(fixed_tokens, eager_tokens)
     assert len(fixed_logits) == len(eager_logits) == n
     for step, (fixed, eager) in enumerate(zip(fixed_logits, eager_logits, strict=True)):
@@ -649,12 +668,12 @@ def test_decoder_is_reused_not_shared_and_lets_its_model_go(graphs_on_cpu) -> No
     alone = [run(model, [[3, 4]], 6, use_cache=True)[0].tolist(), run(model, [[7]], 6, use_cache=True)[0].tolist()]
     first = stream(model, [[3, 4]], 6, GREEDY)
     tokens_first = [int(next(first))]
-    decoder = graphed_decoder(model, 1)
+    decoder = graphed_decoder(model, 1, GREEDY)
     assert decoder is None  # the one decoder of batch size 1 is in use by `first`
     second = [int(t) for t in stream(model, [[7]], 6, GREEDY)]  # decodes eagerly meanwhile
     tokens_first += [int(t) for t in first]
     assert [tokens_first, second] == alone
-    assert graphed_decoder(model, 1) is graphed_decoder(model, 1) is not None  # released, and reused
+    assert graphed_decoder(model, 1, GREEDY) is graphed_decoder(model, 1, GREEDY) is not None  # released, and reused
     ref = weakref.ref(model)
     del model, decoder
     gc.collect()
