@@ -5,20 +5,24 @@
 #   bash benchmarks/gpu_check.sh                        # results in ./gpu_out (OUT=... to change)
 #   TINY=1 OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh  # tiny sizes: a few minutes on a CPU, to test this script
 #   BENCH=0 FITS=best bash benchmarks/gpu_check.sh  # only that fit (steps 4-5)
+#   SKIP="train_bench profile_fit_default" PARALLEL=1 VALIDATE=0 PREDICT=0 FIT_ARGS="--checkpoint.save_top_k -1" \
+#       FITS="best best+model.dropout=0.3" bash benchmarks/gpu_check.sh  # both fits at once, every checkpoint kept
 #
 # Needs .whl/ (the missing Python packages, see benchmarks/README.md) and data/ci.txt beside it.
 # benchmarks/gpu/bench/vs_seed.py and benchmarks/gpu/reference/seed_babygpt.py are copies of ../shared (bench/ and
 # reference/) for the device run, which does not get shared/; a shared/ in the tree, if there is one, wins.
 #
-# Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT):
+# Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT; SKIP names
+# steps to leave out):
+#   0 gpu_tests: the tests that need a CUDA device (pytest is in the device image)
 #   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
 #     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
-#   4 babygpt fit, then validate of its best and its last checkpoint, for each of FITS (validation every VAL_EVERY
-#     steps): base = configs/base.yaml, best = configs/best.yaml (any name: configs/NAME.yaml). NAME+KEY=VALUE+...
+#   4 babygpt fit (with FIT_ARGS), then validate (VALIDATE=1) of its best and its last checkpoint, for each of FITS
+#     (validation every VAL_EVERY steps; PARALLEL=1 trains them all at once: for losses, not for speed): base = configs/base.yaml, best = configs/best.yaml (any name: configs/NAME.yaml). NAME+KEY=VALUE+...
 #     adds --KEY VALUE options: FITS="best best+model.dropout=0.3" compares best.yaml with a variant of it
 #     (whose files are named fit_best_model_dropout_0_3 and so on)
-#   5 babygpt predict from each best checkpoint
+#   5 babygpt predict from each best checkpoint (PREDICT=1)
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
 set -u
 
@@ -42,11 +46,16 @@ T_PREDICT=${T_PREDICT:-40}
 VAL_EVERY=${VAL_EVERY:-500}
 BENCH=${BENCH:-1}            # 0: skip steps 1-3 (the speed benchmarks)
 FITS=${FITS:-base best}      # the training runs of step 4, in order
+FIT_ARGS=${FIT_ARGS:-}       # more options for every fit
+PARALLEL=${PARALLEL:-0}      # 1: the fits at once (each in its own process; the GPU has room for several)
+VALIDATE=${VALIDATE:-1}      # 0: no validate step (the fit's own validations are in the checkpoint names)
+PREDICT=${PREDICT:-1}        # 0: no predict step
+SKIP=${SKIP:-}               # step names to leave out
 
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
-rm -f "$OUT"/{best_*.txt,predict_*.jsonl,train*.json,train_profile*.txt,profile_fit*.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
+rm -f "$OUT"/{best_*.txt,checkpoints_*.txt,predict_*.jsonl,train*.json,train_profile*.txt,profile_fit*.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
 : >"$OUT/steps.tsv"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK" TOKENIZERS_PARALLELISM=false
 
@@ -56,6 +65,10 @@ log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/run.log"; }
 step() {
     local name=$1 limit=$2
     shift 2
+    if [[ " $SKIP " == *" $name "* ]]; then
+        log "$name: skipped (SKIP)"
+        return 0
+    fi
     local left=$((TOTAL_S - ($(date +%s) - START)))
     if ((left < 10)); then
         log "$name: skipped (the run's $TOTAL_S s are spent)"
@@ -131,6 +144,11 @@ fi
 CORPUS=data/ci.txt
 [ -f "$CORPUS" ] || { [ -f shared/data/ci.txt ] && CORPUS=shared/data/ci.txt; }
 
+# --- 0. the tests that only run where there is a CUDA device ---
+if [ "$DEVICE" = cuda ]; then
+    step gpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_generation.py -k "gpu or cuda"
+fi
+
 if [ "$BENCH" = 1 ]; then
 # --- 1. the project against the tutorial's model ---
 VS_SEED=benchmarks/gpu/bench/vs_seed.py
@@ -183,32 +201,52 @@ fi
 # --- 4. the real training runs, then validate on each best checkpoint ---
 # fit_tag ENTRY: the entry's name for step and file names (the device brings back plain names only).
 fit_tag() { printf '%s' "$1" | tr -c 'A-Za-z0-9_' '_'; }
-TAGS=()
-for entry in $FITS; do
+# fit_setup ENTRY: sets config, tag, ckpt_dir, limit and common (the options fit and validate share) for a FITS
+# entry; fails, with the reason in $missing, where the config or the corpus is missing.
+fit_setup() {
+    local entry=$1 name kv overrides extra=()
     name=${entry%%+*}
     IFS=+ read -ra overrides <<<"$entry"
-    extra=()
     for kv in "${overrides[@]:1}"; do extra+=("--${kv%%=*}" "${kv#*=}"); done
     tag=$(fit_tag "$entry")
-    TAGS+=("$tag")
     config=configs/$name.yaml
-    if [ ! -f "$config" ]; then
-        log "fit_$tag: skipped ($config does not exist)"
-        printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
-        continue
-    fi
-    if [ ! -f "$CORPUS" ]; then
-        log "fit_$tag: skipped (no data/ci.txt: carry it with the run)"
-        printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
-        continue
-    fi
     ckpt_dir=$WORK/ckpt-$tag
-    rm -rf "$ckpt_dir"
-    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" "${extra[@]}" --trainer.enable_progress_bar false)
     limit=$T_FIT_BASE
     [ "$name" != base ] && limit=$T_FIT_BEST
+    # shellcheck disable=SC2206
+    common=(--config "$config" --data.path "$CORPUS" "${FIT_SIZES[@]}" "${extra[@]}" $FIT_ARGS
+        --trainer.enable_progress_bar false)
+    missing=
+    [ -f "$config" ] || missing="$config does not exist"
+    [ -f "$CORPUS" ] || missing="no data/ci.txt: carry it with the run"
+    [ -z "$missing" ]
+}
+
+run_fit() {
+    if ! fit_setup "$1"; then
+        log "fit_$tag: skipped ($missing)"
+        printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
+        return 0
+    fi
+    rm -rf "$ckpt_dir"
     step "fit_$tag" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
         --trainer.logger.init_args.offline true --trainer.logger.init_args.save_dir "$WORK"
+}
+
+TAGS=()
+for entry in $FITS; do
+    TAGS+=("$(fit_tag "$entry")")
+    if [ "$PARALLEL" = 1 ]; then
+        run_fit "$entry" &
+    else
+        run_fit "$entry"
+    fi
+done
+wait
+
+for entry in $FITS; do
+    fit_setup "$entry" || continue
+    ls "$ckpt_dir" >"$OUT/checkpoints_$tag.txt" 2>/dev/null  # with save_top_k -1: the val loss at each validation
     best=$(ls -t "$ckpt_dir"/best-*.ckpt 2>/dev/null | head -n 1)
     [ -n "$best" ] || best=$(ls "$ckpt_dir"/last.ckpt 2>/dev/null)
     if [ -z "$best" ]; then
@@ -216,6 +254,7 @@ for entry in $FITS; do
         continue
     fi
     echo "$best" >"$OUT/best_$tag.txt"
+    [ "$VALIDATE" = 1 ] || continue
     step "validate_$tag" "$T_VALIDATE" $PY -m babygpt_pl.cli validate "${common[@]}" --ckpt_path "$best" \
         --trainer.logger false
     # The final weights too: a recipe that overfits has its best checkpoint before the last step.
@@ -225,7 +264,7 @@ done
 
 # --- 5. text from each best checkpoint ---
 for tag in "${TAGS[@]}"; do
-    [ -f "$OUT/best_$tag.txt" ] || continue
+    [ "$PREDICT" = 1 ] && [ -f "$OUT/best_$tag.txt" ] || continue
     step "predict_$tag" "$T_PREDICT" $PY -m babygpt_pl.cli predict --ckpt_path "$(cat "$OUT/best_$tag.txt")" \
         --generation.max_new_tokens 100 --generation.seed 0 --generation.output "$OUT/predict_$tag.jsonl"
 done
@@ -276,6 +315,14 @@ def val_loss(name):
     return (float(hit.group(1).rstrip(".")), "checkpoint name") if hit else (None, None)
 
 
+def val_loss_by_step(name):
+    """{step: val loss} from the names of the checkpoints the fit kept (all of them with save_top_k -1)."""
+    listing = out / f"checkpoints_{name}.txt"
+    names = listing.read_text().split() if listing.exists() else []
+    found = (re.search(r"step=(\d+)-val_loss=([0-9.]+?)\.ckpt$", n) for n in names)
+    return {int(m.group(1)): float(m.group(2)) for m in sorted(filter(None, found), key=lambda m: int(m.group(1)))}
+
+
 steps = {}
 for line in (out / "steps.tsv").read_text().splitlines():
     name, rc, secs = line.split("\t")
@@ -314,6 +361,7 @@ for name in fits:
             "val_loss": loss,
             "val_loss_from": source,
             "last_val_loss": validated_loss(f"validate_{name}_last"),
+            "val_loss_by_step": val_loss_by_step(name),
         }
 for name in fits:
     pred = out / f"predict_{name}.jsonl"

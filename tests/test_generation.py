@@ -627,6 +627,22 @@ def test_fixed_shape_decode_matches_eager_decode(
         torch.testing.assert_close(fixed, eager, rtol=1e-5, atol=1e-5, msg=f"step {step}")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED, FILTERED])
+def test_cuda_graph_decode_matches_eager_decode_on_a_gpu(sampling: Sampling) -> None:
+    gpu = make_model(seed=4).cuda()
+    n = 3 * BLOCK
+
+    def decode(cuda_graph: bool) -> torch.Tensor:
+        generator = torch.Generator("cuda").manual_seed(3)
+        return torch.stack(list(stream(gpu, PROMPTS, n, sampling, True, generator, cuda_graph)), dim=1)
+
+    eager = decode(cuda_graph=False)
+    graphed = decode(cuda_graph=True)
+    assert any(generation._DECODERS.get(gpu, {}).values())  # captured, not fallen back to eager
+    assert torch.equal(graphed, eager)
+
+
 def test_graphed_decoder_only_on_cuda_in_eval_mode(model: BabyGPT) -> None:
     assert graphed_decoder(model, 1) is None  # a CPU model decodes eagerly: no graph, no error
     if torch.cuda.is_available():
