@@ -45,6 +45,7 @@ class TokenThroughput(ThroughputMonitor):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(batch_size_fn=batch_size, length_fn=batch_tokens, **kwargs)
         self._pending = 0  # training batches counted since the last update
+        self._resumed: dict[str, float] = {}  # the training totals a checkpoint held, to go on from
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The library averages over its last 100 updates, one per batch, and logs nothing until it has them; ours
@@ -85,6 +86,33 @@ class TokenThroughput(ThroughputMonitor):
         if self._pending and not trainer.sanity_checking:
             self._record(trainer, pl_module)
         super().on_validation_start(trainer, pl_module)
+
+    # The library starts its totals (train/time, batches, samples, lengths) at 0 in every fit, so a resumed run's
+    # curves in wandb jumped back to 0 at the resume; the checkpoint keeps them and the resumed run goes on from them.
+    def state_dict(self) -> dict[str, float]:
+        stage = RunningStage.TRAINING
+        if stage not in self._t0s:  # not rank zero, or no training yet
+            return {}
+        return {
+            "time": time.perf_counter() - self._t0s[stage],  # training time: validations are taken out of it
+            "batches": self._batches[stage],
+            "samples": self._samples[stage],
+            "lengths": self._lengths[stage],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._resumed = dict(state_dict)
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._resumed:
+            stage = RunningStage.TRAINING
+            self._t0s[stage] -= self._resumed["time"]
+            self._batches[stage] = int(self._resumed["batches"])
+            self._samples[stage] = int(self._resumed["samples"])
+            self._lengths[stage] = int(self._resumed["lengths"])
+            self._resumed = {}
 
 
 class ProgressBar(RichProgressBar):

@@ -170,6 +170,38 @@ def test_a_short_run_logs_tokens_per_second(module, tmp_path: Path) -> None:
     assert [float(r["train/device/items_per_sec"]) > 0 for r in rows if r.get("train/device/items_per_sec")] == [True]
 
 
+def test_throughput_totals_go_on_after_a_resume(module, tmp_path: Path) -> None:
+    """train/samples and train/time continue from the checkpoint's totals, not from 0 (wandb curves would jump)."""
+
+    class Endless(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            while True:
+                x = torch.randint(len(VOCAB), (4, 16))
+                yield x, x
+
+    def fit(max_steps: int, name: str, ckpt_path: Path | None = None) -> list[dict]:
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            log_every_n_steps=3,
+            callbacks=[TokenThroughput(window_size=2)],
+            logger=CSVLogger(tmp_path, name=name),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, torch.utils.data.DataLoader(Endless(), batch_size=None), ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
+        rows = csv.DictReader((Path(trainer.log_dir) / "metrics.csv").open())
+        return [r for r in rows if r.get("train/samples")]
+
+    first = fit(6, "first")
+    resumed = fit(9, "resumed", tmp_path / "first.ckpt")
+    assert [float(r["train/samples"]) for r in first] == [12, 24]
+    assert [(float(r["train/samples"]), float(r["train/lengths"])) for r in resumed] == [(36, 36 * 16)]
+    assert float(resumed[0]["train/time"]) > float(first[-1]["train/time"])
+
+
 def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
     """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
     reduced, saved = [], []
