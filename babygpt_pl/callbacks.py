@@ -251,7 +251,10 @@ class SampleTable(Callback):
         config = replace(pl_module.generation, max_new_tokens=self.max_new_tokens, num_samples=1)
         was_training = pl_module.model.training
         pl_module.model.eval()
-        completions = complete(pl_module.model, pl_module.tokenizer, trainer.datamodule.load_prompts(), config)
+        # A model compiled for training (model.compile) would compile its forward again for every prefill shape
+        # and cached step of the samples: tens of seconds per graph on a CPU, for 60 characters.
+        with torch.compiler.set_stance("force_eager"):
+            completions = complete(pl_module.model, pl_module.tokenizer, trainer.datamodule.load_prompts(), config)
         pl_module.model.train(was_training)
         rows = [[trainer.global_step, c.prompt, c.prompt + c.text] for c in completions]
         logger.log_text("samples", columns=["step", "prompt", "text"], data=rows, step=trainer.global_step)

@@ -254,13 +254,19 @@ def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Pat
     assert [p.name for p in out.parent.iterdir()] == ["samples.jsonl"]  # no temp file left behind
 
 
-def test_sample_table_logs_each_prompt_after_validation(module, tmp_path: Path, monkeypatch) -> None:
+def sample_table_trainer(tmp_path: Path, monkeypatch, logged: list) -> SimpleNamespace:
+    """Just what SampleTable reads of a trainer, with a wandb logger whose tables land in ``logged``."""
     logger = WandbLogger(offline=True, save_dir=str(tmp_path))
-    logged = []
     monkeypatch.setattr(logger, "log_text", lambda key, columns, data, step: logged.append((key, columns, data, step)))
     datamodule = SimpleNamespace(load_prompts=lambda: ["春江", "往事"])
-    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, logger=logger, datamodule=datamodule)
-    trainer.global_step = 40
+    return SimpleNamespace(
+        sanity_checking=False, is_global_zero=True, logger=logger, datamodule=datamodule, global_step=40
+    )
+
+
+def test_sample_table_logs_each_prompt_after_validation(module, tmp_path: Path, monkeypatch) -> None:
+    logged = []
+    trainer = sample_table_trainer(tmp_path, monkeypatch, logged)
     module.train()
     SampleTable(max_new_tokens=5).on_validation_end(trainer, module)
 
@@ -273,3 +279,18 @@ def test_sample_table_logs_each_prompt_after_validation(module, tmp_path: Path, 
     trainer.sanity_checking = True
     SampleTable().on_validation_end(trainer, module)
     assert len(logged) == 1  # nothing during the sanity check
+
+
+def test_sample_table_does_not_compile_a_model_compiled_for_training(module, tmp_path: Path, monkeypatch) -> None:
+    """model.compile in fit is for the training step: the samples' prefills and cached steps would each be a new
+    graph to compile (tens of seconds apiece on a CPU); they run eagerly instead."""
+    torch._dynamo.reset()
+    module.model.compile(backend="eager")  # dynamo still traces every new graph; nothing is code-generated
+    x = torch.randint(len(VOCAB), (4, 16))
+    module.model(x, x)
+    traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert traced >= 1  # the training forward went through dynamo
+    logged = []
+    SampleTable(max_new_tokens=5).on_validation_end(sample_table_trainer(tmp_path, monkeypatch, logged), module)
+    assert len(logged) == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == traced
