@@ -48,6 +48,11 @@ class Sampling:
         if self.repetition_penalty <= 0:
             raise UserError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
 
+    @property
+    def greedy(self) -> bool:
+        """Argmax: a temperature of 0, or so small that dividing the fp32 logits by it would make 0/0."""
+        return self.temperature < torch.finfo(torch.float32).tiny
+
 
 @dataclass
 class GenerationConfig:
@@ -111,7 +116,7 @@ def sample_next(
     if seen is not None and sampling.repetition_penalty != 1.0:
         p = sampling.repetition_penalty  # CTRL's penalty: shrink the scores of tokens already in the context
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
-    if sampling.temperature < torch.finfo(logits.dtype).tiny:  # 0, or so small that dividing by it makes 0/0
+    if sampling.greedy:
         return logits.argmax(dim=-1)
     # Relative to each row's best: a tiny temperature (or penalty) then sends the others to -inf, greedy's limit,
     # where the best's own score would overflow to inf, and inf - inf is NaN.
@@ -423,7 +428,8 @@ def stream(
         new: list[torch.Tensor] = []  # tokens since the last prefill
         for step in range(max_new_tokens):
             if step % DRAWS == 0:
-                draws.uniform_(generator=generator)
+                if not sampling.greedy:  # greedy draws nothing: it leaves the global generator as it was
+                    draws.uniform_(generator=generator)
                 if decoder is not None:
                     decoder.draw.zero_()
             if logits is None:  # the graph decodes and samples

@@ -359,6 +359,15 @@ def test_seeded_generator_is_reproducible(model: BabyGPT) -> None:
     assert not torch.equal(sample(1), sample(2))
 
 
+def test_greedy_decoding_leaves_the_global_generator_alone(model: BabyGPT) -> None:
+    """Greedy uses no random numbers, so it must not move the global generator (a caller's seeded run would shift)."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    run(model, [[3, 4]], 2 * BLOCK, GREEDY)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_sample_next_greedy_and_top_k_top_p_support() -> None:
     logits = torch.tensor([[0.0, 3.0, 2.9, -1.0, 2.8]]).repeat(400, 1)
     assert sample_next(logits, GREEDY).tolist() == [1] * 400
