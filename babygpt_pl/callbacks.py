@@ -248,7 +248,9 @@ class SampleTable(Callback):
         logger = trainer.logger
         if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(logger, WandbLogger):
             return
-        config = replace(pl_module.generation, max_new_tokens=self.max_new_tokens, num_samples=1)
+        # Not compiled: a few short samples would wait tens of seconds for it (and force_eager below would keep a
+        # decoder uncompiled under the compiled one's name).
+        config = replace(pl_module.generation, max_new_tokens=self.max_new_tokens, num_samples=1, compile=False)
         was_training = pl_module.model.training
         pl_module.model.eval()
         # A model compiled for training (model.compile) would compile its forward again for every prefill shape

@@ -278,7 +278,7 @@ def graphed_decoder(
 ) -> GraphedDecoder | None:
     """The model's captured decoder for this batch size and sampling (made once, then reused), or None where it does not
     apply: not on CUDA, in training mode (dropout draws new numbers per call), while another stream of the
-    same batch size is using it, or where capture failed (warned once)."""
+    same batch size and sampling is using it, or where capture failed (warned once)."""
     if not _graphs_apply(model):
         return None
     p = next(model.parameters())
@@ -287,7 +287,7 @@ def graphed_decoder(
     decoders = _DECODERS.setdefault(model, {})
     if key not in decoders:
         if len(decoders) >= 4:
-            decoders.clear()  # the caches of the last few batch sizes, not of every one ever used
+            decoders.clear()  # the caches of the last few batch sizes and samplings, not of every one ever used
         decoders[key] = _capture(model, batch_size, sampling, compile)
     decoder = decoders[key]
     return None if decoder is None or decoder.busy else decoder

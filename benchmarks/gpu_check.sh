@@ -4,8 +4,8 @@
 #
 #   bash benchmarks/gpu_check.sh                        # results in ./gpu_out (OUT=... to change)
 #   TINY=1 OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh  # tiny sizes: a few minutes on a CPU, to test this script
-#   BENCH=0 FITS=best bash benchmarks/gpu_check.sh  # only that fit (steps 4-5)
-#   SKIP="train_bench profile_fit_default" PARALLEL=1 VALIDATE=0 PREDICT=0 FIT_ARGS="--checkpoint.save_top_k -1" \
+#   BENCH=0 FITS=best bash benchmarks/gpu_check.sh  # only that fit (steps 0 and 4-5)
+#   BENCH=0 PARALLEL=1 T_FIT_BEST=360 VALIDATE=0 PREDICT=0 FIT_ARGS="--checkpoint.save_top_k -1" \
 #       FITS="best best+model.dropout=0.3" bash benchmarks/gpu_check.sh  # both fits at once, every checkpoint kept
 #
 # Needs .whl/ (the missing Python packages, see benchmarks/README.md) and data/ci.txt beside it.
@@ -19,9 +19,10 @@
 #   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
 #     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
 #   4 babygpt fit (with FIT_ARGS), then validate (VALIDATE=1) of its best and its last checkpoint, for each of FITS
-#     (validation every VAL_EVERY steps; PARALLEL=1 trains them all at once: for losses, not for speed): base = configs/base.yaml, best = configs/best.yaml (any name: configs/NAME.yaml). NAME+KEY=VALUE+...
-#     adds --KEY VALUE options: FITS="best best+model.dropout=0.3" compares best.yaml with a variant of it
-#     (whose files are named fit_best_model_dropout_0_3 and so on)
+#     (validation every VAL_EVERY steps; PARALLEL=1 trains them all at once, for losses, not for speed: five took
+#     ~290 s each on an H200, so raise T_FIT_BEST): base = configs/base.yaml, best = configs/best.yaml (any name:
+#     configs/NAME.yaml). NAME+KEY=VALUE+... adds --KEY VALUE options: FITS="best best+model.dropout=0.3"
+#     compares best.yaml with a variant of it (whose files are named fit_best_model_dropout_0_3 and so on)
 #   5 babygpt predict from each best checkpoint (PREDICT=1)
 # then $OUT/summary.json gathers every figure. The whole run stays under TOTAL_S seconds.
 set -u
@@ -61,14 +62,18 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK"
 
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/run.log"; }
 
+# skipping NAME: whether SKIP names this step (then logged and recorded as skipped).
+skipping() {
+    [[ " $SKIP " == *" $1 "* ]] || return 1
+    log "$1: skipped (SKIP)"
+    printf '%s\tskipped\t0\n' "$1" >>"$OUT/steps.tsv"
+}
+
 # step NAME LIMIT CMD...: run CMD under timeout (never past TOTAL_S), log to $OUT/NAME.log, record rc and seconds.
 step() {
     local name=$1 limit=$2
     shift 2
-    if [[ " $SKIP " == *" $name "* ]]; then
-        log "$name: skipped (SKIP)"
-        return 0
-    fi
+    skipping "$name" && return 0
     local left=$((TOTAL_S - ($(date +%s) - START)))
     if ((left < 10)); then
         log "$name: skipped (the run's $TOTAL_S s are spent)"
@@ -228,6 +233,7 @@ run_fit() {
         printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
         return 0
     fi
+    skipping "fit_$tag" && return 0  # keeping its earlier checkpoints
     rm -rf "$ckpt_dir"
     step "fit_$tag" "$limit" $PY -m babygpt_pl.cli fit "${common[@]}" --checkpoint.dirpath "$ckpt_dir" \
         --trainer.logger.init_args.offline true --trainer.logger.init_args.save_dir "$WORK"
@@ -247,7 +253,9 @@ wait
 for entry in $FITS; do
     fit_setup "$entry" || continue
     ls "$ckpt_dir" >"$OUT/checkpoints_$tag.txt" 2>/dev/null  # with save_top_k -1: the val loss at each validation
-    best=$(ls -t "$ckpt_dir"/best-*.ckpt 2>/dev/null | head -n 1)
+    # The lowest val loss in the names (with save_top_k -1 every validation's checkpoint is a best-*.ckpt).
+    best=$(ls "$ckpt_dir"/best-*.ckpt 2>/dev/null |
+        awk -F'val_loss=' '{v = $2; sub(/\.ckpt$/, "", v); print v "\t" $0}' | sort -g | head -n 1 | cut -f 2)
     [ -n "$best" ] || best=$(ls "$ckpt_dir"/last.ckpt 2>/dev/null)
     if [ -z "$best" ]; then
         log "validate_$tag: skipped (fit wrote no checkpoint)"

@@ -15,6 +15,7 @@ from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
 
+from babygpt_pl import callbacks
 from babygpt_pl.callbacks import (
     GracefulStop,
     PredictionPrinter,
@@ -290,7 +291,12 @@ def test_sample_table_does_not_compile_a_model_compiled_for_training(module, tmp
     module.model(x, x)
     traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert traced >= 1  # the training forward went through dynamo
+    module.generation = GenerationConfig(compile=True)  # predict's compiled decoder is not for a few samples either
+    configs = []
+    original = callbacks.complete
+    monkeypatch.setattr(callbacks, "complete", lambda *args: configs.append(args[3]) or original(*args))
     logged = []
     SampleTable(max_new_tokens=5).on_validation_end(sample_table_trainer(tmp_path, monkeypatch, logged), module)
     assert len(logged) == 1
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == traced
+    assert [c.compile for c in configs] == [False]
