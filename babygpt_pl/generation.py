@@ -251,11 +251,9 @@ class GraphedDecoder:
     def load(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Set up after a prefill of ``valid.size(1)`` slots: ``positions`` (B, 1) are the next token's, and
         ``valid`` (B, slots) is False on the slots that hold padding."""
-        filled = valid.size(1)
         self.positions.copy_(positions)
-        self.slot.fill_(filled)
-        self.valid[:, 0, 0, :filled] = valid
-        self.valid[:, 0, 0, filled:] = True
+        self.slot.fill_(valid.size(1))
+        _mark_padding(self.valid, valid)
 
     def feed(self, token: torch.Tensor, draw: int) -> None:
         """Decode from ``token`` (B,) next, sampling with uniform number ``draw`` of the current batch of them."""
@@ -268,6 +266,14 @@ class GraphedDecoder:
             return self._run()
         self.graph.replay()
         return self.token.clone()  # the graph's buffer is overwritten by the next replay
+
+
+def _mark_padding(slots: torch.Tensor, valid: torch.Tensor) -> None:
+    """``slots`` (B, 1, 1, capacity) after a prefill of ``valid`` (B, filled): False on the slots that hold
+    padding, True on every other (the tokens decoded after the prefill)."""
+    filled = valid.size(1)
+    slots[:, 0, 0, :filled] = valid
+    slots[:, 0, 0, filled:] = True
 
 
 _DECODERS: weakref.WeakKeyDictionary[BabyGPT, dict] = weakref.WeakKeyDictionary()
@@ -416,8 +422,7 @@ def stream(
         positions, mask = _window_inputs(valid[:, -keep:])
         logits, _ = model(tokens[:, -keep:], cache=cache, positions=positions, mask=mask, last_only=True)
         if mask is not None:
-            slot_valid[:, 0, 0, :keep] = valid[:, -keep:]
-            slot_valid[:, 0, 0, keep:] = True
+            _mark_padding(slot_valid, valid[:, -keep:])
         if decoder is not None:
             decoder.load(positions[:, -1:] + 1, valid[:, -keep:])
         return logits, positions[:, -1:], mask is not None
