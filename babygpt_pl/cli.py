@@ -25,6 +25,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
@@ -200,6 +201,16 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
         )
     elif earlier:
         warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
+
+
+def spare_wandb_warnings(logger: WandbLogger) -> None:
+    """Two warnings wandb prints for Lightning's WandbLogger that the user can do nothing about."""
+    # Lightning hands wandb.init `anonymous` even when unset, which wandb >= 0.23 warns of (wandb#10909).
+    logger._wandb_init.pop("anonymous", None)
+    # wandb looks for a git repository from its folder, and warns "git root outputs does not exist" before
+    # creating it: the first run in a fresh clone.
+    if logger.save_dir:
+        os.makedirs(logger.save_dir, exist_ok=True)
 
 
 def _logs_samples(logger) -> bool:
@@ -529,6 +540,9 @@ class BabyGPTCLI(LightningCLI):
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
                 if config.checkpoint.dirpath:
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath)
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                spare_wandb_warnings(logger)
         self.model.generation = self._get(self.config_init, "generation")
         if self.subcommand == "predict":
             self.trainer.callbacks.insert(0, PredictionPrinter())

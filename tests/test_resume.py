@@ -160,8 +160,18 @@ def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
     run = run_dir("run")
     start = time.monotonic()
     # A closed port on loopback: anything that tried to reach wandb's server would hang until its timeout.
-    babygpt(run, *RUN[:2], "--trainer.max_steps=3", *RUN[3:], WANDB_BASE_URL="http://127.0.0.1:9", WANDB_MODE=None)
+    result = babygpt(
+        run,
+        *RUN[:2],
+        "--trainer.max_steps=3",
+        *RUN[3:],
+        WANDB_BASE_URL="http://127.0.0.1:9",
+        WANDB_MODE=None,
+        WANDB_SILENT=None,
+    )
     assert time.monotonic() - start < 60
+    assert "offline" in result.stderr  # wandb speaks (not silenced), and has nothing to warn of
+    assert "WARNING" not in result.stderr
 
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
