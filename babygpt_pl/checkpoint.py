@@ -84,8 +84,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        with atomic_writer(path) as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_writer(path) as f:
+                torch.save(checkpoint, f)
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer reports a write that failed (a full disk) as a RuntimeError: "[enforce fail at
+            # inline_container.cc:…] . unexpected pos …" or "PytorchStreamWriter failed writing file …".
+            if isinstance(err, RuntimeError) and not any(s in str(err) for s in ("inline_container", "StreamWriter")):
+                raise
+            reason = getattr(err, "strerror", None) or "the write failed: is the disk full?"
+            raise UserError(
+                f"could not write checkpoint {path} ({reason}; no file was half-written): free some space, or pass "
+                "another --checkpoint.dirpath"
+            ) from None
 
 
 class LatestCheckpoint(ModelCheckpoint):

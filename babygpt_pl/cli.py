@@ -390,6 +390,10 @@ class BabyGPTCLI(LightningCLI):
         like any other file (Lightning would load it unchecked)."""
         config = self.config[subcommand]
         path = config.get("ckpt_path")
+        if path is not None and not str(path).strip():  # e.g. --ckpt_path "$UNSET_VARIABLE"
+            raise UserError(
+                "--ckpt_path is empty: pass a checkpoint file (e.g. checkpoints/last.ckpt), or leave it out"
+            )
         if path == "best" or (path in _FIT_ONLY_CKPT and subcommand != "fit"):
             raise UserError(
                 f"--ckpt_path {path} is not a file this command can load; pass a checkpoint file, "
@@ -469,10 +473,11 @@ class BabyGPTCLI(LightningCLI):
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         logger = config.trainer.logger
-        run_id = self.checkpoint.get("wandb_run_id")
+        run_id = self.checkpoint.get("wandb_run_id") if fitting else None  # validate/test: a run of their own
         if run_id and getattr(logger, "class_path", "").endswith("WandbLogger") and not logger.init_args.get("id"):
             # Resuming from a checkpoint of a wandb run: log into that same run. Only for this run's logger: the
             # saved config.yaml keeps the settings as given, so a new run started from it gets a new wandb run.
+            # (validate would put its loss at step 0 of the training run's curves.)
             self._given_logger_args = (logger.init_args, logger.init_args.clone())
             logger.init_args.id = run_id
             logger.init_args.resume = "allow"
@@ -630,6 +635,12 @@ def main(args: list[str] | None = None) -> None:
             raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        # wandb's own errors (no API key for an online run, a refused key, an unreachable server) say what to do.
+        if debug or not type(err).__module__.startswith("wandb.errors"):
+            raise
+        print(f"error: wandb: {err} (or log offline: drop --trainer.logger.init_args.offline false)", file=sys.stderr)
+        sys.exit(2)
     stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]
     if stopped:
         sys.exit(128 + stopped[0])  # the shell's convention for "ended by a signal", after a clean save

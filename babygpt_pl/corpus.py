@@ -21,7 +21,6 @@ import argparse
 import base64
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import UserError, warn
 from babygpt_pl.files import check_writable, write_atomic
 
 PACKAGE = "chinese-poetry@2.0.1"
@@ -47,10 +46,9 @@ _NANTANG = "dist/wudaishici/nantang/poetrys.json"
 
 _HOW_TO_GET_IT = (
     f"install Node.js (it includes npm) and retry, or run `npm pack {PACKAGE}` on another machine and pass the tarball "
-    "(`python -m babygpt_pl.corpus --source chinese-poetry-2.0.1.tgz`), or point --data.path at any UTF-8 text file"
+    "(`--data.source chinese-poetry-2.0.1.tgz`, or `python -m babygpt_pl.corpus --source … --out …`), or point "
+    "--data.path at any UTF-8 text file"
 )
-
-log = logging.getLogger(__name__)
 
 
 def _wanted(rel: str) -> bool:
@@ -166,7 +164,7 @@ def _read_source(source: Path) -> tuple[dict[str, bytes], bool]:
     files = _read_tarball(source)  # first: a file that is no tarball at all gets its error alone, no warning
     official = _integrity(source) == PACKAGE_INTEGRITY
     if not official:
-        log.warning("%s is not the published %s tarball (integrity differs); building from it anyway", source, PACKAGE)
+        warn(f"{source} is not the published {PACKAGE} tarball (integrity differs); building from it anyway")
     return files, official
 
 
@@ -198,7 +196,7 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
             raise UserError(
                 f"{PACKAGE} gave a corpus with sha256 {actual}, expected {CI_SHA256}; please report this bug"
             )
-        log.warning("%s: sha256 %s differs from the published corpus (%s)", out_path, actual, CI_SHA256)
+        warn(f"{out_path}: sha256 {actual} differs from the published corpus ({CI_SHA256})")
     write_atomic(out_path, data, option)
     return out_path
 

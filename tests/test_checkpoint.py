@@ -1,14 +1,17 @@
-"""Tests for babygpt_pl.checkpoint's LatestCheckpoint (safe loading and atomic writes: see test_failures)."""
+"""Tests for babygpt_pl.checkpoint's LatestCheckpoint and failed writes (safe loading: see test_failures)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from babygpt_pl.checkpoint import LatestCheckpoint
+from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint
+from babygpt_pl.errors import UserError
 
 
 class WorseningModel(L.LightningModule):
@@ -65,3 +68,36 @@ def test_validation_at_epoch_end_keeps_the_best_and_the_last(tmp_path: Path) -> 
 def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path: Path) -> None:
     ours = LatestCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True)
     assert ours.state_key == ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True).state_key
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        # What torch.save raised on a full 3 MB tmpfs:
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3125632 vs 3125524"), "disk full"),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    ],
+)
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_file(tmp_path: Path, monkeypatch, failure, reason):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def fails(obj, f) -> None:
+        f.write(b"PK\x03\x04 part of a zip")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", fails)
+    with pytest.raises(UserError, match=f"could not write checkpoint {path} .*{reason}.*--checkpoint.dirpath"):
+        io.save_checkpoint({"step": 2}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_a_checkpoint_write_keeps_other_errors_as_they_are(tmp_path: Path, monkeypatch) -> None:
+    def fails(obj, f) -> None:
+        raise RuntimeError("a bug, not a full disk")
+
+    monkeypatch.setattr(torch, "save", fails)
+    with pytest.raises(RuntimeError, match="a bug"):
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")

@@ -490,6 +490,36 @@ def test_validate_and_test_need_a_checkpoint(tmp_path, monkeypatch, capsys, corp
     assert "--ckpt_path best is not a file this command can load" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("command", ["fit", "validate", "predict", "chat"])
+def test_an_empty_ckpt_path_is_one_line(tmp_path, monkeypatch, capsys, corpus, command) -> None:
+    """As from `--ckpt_path "$UNSET"`: fit took it for a path and died in Lightning with a traceback."""
+    assert run_main(monkeypatch, tmp_path, command, f"--data.path={corpus}", *SMALL, "--ckpt_path=") == 2
+    assert one_error_line(capsys) == (
+        "error: --ckpt_path is empty: pass a checkpoint file (e.g. checkpoints/last.ckpt), or leave it out"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_online_run_without_a_wandb_login_is_one_line(tmp_path, monkeypatch, capsys, corpus) -> None:
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # and nothing to reach, should it try
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))  # noqa: SIM115 (a script: wandb cannot ask for a key)
+    args = [
+        "fit",
+        f"--data.path={corpus}",
+        *SMALL,
+        "--trainer.max_steps=10",
+        "--trainer.logger.init_args.offline=false",
+    ]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: wandb: No API key configured. Use `wandb login` to log in.")
+    assert line.endswith("(or log offline: drop --trainer.logger.init_args.offline false)")
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_fit_with_ckpt_path_last_and_none_yet_is_a_new_run(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["--trainer.max_steps=1", "--trainer.logger=false", "--ckpt_path=last"]

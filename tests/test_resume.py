@@ -154,6 +154,11 @@ def test_resume_continues_the_same_wandb_run(run_dir) -> None:
     saved = yaml.safe_load((run / "outputs" / "config.yaml").read_text(encoding="utf-8"))
     assert saved["ckpt_path"] == "checkpoints/last.ckpt"
     assert saved["trainer"]["logger"]["init_args"].get("id") is None
+    # validate logs to a wandb run of its own, not at step 0 of the training run.
+    babygpt(run, "validate", *RUN[1:2], *TINY[:6], "--ckpt_path=checkpoints/last.ckpt")
+    runs = list((run / "outputs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3
+    assert len([r for r in runs if r.name.endswith(run_id)]) == 2
 
 
 def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
