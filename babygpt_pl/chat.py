@@ -53,8 +53,9 @@ def chat_loop(
         stdout.write(piece)
         stdout.flush()
 
-    def warn(message: str) -> None:
-        stdout.write(f"\n[{message}]\n")
+    def warn(message: str) -> None:  # to stderr, like the errors: a piped session's output is the answers alone
+        stdout.flush()
+        stderr.write(f"\n[{message}]\n")
 
     while True:
         try:

@@ -31,9 +31,9 @@ from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, S
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import CiDataModule, read_prompts
-from babygpt_pl.errors import UserError, debugging, warn
+from babygpt_pl.errors import Terminated, UserError, debugging, warn
 from babygpt_pl.files import check_folder_writable, check_writable
-from babygpt_pl.generation import GenerationConfig
+from babygpt_pl.generation import GenerationConfig, encode_prompts
 from babygpt_pl.module import FIT_METRICS, BabyGPTModule
 from babygpt_pl.tokenizer import CharTokenizer
 
@@ -201,6 +201,13 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
         )
     elif earlier:
         warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
+
+
+def check_not_an_input(output: str, *inputs: str | None) -> None:
+    """--generation.output must not replace a file the command reads (the checkpoint: the model would be lost)."""
+    for path in inputs:
+        if path and os.path.exists(path) and os.path.realpath(output) == os.path.realpath(path):
+            raise UserError(f"--generation.output {output} is {path}, which this command reads: choose another file")
 
 
 def spare_wandb_warnings(logger: WandbLogger) -> None:
@@ -417,9 +424,16 @@ class BabyGPTCLI(LightningCLI):
         data settings left at their defaults take the checkpoint's values."""
         data = self.config[self.config.subcommand].data
         defaults = inspect.signature(CiDataModule).parameters
-        for key, value in self._saved_data_settings().items():
-            if key in defaults and _plain(data[key]) == _plain(defaults[key].default):
+        saved = {k: v for k, v in self._saved_data_settings().items() if k in defaults}
+        for key, value in saved.items():
+            if _plain(data[key]) == _plain(defaults[key].default):
                 data[key] = value
+        if other := _differences(saved, data, list(saved), prefix="data."):
+            # Allowed (another look at the model), but its loss is not the one training logged: say so.
+            warn(
+                f"the checkpoint was trained with {', '.join(other)}: this evaluates other windows than training "
+                "validated on, so the loss differs from its logged val_loss (leave these out to take the checkpoint's)"
+            )
 
     def _check_model_options(self, path: str) -> None:
         """Outside fit the checkpoint decides the model: a model setting this run asks for (one that is not
@@ -455,6 +469,14 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_progress_bar = False
             if config.generation.output:
                 check_writable(config.generation.output, "--generation.output")
+                check_not_an_input(config.generation.output, config.ckpt_path, config.data.prompts_file)
+            if self.subcommand == "predict":
+                self._check_prompts_encode(config)
+            elif config.data.prompts is not None or config.data.prompts_file is not None:
+                warn(
+                    "chat reads its prompts as you type them (or from a pipe: babygpt chat … < prompts.txt); "
+                    "--data.prompts and --data.prompts_file are not used"
+                )
             config.trainer.logger = False
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
@@ -507,6 +529,14 @@ class BabyGPTCLI(LightningCLI):
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file)
             check_prompts(tokenizer, prompts, config.generation.oov, data.path, option)
+
+    def _check_prompts_encode(self, config) -> None:
+        """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of
+        Lightning's set-up (the crop warning is left to generation)."""
+        prompts = read_prompts(config.data.prompts, config.data.prompts_file)
+        hparams = self.checkpoint["hyper_parameters"]
+        window = hparams["block_size"]
+        encode_prompts(CharTokenizer(hparams["vocab"]), prompts, window, config.generation.oov, warn=lambda _: None)
 
     def _saved_data_settings(self) -> dict:
         """The data settings the checkpoint was trained with (none in one from before they were saved)."""
@@ -622,6 +652,8 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last")
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # Lightning's "💡 Tip: … try installing litlogger / litmodels" on every command: an advertisement, not news.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: not str(r.msg).startswith("💡"))
     try:
         OneLineErrorParser.config_files = check_config_files(argv)
         cli = BabyGPTCLI(args=args)
@@ -635,6 +667,12 @@ def main(args: list[str] | None = None) -> None:
             raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:  # SIGTERM during predict (during fit GracefulStop saves and stops)
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
+    except BrokenPipeError:  # stdout's reader has gone (`babygpt predict | head`): stop quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        sys.exit(141)
     except Exception as err:
         # wandb's own errors (no API key for an online run, a refused key, an unreachable server) say what to do.
         if debug or not type(err).__module__.startswith("wandb.errors"):

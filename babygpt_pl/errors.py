@@ -26,3 +26,7 @@ def warn(message: str) -> None:
 
 class UserError(ValueError):
     """A bad input, file or setting; the message says what is wrong and how to fix it."""
+
+
+class Terminated(Exception):
+    """SIGTERM during ``predict``: generation stops at once (there is nothing to save), and the CLI exits 143."""

@@ -90,13 +90,22 @@ class GenerationConfig:
     output: str | None = None
 
     def __post_init__(self) -> None:
-        _ = self.sampling  # validate now, not at the first sample
+        try:
+            _ = self.sampling  # validate now, not at the first sample
+        except UserError as err:  # named as the option that sets it
+            raise UserError(f"generation.{err}") from None
         if self.max_new_tokens < 0:
             raise UserError(f"generation.max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.num_samples < 1:
             raise UserError(f"generation.num_samples must be >= 1, got {self.num_samples}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise UserError(f"generation.seed must fit in 64 bits (-2**63 to 2**64 - 1), got {self.seed}")
+        if isinstance(self.stop, str):  # `"" in "。"` is True: the check below would name the wrong slip
+            raise UserError(f"generation.stop must be a list of strings, e.g. [{self.stop!r}], not one string")
         if "" in self.stop:  # it would end every sample at once, so it could only be a slip
             raise UserError(f"generation.stop holds an empty string: {self.stop}; drop it")
+        if self.output is not None and not self.output.strip():
+            raise UserError("generation.output is empty: give a file name (e.g. samples.jsonl), or leave it out")
 
     @property
     def sampling(self) -> Sampling:
@@ -524,6 +533,21 @@ def encode_prompt(
     return ids
 
 
+def encode_prompts(
+    tokenizer: CharTokenizer,
+    prompts: Sequence[str],
+    window: int,
+    oov: OOVPolicy = "error",
+    warn: Callable[[str], None] = warn_user,
+) -> list[list[int]]:
+    """:func:`encode_prompt` of each prompt; with ``oov="error"``, one error naming the unknown characters of all."""
+    if isinstance(prompts, str):  # a str is a sequence of one-character prompts: surely not what was meant
+        raise TypeError(f"prompts must be a list of strings, e.g. [{prompts!r}], not one string")
+    if oov == "error":
+        tokenizer.require_known("".join(prompts))
+    return [encode_prompt(tokenizer, p, window, oov, warn) for p in prompts]
+
+
 def _stop_prefix(text: str, stop: Sequence[str]) -> int:
     """Length of the longest end of ``text`` that is a proper start of a stop string."""
     return max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
@@ -545,9 +569,7 @@ def complete(
     config = config or GenerationConfig()
     stop = config.stop
     device = next(model.parameters()).device
-    if config.oov == "error":
-        tokenizer.require_known("".join(prompts))  # every unknown character in one message, not the first prompt's
-    ids = [encode_prompt(tokenizer, p, model.config.block_size, config.oov, warn) for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, model.config.block_size, config.oov, warn)
     rows = [(p, i, s) for p, i in zip(prompts, ids, strict=True) for s in range(config.num_samples)]
     generator = torch.Generator(device=device)
     if config.seed is None:  # fresh randomness, not the global generator's: seed_everything fixes that one

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from cli_helper import TINY, babygpt
+from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env
 
 from babygpt_pl import cli as cli_module
 from babygpt_pl.checkpoint import check_checkpoint
@@ -97,7 +100,7 @@ def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
     header = data.find(b"PK\x03\x04", len(data) // 2)
     data[header : header + 64] = bytes(64)
     damaged.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="truncated, damaged or not a PyTorch checkpoint"):
+    with pytest.raises(UserError, match=r"damaged.ckpt is damaged: its archive/data/\d+ does not match the checksum"):
         check_checkpoint(damaged)
     # Bytes that are no pickle at all are damaged, not "pickled Python objects" (which the safe reader also refuses).
     for name, content in (("random.ckpt", bytes(range(7, 256)) * 4), ("prompt.txt", "春江\n".encode())):
@@ -147,6 +150,25 @@ def test_a_damaged_babygpt_checkpoint_is_one_line_before_any_work(
         assert expected in one_error_line(capsys)
 
 
+def test_flipped_bits_in_the_weights_are_caught_by_the_checksum(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    """torch.load reads a zip's records without checking their CRC-32: the damaged weights would load silently."""
+    data = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:
+        record = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    header = data[record.header_offset : record.header_offset + 30]  # the local file header: then name, extra
+    start = (
+        record.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    )
+    data[start + 8 : start + 12] = bytes(b ^ 0xFF for b in data[start + 8 : start + 12])
+    damaged = tmp_path / "flipped.ckpt"
+    damaged.write_bytes(data)
+    torch.load(damaged, weights_only=True)  # (it does load)
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={damaged}") == 2
+    assert one_error_line(capsys).startswith(
+        f"error: checkpoint {damaged} is damaged: its {record.filename} does not match the checksum written with it"
+    )
+
+
 class Payload:
     """Unpickling this would create a marker file: the stand-in for code in a malicious checkpoint."""
 
@@ -170,13 +192,44 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_predict_prompt_errors(tmp_path, monkeypatch, capsys, checkpoint) -> None:
-    code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=[春江, 火星X]")
-    assert code == 2
-    assert "not in the model's vocabulary: '火星X'" in capsys.readouterr().err.splitlines()[-1]
-    code = run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=['']")
-    assert code == 2
-    assert "prompt 1 of 1 is empty" in capsys.readouterr().err.splitlines()[-1]
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        (["--data.prompts=[春江, 火星X]"], "not in the model's vocabulary: '火星X'"),
+        (["--data.prompts=['']"], "prompt 1 of 1 is empty"),
+        (["--data.prompts_file=nope.txt"], "prompts file nope.txt not found"),
+        (["--generation.oov=drop", "--data.prompts=火星"], "prompt '火星' is empty (after the oov policy)"),
+    ],
+)
+def test_predict_prompt_errors(tmp_path, monkeypatch, capsys, checkpoint, prompts, expected) -> None:
+    """One line, before Lightning's set-up prints anything."""
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", *prompts) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_a_predict_prompt_error_is_the_only_line_of_the_command(tmp_path, checkpoint) -> None:
+    """In a process of its own: Lightning's set-up lines ("GPU available: …") never reach capsys."""
+    result = babygpt(tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=火星X", check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: 3 character(s) not in the model's vocabulary: '火星X'; remove them from the prompt, or pass "
+        "--generation.oov drop (or replace)"
+    ]
+
+
+def test_chat_says_that_it_does_not_use_the_prompt_options(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    monkeypatch.setattr(cli_module, "chat_loop", lambda *args: 0)  # no prompts to read here
+    monkeypatch.chdir(tmp_path)
+    main(["chat", f"--ckpt_path={checkpoint}", "--data.prompts_file=p.txt"])
+    assert "warning: chat reads its prompts as you type them" in capsys.readouterr().err
+
+
+def test_predict_output_over_the_checkpoint_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    before = checkpoint.read_bytes()
+    args = ["predict", f"--ckpt_path={checkpoint}", f"--generation.output={tmp_path}/./{checkpoint.name}"]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert "which this command reads: choose another file" in one_error_line(capsys)
+    assert checkpoint.read_bytes() == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -403,6 +456,41 @@ def test_ctrl_c_while_predict_generates_is_a_clean_exit(tmp_path, monkeypatch, c
         signal.signal(signal.SIGINT, handler)
     assert capsys.readouterr().err.splitlines()[-1] == "interrupted"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_predict(tmp_path, checkpoint) -> None:
+    """Lightning's own SIGTERM handler only notes the signal: `timeout` or `docker stop` could not end a predict."""
+    args = ["predict", f"--ckpt_path={checkpoint}", "--generation.max_new_tokens=10000000"]
+    proc = subprocess.Popen(
+        babygpt_cmd(*args), cwd=tmp_path, env=babygpt_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    while not any(line.startswith("Loaded model weights") for line in lines) and proc.poll() is None:
+        lines.append(proc.stderr.readline())
+    time.sleep(3)  # into the generation
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (when the signal was ignored)
+    assert proc.returncode == 143
+    assert err.splitlines()[-1] == "terminated"
+    assert "💡" not in "".join(lines)  # nor Lightning's advertisement
+
+
+@pytest.mark.slow
+def test_predict_into_a_closed_pipe_stops_quietly(tmp_path, checkpoint) -> None:
+    """`babygpt predict | head -1`: the reader is gone after the first line."""
+    args = ["predict", f"--ckpt_path={checkpoint}", "--generation.num_samples=400", "--generation.max_new_tokens=20"]
+    proc = subprocess.Popen(
+        babygpt_cmd(*args), cwd=tmp_path, env=babygpt_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout.readline().startswith(b"--- ")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "Error" not in err
 
 
 def test_ctrl_c_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys) -> None:

@@ -319,6 +319,11 @@ def test_sampling_validation(kwargs: dict) -> None:
         ({"max_new_tokens": -1}, "generation.max_new_tokens must be >= 0, got -1"),
         ({"num_samples": 0}, "generation.num_samples must be >= 1, got 0"),
         ({"stop": ["\n\n", ""]}, "generation.stop holds an empty string"),  # it would end every sample at once
+        ({"stop": "。"}, r"generation.stop must be a list of strings, e.g. \['。'\], not one string"),
+        ({"temperature": -1.0}, r"generation.temperature must be >= 0 \(0 is greedy\), got -1.0"),
+        ({"top_p": 1.5}, r"generation.top_p must be in \(0, 1\]"),
+        ({"seed": 2**64}, r"generation.seed must fit in 64 bits \(-2\*\*63 to 2\*\*64 - 1\), got 18446744073709551616"),
+        ({"output": ""}, "generation.output is empty: give a file name"),
     ],
 )
 def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> None:
@@ -328,6 +333,8 @@ def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> No
 
 def test_sampling_valid_edges() -> None:
     Sampling(temperature=0, top_k=1, top_p=1.0, repetition_penalty=0.5)
+    for seed in (-(2**63), 2**64 - 1):  # the range torch.Generator.manual_seed takes
+        torch.Generator().manual_seed(GenerationConfig(seed=seed).seed)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_new_tokens": -1}, {"num_samples": 0}])
@@ -513,6 +520,12 @@ def test_complete_empty_prompt_raises(model: BabyGPT, tokenizer: CharTokenizer) 
         complete(model, tokenizer, ["ab", ""], GenerationConfig(max_new_tokens=2))
     with pytest.raises(UserError, match="empty"):
         complete(model, tokenizer, ["??"], GenerationConfig(max_new_tokens=2, oov="drop"))
+
+
+def test_complete_refuses_one_string_for_the_list_of_prompts(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    # A str is a sequence: "ab" would silently be the two prompts "a" and "b".
+    with pytest.raises(TypeError, match=r"prompts must be a list of strings, e.g. \['ab'\], not one string"):
+        complete(model, tokenizer, "ab", GenerationConfig(max_new_tokens=2))
 
 
 def test_complete_long_prompt_is_cropped_with_warning(
