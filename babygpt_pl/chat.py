@@ -55,7 +55,7 @@ def chat_loop(
 
     def warn(message: str) -> None:  # to stderr, like the errors: a piped session's output is the answers alone
         stdout.flush()
-        stderr.write(f"\n[{message}]\n")
+        stderr.write(f"\nwarning: {message}\n")
 
     while True:
         try:

@@ -60,7 +60,7 @@ def _failed_checksum(file: Path) -> str | None:
     try:
         with zipfile.ZipFile(file) as archive:
             return archive.testzip()
-    except (zipfile.BadZipFile, OSError):  # not a zip (an old format, or damaged): torch.load tells which
+    except Exception:  # not a zip (an old format), or a zip too damaged to check: torch.load tells which
         return None
 
 

@@ -26,11 +26,12 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
-from babygpt_pl.data import CiDataModule, read_prompts
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
 from babygpt_pl.errors import Terminated, UserError, debugging, warn
 from babygpt_pl.files import check_folder_writable, check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
@@ -204,16 +205,20 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
 
 
 def check_not_an_input(output: str, *inputs: str | None) -> None:
-    """--generation.output must not replace a file the command reads (the checkpoint: the model would be lost)."""
+    """--generation.output must not replace a file the command reads (the checkpoint: the model would be lost).
+    Regular files only: in a terminal /dev/stdin and /dev/stdout are one device, and rightly so."""
+    if not os.path.isfile(output):
+        return
     for path in inputs:
-        if path and os.path.exists(path) and os.path.realpath(output) == os.path.realpath(path):
+        if path and os.path.isfile(path) and os.path.samefile(output, path):
             raise UserError(f"--generation.output {output} is {path}, which this command reads: choose another file")
 
 
 def spare_wandb_warnings(logger: WandbLogger) -> None:
     """Two warnings wandb prints for Lightning's WandbLogger that the user can do nothing about."""
     # Lightning hands wandb.init `anonymous` even when unset, which wandb >= 0.23 warns of (wandb#10909).
-    logger._wandb_init.pop("anonymous", None)
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
     # wandb looks for a git repository from its folder, and warns "git root outputs does not exist" before
     # creating it: the first run in a fresh clone.
     if logger.save_dir:
@@ -428,7 +433,9 @@ class BabyGPTCLI(LightningCLI):
         for key, value in saved.items():
             if _plain(data[key]) == _plain(defaults[key].default):
                 data[key] = value
-        if other := _differences(saved, data, list(saved), prefix="data."):
+        if self.config.subcommand in ("validate", "test") and (
+            other := _differences(saved, data, list(saved), prefix="data.")
+        ):
             # Allowed (another look at the model), but its loss is not the one training logged: say so.
             warn(
                 f"the checkpoint was trained with {', '.join(other)}: this evaluates other windows than training "
@@ -469,10 +476,13 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_progress_bar = False
             if config.generation.output:
                 check_writable(config.generation.output, "--generation.output")
-                check_not_an_input(config.generation.output, config.ckpt_path, config.data.prompts_file)
+                reads = [config.ckpt_path, *OneLineErrorParser.config_files]
+                if self.subcommand == "predict":
+                    reads.append(config.data.prompts_file)
+                check_not_an_input(config.generation.output, *reads)
             if self.subcommand == "predict":
                 self._check_prompts_encode(config)
-            elif config.data.prompts is not None or config.data.prompts_file is not None:
+            elif as_prompt_list(config.data.prompts) != DEFAULT_PROMPTS or config.data.prompts_file is not None:
                 warn(
                     "chat reads its prompts as you type them (or from a pipe: babygpt chat … < prompts.txt); "
                     "--data.prompts and --data.prompts_file are not used"
@@ -533,6 +543,8 @@ class BabyGPTCLI(LightningCLI):
     def _check_prompts_encode(self, config) -> None:
         """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of
         Lightning's set-up (the crop warning is left to generation)."""
+        if config.data.prompts_file and not os.path.isfile(config.data.prompts_file):
+            return  # a pipe (--data.prompts_file /dev/stdin) can be read once only: by the generation
         prompts = read_prompts(config.data.prompts, config.data.prompts_file)
         hparams = self.checkpoint["hyper_parameters"]
         window = hparams["block_size"]
@@ -557,11 +569,21 @@ class BabyGPTCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except SIGTERMException:  # Lightning's answer to SIGTERM outside training: a SystemExit of code 0
+            raise Terminated from None
         except SystemExit as err:
             if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):
                 # Lightning's answer to Ctrl-C in a run (exit 1, as for a crash): the command's "interrupted", 130.
                 raise KeyboardInterrupt from None
             raise
+        except Exception as err:
+            # wandb's own errors (no API key for an online run, a refused key, a bad run id) say what to do.
+            if not type(err).__module__.startswith("wandb.errors"):
+                raise
+            online = any(isinstance(lg, WandbLogger) and not lg._offline for lg in self.trainer.loggers)
+            online &= os.environ.get("WANDB_MODE") not in ("offline", "dryrun", "disabled")
+            hint = " (or log offline: drop --trainer.logger.init_args.offline false)" if online else ""
+            raise UserError(f"wandb: {err}{hint}") from err
 
     def after_instantiate_classes(self) -> None:
         if given := getattr(self, "_given_logger_args", None):
@@ -634,6 +656,11 @@ def check_config_files(argv: list[str]) -> dict[str, dict]:
     return settings
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    """Lightning's "💡 Tip: … try installing litlogger / litmodels" on every command: an advertisement, not news."""
+    return not str(record.msg).startswith("💡")
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     debug = debugging(argv)
@@ -652,8 +679,7 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last")
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # Lightning's "💡 Tip: … try installing litlogger / litmodels" on every command: an advertisement, not news.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: not str(r.msg).startswith("💡"))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)  # (added once: the same object)
     try:
         OneLineErrorParser.config_files = check_config_files(argv)
         cli = BabyGPTCLI(args=args)
@@ -667,18 +693,16 @@ def main(args: list[str] | None = None) -> None:
             raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Terminated:  # SIGTERM during predict (during fit GracefulStop saves and stops)
+    except Terminated:  # SIGTERM outside training (during it GracefulStop saves and stops)
+        if debug:
+            raise
         print("terminated", file=sys.stderr)
         sys.exit(143)
     except BrokenPipeError:  # stdout's reader has gone (`babygpt predict | head`): stop quietly, as `yes | head` does
+        if debug:
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         sys.exit(141)
-    except Exception as err:
-        # wandb's own errors (no API key for an online run, a refused key, an unreachable server) say what to do.
-        if debug or not type(err).__module__.startswith("wandb.errors"):
-            raise
-        print(f"error: wandb: {err} (or log offline: drop --trainer.logger.init_args.offline false)", file=sys.stderr)
-        sys.exit(2)
     stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]
     if stopped:
         sys.exit(128 + stopped[0])  # the shell's convention for "ended by a signal", after a clean save

@@ -28,5 +28,7 @@ class UserError(ValueError):
     """A bad input, file or setting; the message says what is wrong and how to fix it."""
 
 
-class Terminated(Exception):
-    """SIGTERM during ``predict``: generation stops at once (there is nothing to save), and the CLI exits 143."""
+class Terminated(BaseException):
+    """SIGTERM outside training (predict, validate, set-up): the command stops at once and the CLI exits 143.
+    A BaseException, as KeyboardInterrupt is: a handler of Exception (a failed CUDA graph capture falls back to
+    eager decoding) must not swallow it."""

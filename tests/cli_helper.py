@@ -41,8 +41,14 @@ def babygpt_cmd(*args: str) -> list[str]:
 
 
 def babygpt(cwd: Path, *args: str, check: bool = True, **env: str | None) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        babygpt_cmd(*args), cwd=cwd, env=babygpt_env(**env), capture_output=True, text=True, timeout=600
+    result = subprocess.run(  # stdin: nothing to read (wandb, say, would ask a terminal for a key)
+        babygpt_cmd(*args),
+        cwd=cwd,
+        env=babygpt_env(**env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")

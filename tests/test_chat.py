@@ -62,7 +62,7 @@ def test_a_bad_prompt_is_reported_and_the_loop_goes_on(model: BabyGPT) -> None:
 def test_a_long_prompts_warning_goes_to_stderr(model: BabyGPT) -> None:
     err = io.StringIO()
     out = run(model, "春江" * 10 + "\n", err=err)
-    assert "[prompt of 20 characters is longer than the window; keeping its last 16]" in err.getvalue()
+    assert "\nwarning: prompt of 20 characters is longer than the window; keeping its last 16\n" in err.getvalue()
     assert "window" not in out and out.count("tokens/s]") == 1
 
 

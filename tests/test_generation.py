@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from babygpt_pl import generation
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import Terminated, UserError
 from babygpt_pl.generation import (
     Completion,
     GenerationConfig,
@@ -716,6 +716,17 @@ def test_decoder_is_reused_not_shared_and_lets_its_model_go(graphs_on_cpu) -> No
     del model, decoder
     gc.collect()
     assert ref() is None  # the decoder registry does not keep a model alive
+
+
+def test_a_sigterm_during_capture_is_not_taken_for_a_failed_capture(graphs_on_cpu, monkeypatch) -> None:
+    """The capture's fallback catches Exception; Terminated (predict's SIGTERM) must go through it."""
+
+    def terminated(self) -> None:
+        raise Terminated
+
+    monkeypatch.setattr(GraphedDecoder, "capture", terminated)
+    with pytest.raises(Terminated):
+        generate(make_model(seed=3), torch.tensor([[3, 4]]), 5, temperature=0)
 
 
 def test_a_failed_capture_warns_once_and_decodes_eagerly(graphs_on_cpu, monkeypatch: pytest.MonkeyPatch) -> None:
