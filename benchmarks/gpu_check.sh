@@ -62,12 +62,14 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK"
 
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/run.log"; }
 
-# skipping NAME: whether SKIP names this step (then logged and recorded as skipped).
-skipping() {
-    [[ " $SKIP " == *" $1 "* ]] || return 1
-    log "$1: skipped (SKIP)"
+# skipped NAME REASON: log that step NAME is left out, and record it so in steps.tsv.
+skipped() {
+    log "$1: skipped ($2)"
     printf '%s\tskipped\t0\n' "$1" >>"$OUT/steps.tsv"
 }
+
+# skipping NAME: whether SKIP names this step (then it is recorded as skipped).
+skipping() { [[ " $SKIP " == *" $1 "* ]] && skipped "$1" SKIP; }
 
 # step NAME LIMIT CMD...: run CMD under timeout (never past TOTAL_S), log to $OUT/NAME.log, record rc and seconds.
 step() {
@@ -76,8 +78,7 @@ step() {
     skipping "$name" && return 0
     local left=$((TOTAL_S - ($(date +%s) - START)))
     if ((left < 10)); then
-        log "$name: skipped (the run's $TOTAL_S s are spent)"
-        printf '%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+        skipped "$name" "the run's $TOTAL_S s are spent"
         return 1
     fi
     ((limit > left)) && limit=$left
@@ -229,8 +230,7 @@ fit_setup() {
 
 run_fit() {
     if ! fit_setup "$1"; then
-        log "fit_$tag: skipped ($missing)"
-        printf 'fit_%s\tskipped\t0\n' "$tag" >>"$OUT/steps.tsv"
+        skipped "fit_$tag" "$missing"
         return 0
     fi
     skipping "fit_$tag" && return 0  # keeping its earlier checkpoints
