@@ -188,15 +188,49 @@ def cache_dtype(model: BabyGPT) -> torch.dtype:
 # graph reads its token's draw from the same buffer the eager steps read theirs from.
 DRAWS = 64
 
+# Decode steps one CUDA graph replays at a time, where the window, the draws and the tokens asked for leave room:
+# replays of one step each leave the GPU idle between them while Python launches the next (and hands the
+# token over), tens of microseconds in a step of ~200 on an H100.
+CHUNK = 8
+
+
+def _decode_next(
+    model: BabyGPT,
+    cache: KVCache,
+    sampling: Sampling,
+    idx: torch.Tensor,
+    counters: torch.Tensor,
+    valid: torch.Tensor,
+    slots: torch.Tensor,
+    uniforms: torch.Tensor,
+    seen: torch.Tensor | None,
+) -> torch.Tensor:
+    """One fixed-shape decode step and its sample, read from and written back to the decoder's buffers in place:
+    what a CUDA graph captures (and torch.compile fuses). ``counters`` holds each row's next position, then the
+    cache slot, then the uniform draw, so that one kernel advances them all."""
+    batch = idx.size(0)
+    positions, slot, draw = counters[:batch, None], counters[batch : batch + 1], counters[batch + 1 :]
+    # Additive, made once per step: a boolean mask would be converted again in every layer's attention.
+    mask = torch.zeros_like(valid, dtype=cache.kv[0].dtype)
+    mask.masked_fill_(~(valid & (slots <= slot)), float("-inf"))
+    logits = model.decode_step(idx, positions, slot, mask, cache)
+    token = sample_next(logits[:, -1], sampling, seen=seen, uniform=uniforms.index_select(0, draw)[0])
+    if seen is not None:
+        seen.scatter_(1, token[:, None], True)
+    idx.copy_(token[:, None])
+    counters.add_(1)
+    return token
+
 
 class GraphedDecoder:
-    """The decode step of one model at one batch size and sampling, captured in a CUDA graph and replayed per token.
+    """The decode step of one model at one batch size and sampling, captured in CUDA graphs and replayed.
 
     At small batches a GPU spends a decode step waiting for Python to launch ~100 tiny kernels one by one; a
     graph replay launches them all at once. Its shapes are fixed: the decoder owns the KV cache, reads its
     inputs from buffers updated in place, attends every cache slot under a mask, samples the next token (from
     pre-drawn uniforms), feeds it back as its next input, and advances its own position, slot and draw
-    counters, so a token costs one replay and one copy of the sampled ids.
+    counters. One graph holds one step, another :data:`CHUNK` steps in a row; :meth:`next` hands their tokens
+    out one by one.
     """
 
     def __init__(self, model: BabyGPT, batch_size: int, sampling: Sampling, compile: bool = False) -> None:
@@ -207,41 +241,39 @@ class GraphedDecoder:
         for kv in self.cache.kv:
             kv.zero_()
         self.idx = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)
-        self.positions = torch.zeros_like(self.idx)
-        self.slot = torch.zeros(1, dtype=torch.long, device=p.device)
+        self.counters = torch.zeros(batch_size + 2, dtype=torch.long, device=p.device)  # see _decode_next
         self.valid = torch.ones(batch_size, 1, 1, window, dtype=torch.bool, device=p.device)  # False: padding
         self.slots = torch.arange(window, device=p.device)
         self.sampling = sampling
         self.uniforms = torch.zeros(DRAWS, batch_size, 1, device=p.device)
-        self.draw = torch.zeros(1, dtype=torch.long, device=p.device)
         # The tokens a repetition penalty applies to: the stream fills in the prompt's, the graph adds each new one.
         self.seen = (
             torch.zeros(batch_size, model.config.vocab_size, dtype=torch.bool, device=p.device)
             if sampling.repetition_penalty != 1.0
             else None
         )
-        # A weak reference and the unbound step: the decoders live in a dict keyed weakly by the model.
+        # A weak reference: the decoders live in a dict keyed weakly by the model.
         self.model = weakref.ref(model)
-        step = type(model).decode_step
-        self.step = torch.compile(step, fullgraph=True, dynamic=False) if compile else step
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.token = torch.empty(0)
+        # The whole step, sampling included, so that inductor fuses the mask, the sampler and the counters too.
+        self.step = torch.compile(_decode_next, fullgraph=True, dynamic=False) if compile else _decode_next
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # steps replayed -> graph
+        self.tokens: dict[int, torch.Tensor] = {}  # steps replayed -> the (steps, B) tokens the graph writes
+        self.pending: list[torch.Tensor] = []  # tokens of the last replay not handed out yet, the next one last
         self.busy = False  # one stream at a time uses the cache
 
-    def _run(self) -> torch.Tensor:
-        # Additive, made once per step: a boolean mask would be converted again in every layer's attention.
-        mask = torch.zeros_like(self.valid, dtype=self.cache.kv[0].dtype)
-        mask.masked_fill_(~(self.valid & (self.slots <= self.slot)), float("-inf"))
-        logits = self.step(self.model(), self.idx, self.positions, self.slot, mask, self.cache)
-        uniform = self.uniforms.index_select(0, self.draw)[0]
-        token = sample_next(logits[:, -1], self.sampling, seen=self.seen, uniform=uniform)
-        if self.seen is not None:
-            self.seen.scatter_(1, token[:, None], True)
-        self.idx.copy_(token[:, None])
-        self.positions += 1
-        self.slot += 1
-        self.draw += 1
-        return token
+    @property
+    def slot(self) -> torch.Tensor:
+        return self.counters[-2:-1]
+
+    @property
+    def draw(self) -> torch.Tensor:
+        return self.counters[-1:]
+
+    def _run(self, steps: int = 1) -> torch.Tensor:
+        """``steps`` decode steps in a row: their tokens, (steps, B)."""
+        model = self.model()
+        args = (self.sampling, self.idx, self.counters, self.valid, self.slots, self.uniforms, self.seen)
+        return torch.stack([self.step(model, self.cache, *args) for _ in range(steps)])
 
     def capture(self) -> None:
         # Warm up on a side stream first (cuBLAS workspaces, compilation), as torch.cuda.graph asks.
@@ -249,32 +281,40 @@ class GraphedDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self.slot.zero_()  # stay inside the window however small it is
-                self.draw.zero_()
+                self.counters[-2:].zero_()  # slot and draw: stay inside the window however small it is
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.token = self._run()
+        for steps in (1, CHUNK) if self.slots.numel() >= CHUNK else (1,):  # a chunk never passes the window
+            self.graphs[steps] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graphs[steps]):
+                self.tokens[steps] = self._run(steps)
 
     def load(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Set up after a prefill of ``valid.size(1)`` slots: ``positions`` (B, 1) are the next token's, and
         ``valid`` (B, slots) is False on the slots that hold padding."""
-        self.positions.copy_(positions)
+        batch = positions.size(0)
+        self.counters[:batch].copy_(positions[:, 0])
         self.slot.fill_(valid.size(1))
         _mark_padding(self.valid, valid)
+        self.pending.clear()
 
     def feed(self, token: torch.Tensor, draw: int) -> None:
         """Decode from ``token`` (B,) next, sampling with uniform number ``draw`` of the current batch of them."""
         self.idx.copy_(token[:, None])
         self.draw.fill_(draw)
 
-    def next(self) -> torch.Tensor:
-        """The next token (B,) after the last one fed or sampled."""
-        if self.graph is None:
-            return self._run()
-        self.graph.replay()
-        return self.token.clone()  # the graph's buffer is overwritten by the next replay
+    def next(self, room: int = 1) -> torch.Tensor:
+        """The next token (B,) after the last one fed or sampled. ``room``: the steps that may be decoded ahead
+        (cache slots, uniforms and tokens still wanted), of which the tokens not asked for yet are kept."""
+        if not self.pending:
+            steps = CHUNK if room >= CHUNK else 1
+            if self.graphs:
+                self.graphs[steps].replay()
+                tokens = self.tokens[steps].clone()  # the graph's buffer is overwritten by the next replay
+            else:
+                tokens = self._run(steps)
+            self.pending = list(tokens.unbind(0))[::-1]
+        return self.pending.pop()
 
 
 def _mark_padding(slots: torch.Tensor, valid: torch.Tensor) -> None:
@@ -446,8 +486,8 @@ def stream(
                     draws.uniform_(generator=generator)
                 if decoder is not None:
                     decoder.draw.zero_()
-            if logits is None:  # the graph decodes and samples
-                nxt = decoder.next()
+            if logits is None:  # the graph decodes and samples, up to the window's end, the draws' or the last token
+                nxt = decoder.next(room=min(window - filled + 1, DRAWS - step % DRAWS, max_new_tokens - step))
             else:
                 nxt = sample_next(logits[:, -1], sampling, seen=seen, uniform=draws[step % DRAWS])
                 if seen is not None:

@@ -182,21 +182,24 @@ def bench_compiled(model: BabyGPT, args: argparse.Namespace) -> dict[str, Any]:
         return {"compile": f"failed: {type(err).__name__}: {str(err)[:500]}"}
 
 
-def write_decode_profile(model: BabyGPT, args: argparse.Namespace) -> None:
+def write_decode_profile(model: BabyGPT, args: argparse.Namespace, compile: bool = False) -> None:
     """torch.profiler's tables of one batch-1 decode, by device time and by host time: which of them bounds it."""
     idx = prompt(args, 1, args.decode_prompt_len)
     with torch.inference_mode():
-        generate(model, idx, args.new_tokens)  # warm (on a GPU: the graph is captured)
+        generate(model, idx, args.new_tokens, compile=compile)  # warm (on a GPU: the graph is captured)
         with device_profiler(args.device) as prof:
             sync(args.device)
             t0 = time.perf_counter()
-            generate(model, idx, args.new_tokens)
+            generate(model, idx, args.new_tokens, compile=compile)
             sync(args.device)
             ms_per_token = (time.perf_counter() - t0) * 1e3 / args.new_tokens
     keys = (["self_cuda_time_total"] if args.device.startswith("cuda") else []) + ["self_cpu_time_total"]
     events = prof.key_averages()
     tables = [events.table(sort_by=key, row_limit=25, max_name_column_width=60) for key in keys]
-    title = f"# one batch-1 decode of {args.new_tokens} tokens on {args.device}: {ms_per_token:.3f} ms/token profiled"
+    what = "compiled " if compile else ""
+    title = (
+        f"# one {what}batch-1 decode of {args.new_tokens} tokens on {args.device}: {ms_per_token:.3f} ms/token profiled"
+    )
     report("\n".join([title, *(f"## by {k}\n{t}" for k, t in zip(keys, tables, strict=True))]) + "\n", args.profile)
 
 
@@ -231,6 +234,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak = max(peak, peak_memory_mib(args.device))
     if args.profile:
         write_decode_profile(model, args)
+        if args.compile and cuda and "compile" not in res:  # not where the compile failed
+            write_decode_profile(model, args, compile=True)
     # GPU: the largest allocation of any section; CPU: the process's peak RSS (includes Python and torch).
     res["peak_mib"] = peak
     return res

@@ -606,7 +606,8 @@ def sampled_run(
     sampling: Sampling = SAMPLED,
 ) -> tuple[torch.Tensor, list]:
     """Tokens and per-step logits of a seeded sampled decode, through the fixed-shape step (run on the CPU,
-    where it is not captured; compiled or not) or through the ordinary cached forward."""
+    where it is not captured; compiled or not) or through the ordinary cached forward. The logits are not
+    recorded from a compiled step: the recording would be traced into it, and each new length recompiles."""
     built: list[GraphedDecoder] = []
 
     def build(model: BabyGPT, batch_size: int, sampling: Sampling, _compile: bool = False) -> GraphedDecoder:
@@ -616,7 +617,7 @@ def sampled_run(
     with pytest.MonkeyPatch.context() as patch:
         if fixed_shape:
             patch.setattr(generation, "graphed_decoder", build)
-        seen = record_logits(patch)
+        seen = [] if compile else record_logits(patch)
         tokens = run(model, prompts, n, sampling, generator=torch.Generator().manual_seed(3))
     assert len(built) == fixed_shape
     return tokens, seen
@@ -638,30 +639,40 @@ def test_fixed_shape_decode_matches_eager_decode(
     model: BabyGPT, prompts: list, compile: bool, sampling: Sampling, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fixed-shape step samples inside the graph: the same tokens from the same uniforms, the penalty's
-    record of seen tokens kept across graph steps, prefills and fresh batches of uniforms."""
+    record of seen tokens kept across graph steps, chunks of steps, prefills and fresh batches of uniforms."""
     monkeypatch.setattr(generation, "DRAWS", 7)  # a fresh batch of uniforms mid-window and right after a prefill
+    monkeypatch.setattr(generation, "CHUNK", 3)  # chunks that the draws, the window and the last token cut short
+    chunks = []
+    run_steps = GraphedDecoder._run
+    monkeypatch.setattr(GraphedDecoder, "_run", lambda self, steps=1: chunks.append(steps) or run_steps(self, steps))
     n = 3 * BLOCK  # inside the window, then past it, where the cache refills its newest half
     eager_tokens, eager_logits = sampled_run(model, prompts, n, fixed_shape=False, sampling=sampling)
     fixed_tokens, fixed_logits = sampled_run(model, prompts, n, fixed_shape=True, compile=compile, sampling=sampling)
+    assert 1 in chunks and 3 in chunks
     assert torch.equal(fixed_tokens, eager_tokens)
+    if compile:
+        return
     assert len(fixed_logits) == len(eager_logits) == n
     for step, (fixed, eager) in enumerate(zip(fixed_logits, eager_logits, strict=True)):
         torch.testing.assert_close(fixed, eager, rtol=1e-5, atol=1e-5, msg=f"step {step}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED, FILTERED])
-def test_cuda_graph_decode_matches_eager_decode_on_a_gpu(sampling: Sampling) -> None:
+@pytest.mark.parametrize(
+    ("sampling", "compile"), [(GREEDY, False), (SAMPLED, False), (FILTERED, False), (FILTERED, True)]
+)
+def test_cuda_graph_decode_matches_eager_decode_on_a_gpu(sampling: Sampling, compile: bool) -> None:
     gpu = make_model(seed=4).cuda()
     n = 3 * BLOCK
 
     def decode(cuda_graph: bool) -> torch.Tensor:
         generator = torch.Generator("cuda").manual_seed(3)
-        return torch.stack(list(stream(gpu, PROMPTS, n, sampling, True, generator, cuda_graph)), dim=1)
+        return torch.stack(list(stream(gpu, PROMPTS, n, sampling, True, generator, cuda_graph, compile)), dim=1)
 
     eager = decode(cuda_graph=False)
     graphed = decode(cuda_graph=True)
-    assert any(generation._DECODERS.get(gpu, {}).values())  # captured, not fallen back to eager
+    (decoder,) = generation._DECODERS[gpu].values()
+    assert set(decoder.graphs) == {1, generation.CHUNK}  # captured, not fallen back to eager
     assert torch.equal(graphed, eager)
 
 
