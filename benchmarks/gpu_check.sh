@@ -15,9 +15,9 @@
 # Steps (each under `timeout`; a failed step does not stop the next ones; all output goes to $OUT; SKIP names
 # steps to leave out):
 #   0 gpu_tests: the tests that need a CUDA device (pytest is in the device image)
-#   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile,
-#     then compiled under CUDA graphs, with and without TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-#   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and a profile of one batch-1 decode;
+#   1 vs_seed: the project against the tutorial's model    2 bench_train.py, eager and compiled, with a profile
+#   3 bench_generate.py --compile: eager, CUDA-graph and compiled decode, and profiles of one batch-1 decode
+#     (graph and compiled);
 #     profile_fit.py: the Lightning loop, compiled, and compiled in mode reduce-overhead (step 2 too)
 #   4 babygpt fit (with FIT_ARGS), then validate (VALIDATE=1) of its best and its last checkpoint, for each of FITS
 #     (validation every VAL_EVERY steps; PARALLEL=1 trains them all at once, for losses, not for speed: five took
@@ -185,10 +185,6 @@ if [ "$TRAIN_COMPILE" = both ]; then  # the same step under CUDA graphs (torch.c
     step train_bench_ro "$T_TRAIN_BENCH" $PY benchmarks/bench_train.py --config "$TRAIN_CONFIG" --device "$DEVICE" \
         --compile --compile-mode reduce-overhead --precision "$PRECISION" "${TRAIN_STEPS[@]}" \
         --out "$OUT/train_ro.json" --profile "$OUT/train_profile_ro.txt"
-    # Again with inductor tuning its kernels' launch configurations (coordinate descent): a longer compile.
-    step train_bench_ro_cdt "$T_TRAIN_BENCH" env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 $PY \
-        benchmarks/bench_train.py --config "$TRAIN_CONFIG" --device "$DEVICE" --compile --compile-mode reduce-overhead \
-        --precision "$PRECISION" "${TRAIN_STEPS[@]}" --out "$OUT/train_ro_cdt.json"
 fi
 
 # --- 3. generation speed: eager, CUDA graph, compiled CUDA graph ---
@@ -358,7 +354,6 @@ summary["vs_seed"] = last_json_line("vs_seed.log")
 summary["train_bench"] = read_json("train.json")
 summary["generate_bench"] = read_json("generate.json")
 summary["train_bench_reduce_overhead"] = read_json("train_ro.json")
-summary["train_bench_reduce_overhead_coordinate_descent"] = read_json("train_ro_cdt.json")
 for profile in sorted(out.glob("profile_fit*.txt")):
     wall = re.search(r"wall: ([0-9.]+) ms/step", profile.read_text())
     mode = profile.stem.removeprefix("profile_fit").lstrip("_") or "eager"
