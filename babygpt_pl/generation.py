@@ -281,10 +281,11 @@ class GraphedDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self.counters[-2:].zero_()  # slot and draw: stay inside the window however small it is
+                self.counters.zero_()  # positions, slot and draw: inside the window however small it is
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
-        for steps in (1, CHUNK) if self.slots.numel() >= CHUNK else (1,):  # a chunk never passes the window
+        # A stream replays a chunk only where its whole room fits before the window's end (at most block_size - 1).
+        for steps in (1, CHUNK) if self.slots.numel() > CHUNK else (1,):
             self.graphs[steps] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graphs[steps]):
                 self.tokens[steps] = self._run(steps)
@@ -416,7 +417,12 @@ def _capture(model: BabyGPT, batch_size: int, sampling: Sampling, compile: bool)
     try:
         with amp_ctx:
             decoder.capture()
-    except Exception as err:  # a speed-up only: say so once and decode eagerly
+    except Exception as err:  # a speed-up only: say so once and go on without it
+        if compile:
+            # E.g. torch.compile's limit of 8 compilations of one function: each model, batch size and sampling
+            # compiles the step anew.
+            warnings.warn(f"compiling the decode step failed, capturing it uncompiled: {err}", stacklevel=3)
+            return _capture(model, batch_size, sampling, compile=False)
         warnings.warn(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}", stacklevel=3)
         return None
     return decoder

@@ -756,6 +756,20 @@ def test_a_failed_capture_warns_once_and_decodes_eagerly(graphs_on_cpu, monkeypa
     assert torch.equal(first, eager) and torch.equal(again, eager)
 
 
+def test_a_failed_compile_captures_the_step_uncompiled(graphs_on_cpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile refuses a 9th compilation of one function (fullgraph): the graph must still be captured."""
+
+    def fail_compiled(self) -> None:
+        if self.step is not generation._decode_next:
+            raise RuntimeError("recompile limit")
+
+    monkeypatch.setattr(GraphedDecoder, "capture", fail_compiled)
+    fresh = make_model(seed=2)
+    with pytest.warns(UserWarning, match="compiling the decode step failed, capturing it uncompiled: recompile limit"):
+        decoder = graphed_decoder(fresh, 1, GREEDY, compile=True)
+    assert decoder is not None and decoder.step is generation._decode_next
+
+
 def test_complete_names_the_unknown_characters_of_every_prompt(model: BabyGPT, tokenizer: CharTokenizer) -> None:
     with pytest.raises(UserError, match=r"2 character\(s\) not in the model's vocabulary: '#%'"):
         complete(model, tokenizer, ["ab#", "cd%"], GenerationConfig(max_new_tokens=2))
