@@ -15,6 +15,7 @@ from babygpt_pl.model import (
     SPLIT_MAX_ROWS,
     BabyGPT,
     ChunkedCrossEntropy,
+    Dropout,
     GPTConfig,
     KVCache,
     Linear,
@@ -207,6 +208,21 @@ def test_attn_dropout_only_in_training() -> None:
     torch.manual_seed(0)
     a = model.train()(idx)[0]
     assert not torch.allclose(a, model.eval()(idx)[0])
+
+
+def test_cpu_dropout_drops_p_of_the_entries_and_scales_the_rest() -> None:
+    drop = Dropout(0.25)
+    x = torch.full((200, 500), 2.0, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept / 0.75)  # the gradient goes through the same mask
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # drawn from the global generator: seeded runs repeat
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x
 
 
 def test_flops_per_token() -> None:
