@@ -146,11 +146,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + ChunkedCrossEntropy.CHUNK)
             hc, yc = h[rows], targets[rows]
             logits = torch.addmm(bias, hc, weight.t(), out=buffer[: hc.size(0)])
-            picked = logits.gather(1, yc[:, None]).squeeze(1)
+            picked = logits.gather(1, yc[:, None])
             top = logits.amax(dim=-1, keepdim=True)
             exp = logits.sub_(top).exp_()
             sums = exp.sum(dim=-1, keepdim=True)
-            total += (sums.log() + top - picked[:, None]).sum()
+            total += (sums.log() + top - picked).sum()
             if grads:  # d(mean CE)/d(logits) = (softmax - one_hot) / n, built in place
                 probs = exp.div_(sums * n)
                 probs[torch.arange(len(yc), device=yc.device), yc] -= 1.0 / n
