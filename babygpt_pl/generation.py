@@ -194,6 +194,12 @@ DRAWS = 64
 CHUNK = 8
 
 
+def _counter_views(counters: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoder's one counter tensor as each row's next position (B, 1), the cache slot (1,) and the uniform
+    draw (1,): views, so that one kernel advances them all."""
+    return counters[:batch, None], counters[batch : batch + 1], counters[batch + 1 :]
+
+
 def _decode_next(
     model: BabyGPT,
     cache: KVCache,
@@ -206,10 +212,8 @@ def _decode_next(
     seen: torch.Tensor | None,
 ) -> torch.Tensor:
     """One fixed-shape decode step and its sample, read from and written back to the decoder's buffers in place:
-    what a CUDA graph captures (and torch.compile fuses). ``counters`` holds each row's next position, then the
-    cache slot, then the uniform draw, so that one kernel advances them all."""
-    batch = idx.size(0)
-    positions, slot, draw = counters[:batch, None], counters[batch : batch + 1], counters[batch + 1 :]
+    what a CUDA graph captures (and torch.compile fuses). ``counters``: see :func:`_counter_views`."""
+    positions, slot, draw = _counter_views(counters, idx.size(0))
     # Additive, made once per step: a boolean mask would be converted again in every layer's attention.
     mask = torch.zeros_like(valid, dtype=cache.kv[0].dtype)
     mask.masked_fill_(~(valid & (slots <= slot)), float("-inf"))
@@ -241,7 +245,8 @@ class GraphedDecoder:
         for kv in self.cache.kv:
             kv.zero_()
         self.idx = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)
-        self.counters = torch.zeros(batch_size + 2, dtype=torch.long, device=p.device)  # see _decode_next
+        self.counters = torch.zeros(batch_size + 2, dtype=torch.long, device=p.device)
+        self.positions, self.slot, self.draw = _counter_views(self.counters, batch_size)
         self.valid = torch.ones(batch_size, 1, 1, window, dtype=torch.bool, device=p.device)  # False: padding
         self.slots = torch.arange(window, device=p.device)
         self.sampling = sampling
@@ -260,14 +265,6 @@ class GraphedDecoder:
         self.tokens: dict[int, torch.Tensor] = {}  # steps replayed -> the (steps, B) tokens the graph writes
         self.pending: list[torch.Tensor] = []  # tokens of the last replay not handed out yet, the next one last
         self.busy = False  # one stream at a time uses the cache
-
-    @property
-    def slot(self) -> torch.Tensor:
-        return self.counters[-2:-1]
-
-    @property
-    def draw(self) -> torch.Tensor:
-        return self.counters[-1:]
 
     def _run(self, steps: int = 1) -> torch.Tensor:
         """``steps`` decode steps in a row: their tokens, (steps, B)."""
@@ -293,8 +290,7 @@ class GraphedDecoder:
     def load(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Set up after a prefill of ``valid.size(1)`` slots: ``positions`` (B, 1) are the next token's, and
         ``valid`` (B, slots) is False on the slots that hold padding."""
-        batch = positions.size(0)
-        self.counters[:batch].copy_(positions[:, 0])
+        self.positions.copy_(positions)
         self.slot.fill_(valid.size(1))
         _mark_padding(self.valid, valid)
         self.pending.clear()
