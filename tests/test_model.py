@@ -210,19 +210,28 @@ def test_attn_dropout_only_in_training() -> None:
     assert not torch.allclose(a, model.eval()(idx)[0])
 
 
-def test_cpu_dropout_drops_p_of_the_entries_and_scales_the_rest() -> None:
-    drop = Dropout(0.25)
-    x = torch.full((200, 500), 2.0, requires_grad=True)
+@pytest.mark.parametrize(("p", "shape"), [(0.25, (200, 500)), (0.3, (3, 7, 4763))])  # 4763: numel % 4 == 1
+def test_cpu_dropout_drops_p_of_the_entries_and_scales_the_rest(p: float, shape: tuple[int, ...]) -> None:
+    drop = Dropout(p)
+    x = torch.full(shape, 2.0, requires_grad=True)
     torch.manual_seed(0)
     y = drop(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.75) < 0.01
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / 0.75))
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    scale = 65536 / (65536 - round(p * 65536))  # 1 / the keep probability as drawn (p to 16 bits)
+    assert abs(scale * (1 - p) - 1) < 1e-5
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 * scale), rtol=0, atol=0)
     y.sum().backward()
-    torch.testing.assert_close(x.grad, kept / 0.75)  # the gradient goes through the same mask
+    torch.testing.assert_close(x.grad, kept * scale, rtol=0, atol=0)  # the gradient goes through the same mask
     torch.manual_seed(0)
     assert torch.equal(drop(x), y)  # drawn from the global generator: seeded runs repeat
+    assert not torch.equal(drop(x), y)
     assert drop.eval()(x) is x and Dropout(0.0)(x) is x
+
+
+def test_cpu_dropout_with_p_near_one_is_torch_dropout() -> None:
+    torch.manual_seed(0)
+    assert Dropout(1 - 1e-6)(torch.ones(1000)).count_nonzero() <= 1  # 16 bits would round p to 1
 
 
 def test_flops_per_token() -> None:
