@@ -34,6 +34,8 @@ def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads((tmp_path / "t.json").read_text())
     assert figures["eager_tokens_per_s"] > 0 and figures["eager_s_per_step"] > 0
+    assert figures["peak_flops_source"].startswith("measured") and figures["peak_flops"] > 1e8
+    assert 0 < figures["eager_mfu"] < 1, "the step's rate against the matrix product's, measured on this CPU"
 
 
 @pytest.mark.parametrize(
@@ -43,6 +45,7 @@ def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
         ("bench_generate.py", ["--window-tokens=10"], "--window-tokens must pass the window"),
         ("bench_generate.py", ["--out=."], "--out . is a directory"),
         ("bench_train.py", ["--steps=-2"], "argument --steps: must be >= 1, got -2"),
+        ("bench_train.py", ["--cpu-peak-gflops=0"], "--cpu-peak-gflops must be > 0, got 0"),
         ("bench_train.py", ["--config=nope.yaml"], "--config nope.yaml is not a file"),
     ],
 )
