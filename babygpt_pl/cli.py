@@ -323,6 +323,7 @@ class OneLineErrorParser(LightningArgumentParser):
 
 class BabyGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        self.argv = sys.argv[1:] if args is None else list(args)  # what was given, for _given
         super().__init__(
             BabyGPTModule,
             CiDataModule,
@@ -447,12 +448,19 @@ class BabyGPTCLI(LightningCLI):
         the default) that the checkpoint does not have would be silently replaced."""
         saved, model = self.checkpoint["hyper_parameters"], self.config[self.config.subcommand].model
         defaults = inspect.signature(BabyGPTModule).parameters
-        asked = [k for k in _WEIGHTS if _plain(model[k]) != _plain(defaults[k].default)]
+        asked = [k for k in _WEIGHTS if self._given(f"model.{k}") or _plain(model[k]) != _plain(defaults[k].default)]
         if wrong := ", ".join(_differences(saved, model, asked)):
             raise UserError(
                 f"checkpoint {path} has {wrong}: the checkpoint decides the model here, so drop those "
                 "--model options (or the config file that sets them)"
             )
+
+    def _given(self, dotted: str) -> bool:
+        """Whether the command line or a --config file sets ``dotted`` (e.g. "model.n_layer"), even to its default:
+        the parsed config cannot tell such a value from one left out."""
+        flag = f"--{dotted}"
+        on_the_line = any(arg == flag or arg.startswith(f"{flag}=") for arg in self.argv)
+        return on_the_line or any(_holds_key(c, dotted) for c in OneLineErrorParser.config_files.values())
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         if not self._get(self.config_init, "trainer", {}).get("plugins"):

@@ -666,6 +666,18 @@ def test_model_options_a_checkpoint_overrides_are_refused(tmp_path, monkeypatch,
     assert "has n_layer=1 (this run: 3): the checkpoint decides the model here" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("where", ["line", "config"])
+def test_a_model_option_given_at_its_default_is_refused_too(tmp_path, monkeypatch, capsys, checkpoint, corpus, where):
+    """n_layer 6 is the default: the parsed config alone cannot tell it was asked for."""
+    given = ["--model.n_layer=6"]
+    if where == "config":
+        (tmp_path / "six.yaml").write_text("model:\n  n_layer: 6\n")
+        given = ["--config=six.yaml"]
+    args = ["predict", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *given]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert "has n_layer=1 (this run: 6): the checkpoint decides the model here" in one_error_line(capsys)
+
+
 def test_validate_with_another_optimizer_setting_runs(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
     """The optimizer shapes a resumed run's state, not the weights: validate need not refuse it."""
     monkeypatch.chdir(tmp_path)
