@@ -444,8 +444,8 @@ class BabyGPTCLI(LightningCLI):
             )
 
     def _check_model_options(self, path: str) -> None:
-        """Outside fit the checkpoint decides the model: a model setting this run asks for (one that is not
-        the default) that the checkpoint does not have would be silently replaced."""
+        """Outside fit the checkpoint decides the model: a model setting this run asks for (given, or set to
+        other than its default) that the checkpoint does not have would be silently replaced."""
         saved, model = self.checkpoint["hyper_parameters"], self.config[self.config.subcommand].model
         defaults = inspect.signature(BabyGPTModule).parameters
         asked = [k for k in _WEIGHTS if self._given(f"model.{k}") or _plain(model[k]) != _plain(defaults[k].default)]
