@@ -177,7 +177,10 @@ def write_profile(model: BabyGPT, opt: torch.optim.Optimizer, args: argparse.Nam
     report(f"# one {tag} training step, {args.config}, batch {batch}, {args.precision}\n{table}\n", args.profile)
 
 
-def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compiled: bool) -> dict[str, Any]:
+def bench(
+    args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compiled: bool, peak: float | None
+) -> dict[str, Any]:
+    """One mode's figures; MFU against ``peak`` FLOP/s (None: no MFU)."""
     tag = "compiled" if compiled else "eager"
     model, opt = build(args, model_cfg)
     if compiled:
@@ -194,12 +197,11 @@ def bench(args: argparse.Namespace, model_cfg: dict[str, Any], batch: int, compi
         return {f"{tag}_error": f"{type(err).__name__}: {str(err)[:500]}"}
     step = total / args.steps
     tokens_per_s = batch * model.config.block_size / step
-    flops, _ = peak_flops(args)
     out = {
         f"{tag}_s_per_step": step,
         f"{tag}_first_step_s": first,
         f"{tag}_tokens_per_s": tokens_per_s,
-        f"{tag}_mfu": model.flops_per_token() * tokens_per_s / flops if flops else None,
+        f"{tag}_mfu": model.flops_per_token() * tokens_per_s / peak if peak else None,
         f"{tag}_peak_mib": peak_memory_mib(args.device),
         f"{tag}_final_loss": loss,
     }
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     del probe
     modes = {"eager": [False], "compiled": [True], "both": [False, True]}[args.compile]
     for compiled in modes:
-        res.update(bench(args, model_cfg, batch, compiled))
+        res.update(bench(args, model_cfg, batch, compiled, flops))
     if "eager_s_per_step" in res and "compiled_s_per_step" in res:
         res["compile_speedup"] = res["eager_s_per_step"] / res["compiled_s_per_step"]
     print_table(f"train: {res['device_name']}, torch {res['torch']}", list(res.items()))

@@ -36,6 +36,8 @@ def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
     assert figures["eager_tokens_per_s"] > 0 and figures["eager_s_per_step"] > 0
     assert figures["peak_flops_source"].startswith("measured") and figures["peak_flops"] > 1e8
     assert 0 < figures["eager_mfu"] < 1, "the step's rate against the matrix product's, measured on this CPU"
+    mfu = figures["flops_per_token"] * figures["eager_tokens_per_s"] / figures["peak_flops"]
+    assert figures["eager_mfu"] == pytest.approx(mfu)  # against the peak the output names, not another measurement
 
 
 @pytest.mark.parametrize(
