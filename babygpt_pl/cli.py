@@ -99,10 +99,12 @@ class Trainer(L.Trainer):
     """Lightning's Trainer plus ``chat``: LightningCLI's subcommands must be Trainer methods."""
 
     def chat(self, model: BabyGPTModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None):
-        """Generate interactively: type a prompt and the continuation streams out; an empty line exits."""
-        if ckpt_path is None:
-            raise UserError("chat needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
-        load_weights(model, ckpt_path)
+        """Generate interactively: type a prompt and the continuation streams out; an empty line exits.
+
+        ``ckpt_path``: the checkpoint whose weights to load first; None chats with the model's weights as they are
+        (`babygpt chat` has loaded its --ckpt_path by then, from the one read that also checked the file)."""
+        if ckpt_path is not None:
+            load_weights(model, ckpt_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         refused = chat_loop(model.model.to(device), model.tokenizer, model.generation)
         if refused and not sys.stdin.isatty():  # a script's input: its exit status must tell that prompts failed
@@ -353,8 +355,10 @@ class BabyGPTCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self._resolve_ckpt_path(subcommand) if subcommand else None
         checkpoint = check_checkpoint(path) if path and path not in ("last", *_FIT_ONLY_CKPT) else {}
-        # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own).
+        # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own);
+        # chat's weights, which nothing else loads.
         kept = ("hyper_parameters", "wandb_run_id", "global_step", CiDataModule.__qualname__)
+        kept += ("state_dict",) if subcommand == "chat" else ()
         self.checkpoint = {k: checkpoint[k] for k in kept if k in checkpoint}
         if subcommand != "fit" and self.checkpoint:
             self._check_model_options(path)
@@ -609,6 +613,9 @@ class BabyGPTCLI(LightningCLI):
             if isinstance(logger, WandbLogger):
                 spare_wandb_warnings(logger)
         self.model.generation = self._get(self.config_init, "generation")
+        if self.subcommand == "chat":  # the weights read in _parse_ckpt_path: not a second read of the file
+            self.model.load_state_dict(self.checkpoint.pop("state_dict"))
+            self.config_init.chat.ckpt_path = None
         if self.subcommand == "predict":
             self.trainer.callbacks.insert(0, PredictionPrinter())
 

@@ -17,6 +17,7 @@ import torch
 from cli_helper import babygpt_cmd, babygpt_env
 
 from babygpt_pl import chat as chat_module
+from babygpt_pl import cli as cli_module
 from babygpt_pl.chat import chat_loop
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig, complete
@@ -112,6 +113,25 @@ def tiny_checkpoint(folder: Path, corpus: Path) -> Path:
     ckpt = folder / "m.ckpt"
     trainer.save_checkpoint(ckpt)
     return ckpt
+
+
+def test_the_chat_command_reads_its_checkpoint_once(tmp_path: Path, corpus: Path, monkeypatch) -> None:
+    ckpt = tiny_checkpoint(tmp_path, corpus)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    saved = checkpoint["state_dict"]
+    for value in saved.values():
+        value += 0.5  # unlike any model's initial weights
+    torch.save(checkpoint, ckpt)
+    reads, chatted = [], []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args[0]) or load(*args, **kwargs))
+    monkeypatch.setattr(cli_module, "chat_loop", lambda model, *args: chatted.append(model) or 0)
+    monkeypatch.chdir(tmp_path)
+    cli_module.main(["chat", f"--ckpt_path={ckpt}"])
+    assert len(reads) == 1
+    [model] = chatted
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[f"model.{key}"]), key  # the checkpoint's weights, not the module's init
 
 
 @pytest.mark.slow
