@@ -35,6 +35,7 @@ from benchutil import (  # noqa: E402
     report,
     reset_peak,
     sync,
+    timed,
     write_json,
 )
 
@@ -109,13 +110,7 @@ MATMUL_SIZE = 2048
 def matmul_flops(size: int = MATMUL_SIZE, reps: int = 3) -> float:
     """The best FLOP/s of ``reps`` fp32 (size x size) @ (size x size) products on torch's CPU threads."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up: MKL's buffers and threads
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return 2 * size**3 / min(timed(lambda: a @ b, "cpu", reps))  # after a warm-up: MKL's buffers and threads
 
 
 def peak_flops(args: argparse.Namespace) -> tuple[float | None, str]:
