@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
 from babygpt_pl.errors import warn as warn_user
-from babygpt_pl.model import BabyGPT, KVCache, Linear
+from babygpt_pl.model import BabyGPT, KVCache, Linear, packing_available
 from babygpt_pl.tokenizer import CharTokenizer, OOVPolicy
 
 
@@ -345,47 +345,55 @@ def graphed_decoder(
     return None if decoder is None or decoder.busy else decoder
 
 
-# Re-laying the weights there and back (45-95 ms at the seed shape) costs what batch 1 saves in 20-45 tokens.
-_RELAYOUT_MIN_TOKENS = 32
+# The widening weights' column-major copies (26 ms to make at the seed shape, 11 to check a kept one) cost what
+# batch 1 saves in 5-20 tokens; packing the weights for oneDNN (~30 ms) about what batch 4 saves in 10.
+_LAYOUT_MIN_TOKENS = 32
+
+# From this many rows a decode step's products run faster with oneDNN's packed weights than split over the threads
+# (whole generations on the 2-core EPYC, tokens/s packed against split: batch 2 195 / 202, batch 4 356 / 279,
+# batch 64 1,463 / 1,339, batch 128 1,688 / 1,476).
+_PACK_MIN_ROWS = 4
 
 
 @contextlib.contextmanager
-def _cpu_decode_layout(model: BabyGPT, new_tokens: int) -> Iterator[None]:
-    """Lay the weights out for decoding while a CPU stream runs, and back after (even on an early close).
+def _cpu_decode_layout(model: BabyGPT, new_tokens: int, batch: int = 1) -> Iterator[None]:
+    """Set the model's Linears up for decoding ``batch`` rows while a CPU stream runs, and back after (even on an
+    early close). The parameters themselves are never touched.
 
-    A decode step reads every weight once per token, so it is bound by how fast the weights stream from memory:
+    A decode step reads every weight once per token, so at a small batch it is bound by how fast the weights
+    stream from memory:
     - every Linear splits its few-row products across the threads (:meth:`babygpt_pl.model.Linear.split`);
-    - the widening weights (more outputs than inputs: QKV, MLP up, head) are held column-major, the layout in
-      which MKL streams them ~2x faster in a matrix-vector product (training keeps row-major, its faster one).
+    - the widening weights (more outputs than inputs: QKV, MLP up, head) are read from column-major copies
+      (:meth:`babygpt_pl.model.Linear.column_major_weight`), for a stream of at least :data:`_LAYOUT_MIN_TOKENS`.
     Together a batch-1 decode step ran 1.55x faster (README, "Performance"; bench_generate.py's decode_plain
-    rows). The weights' values never change (products may differ in the last bits). Not for two threads
-    decoding one model at once: they share its weights.
+    rows). From :data:`_PACK_MIN_ROWS` rows every Linear multiplies with a oneDNN copy of its weight instead
+    (:meth:`babygpt_pl.model.Linear.pack`), where it is available and the weights are fp32 without autocast.
+    Products may differ in the last bits. Not for two threads decoding one model at once: they share its Linears.
     """
-    if next(model.parameters()).device.type != "cpu":
+    p = next(model.parameters())
+    if p.device.type != "cpu":
         yield
         return
     linears = [m for m in model.modules() if isinstance(m, Linear)]
-    moved = []
+    long = new_tokens >= _LAYOUT_MIN_TOKENS
+    pack = (
+        long
+        and batch >= _PACK_MIN_ROWS
+        and p.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and packing_available()
+    )
     try:
-        if new_tokens >= _RELAYOUT_MIN_TOKENS:
-            for m in linears:
-                if m.out_features > m.in_features and m.weight.is_contiguous():  # not one another stream holds
-                    _relayout(m.weight, column_major=True)
-                    moved.append(m.weight)
         for m in linears:
-            m.split(torch.get_num_threads())
+            if pack:
+                m.pack(batch)
+            else:
+                m.split(torch.get_num_threads(), column_major=long and m.out_features > m.in_features)
         yield
     finally:
         for m in linears:
+            m.pack(None)
             m.split(1)
-        for w in moved:
-            _relayout(w, column_major=False)
-
-
-def _relayout(param: torch.Tensor, column_major: bool) -> None:
-    # In the parameter's own mode: one made under inference_mode must hold an inference tensor, any other not.
-    with torch.inference_mode(param.is_inference()), torch.no_grad():
-        param.data = param.data.t().contiguous().t() if column_major else param.data.contiguous()
 
 
 @contextlib.contextmanager
@@ -478,7 +486,7 @@ def stream(
             decoder.load(positions[:, -1:] + 1, valid[:, -keep:])
         return logits, positions[:, -1:], mask is not None
 
-    with _cpu_decode_layout(model, max_new_tokens), _held(decoder):
+    with _cpu_decode_layout(model, max_new_tokens, len(rows)), _held(decoder):
         filled = min(window, tokens.size(1))  # cache slots in use
         logits, row_pos, padded = prefill(filled)
         new: list[torch.Tensor] = []  # tokens since the last prefill

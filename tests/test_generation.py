@@ -23,7 +23,7 @@ from babygpt_pl.generation import (
     sample_next,
     stream,
 )
-from babygpt_pl.model import BabyGPT, GPTConfig, KVCache, Linear
+from babygpt_pl.model import BabyGPT, GPTConfig, KVCache, Linear, packing_available
 from babygpt_pl.tokenizer import CharTokenizer
 
 VOCAB = list(" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV")
@@ -102,29 +102,33 @@ def test_cached_and_uncached_greedy_agree(model: BabyGPT, prompt_len: int) -> No
     assert len(set(cached[:, prompt_len:].flatten().tolist())) > 1  # not a constant output
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize(
+    ("use_cache", "rows"),
+    [(True, 1), (False, 1), (True, generation._PACK_MIN_ROWS)],  # 1 row: split products; more: oneDNN's (if built)
+)
 def test_stream_logits_match_full_forward_each_step(
-    model: BabyGPT, monkeypatch: pytest.MonkeyPatch, use_cache: bool
+    model: BabyGPT, monkeypatch: pytest.MonkeyPatch, use_cache: bool, rows: int
 ) -> None:
     logits_seen = record_logits(monkeypatch)
-    prompt = [4, 9, 17]
+    prompts = [[4, 9, 17], [5, 9, 17], [30, 2, 8], [1, 1, 1]][:rows]
     n = 3 * BLOCK
-    out = run(model, [prompt], n, use_cache=use_cache)[0].tolist()
+    out = run(model, prompts, n, use_cache=use_cache).tolist()
     assert len(logits_seen) == n
-    tokens = prompt + out
-    start = 0
-    with torch.no_grad():
-        for step, got in enumerate(logits_seen):
-            end = len(prompt) + step  # tokens[:end] is the context of this step
-            if use_cache:
-                # Documented: when the cache is full, its newest half window is prefilled again at positions 0..
-                if end - start > BLOCK:
-                    start = end - BLOCK // 2
-            else:
-                start = max(0, end - BLOCK)  # the tutorial's crop
-            expected = model(torch.tensor([tokens[start:end]]))[0][:, -1]
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"step {step}")
-    assert start > 0  # the test went past the window
+    for row, prompt in enumerate(prompts):
+        tokens = prompt + out[row]
+        start = 0
+        with torch.no_grad():
+            for step, got in enumerate(logits_seen):
+                end = len(prompt) + step  # tokens[:end] is the context of this step
+                if use_cache:
+                    # Documented: when the cache is full, its newest half window is prefilled again at positions 0..
+                    if end - start > BLOCK:
+                        start = end - BLOCK // 2
+                else:
+                    start = max(0, end - BLOCK)  # the tutorial's crop
+                expected = model(torch.tensor([tokens[start:end]]))[0][0, -1]
+                torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-5, msg=f"row {row} step {step}")
+        assert start > 0  # the test went past the window
 
 
 def test_cache_logits_inside_window_equal_full_forward(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,44 +180,71 @@ def test_generate_past_the_window(model: BabyGPT, use_cache: bool) -> None:
     assert torch.equal(out[:, :3], prompt)
 
 
-def test_cpu_decoding_lays_out_the_weights_and_restores_them(two_threads) -> None:
+def test_cpu_decoding_sets_up_the_linears_and_restores_them(two_threads) -> None:
     model = make_model()
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rows = model.config.padded_vocab_size
+    short = stream(model, [[3, 4]], 4, GREEDY)
+    next(short)
+    assert model.head.blocks[0].stride() == (rows // 2 * 32, 1, 32)  # a few tokens would not pay for the copies
+    assert all(m.kept_column_major is None for m in linears)
+    short.close()
     gen = stream(model, [[3, 4]], 40, GREEDY)
     try:
         next(gen)
-        widening = [model.blocks[0].attn.qkv.weight, model.blocks[0].mlp.fc.weight, model.head.weight]
-        assert all(w.stride() == (1, w.size(0)) for w in widening)  # column-major while the stream runs
-        assert model.blocks[0].mlp.proj.weight.is_contiguous()  # narrowing ones stay row-major
         assert all(m.blocks[0].size(0) == 2 for m in linears)  # products split over the 2 threads
-        rows = model.config.padded_vocab_size
-        assert model.head.blocks[0].stride() == (rows // 2, rows, 1)  # views of the column-major weight
+        widening = [model.blocks[0].attn.qkv, model.blocks[0].mlp.fc, model.head]
+        assert all(m.blocks[0].data_ptr() == m.kept_column_major.data_ptr() for m in widening)  # read from copies
+        assert model.head.blocks[0].stride() == (rows // 2, rows, 1)  # views of the column-major copy
+        narrowing = model.blocks[0].mlp.proj
+        assert narrowing.kept_column_major is None and narrowing.blocks[0].data_ptr() == narrowing.weight.data_ptr()
     finally:
-        gen.close()  # an early stop restores the layout too
-    assert all(m.blocks is None for m in linears)
+        gen.close()  # an early stop restores the Linears too
+    assert all(m.blocks is None and m.packed is None for m in linears)
     assert all(p.is_contiguous() and not p.is_inference() for p in model.parameters())
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     model.train()(torch.tensor([[3, 4, 5]]), torch.tensor([[4, 5, 6]]))[1].backward()  # still trainable
-    short = stream(model.eval(), [[3, 4]], 4, GREEDY)
-    next(short)
-    assert model.head.weight.is_contiguous()  # a few tokens would not pay for the re-layout
+
+
+def test_a_kept_column_major_copy_follows_the_weight(two_threads) -> None:
+    model = make_model()
+    head = model.head
+    with torch.inference_mode():
+        first = generate(model, torch.tensor([[3, 4]]), 40, temperature=0)
+        kept = head.kept_column_major
+        assert torch.equal(kept, head.weight) and kept.stride() == (1, head.out_features)
+        assert generate(model, torch.tensor([[3, 4]]), 40, temperature=0).equal(first)
+        assert head.kept_column_major is kept  # unchanged weights: the copy is reused
+    head.weight.data[:V] = head.weight.data[:V].flip(0)  # through .data: the version counter does not move
+    with torch.inference_mode():
+        changed = generate(model, torch.tensor([[3, 4]]), 40, temperature=0)
+        reference = generate(model, torch.tensor([[3, 4]]), 40, temperature=0, use_cache=False)
+    assert head.kept_column_major is not kept and torch.equal(head.kept_column_major, head.weight)
+    inside = slice(None, BLOCK + 1)  # past the window the two ways differ by design
+    assert torch.equal(changed[:, inside], reference[:, inside]) and not torch.equal(changed, first)
 
 
 @pytest.mark.parametrize("tie_weights", [False, True])
-@pytest.mark.parametrize("new_tokens", [4, 40])  # without and with the column-major weights
-def test_cpu_decode_layout_keeps_the_logits(two_threads, tie_weights: bool, new_tokens: int) -> None:
+@pytest.mark.parametrize(
+    ("new_tokens", "batch"),
+    [(4, 1), (40, 1), (4, generation._PACK_MIN_ROWS), (40, generation._PACK_MIN_ROWS)],  # (40, many): oneDNN
+)
+def test_cpu_decode_layout_keeps_the_logits(two_threads, tie_weights: bool, new_tokens: int, batch: int) -> None:
     model = make_model(tie_weights=tie_weights)
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
     idx = torch.tensor([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    packs = new_tokens >= generation._LAYOUT_MIN_TOKENS and batch > 1 and packing_available()
     with torch.inference_mode():
         plain, plain_one = model(idx)[0], model(idx[:1, -1:])[0]
-        with generation._cpu_decode_layout(model, new_tokens):
-            assert all(m.blocks is not None for m in model.modules() if isinstance(m, Linear))  # split on
+        with generation._cpu_decode_layout(model, new_tokens, batch):
+            assert all((m.packed is not None) == packs and (m.blocks is None) == packs for m in linears)
             laid_out, laid_out_one = model(idx)[0], model(idx[:1, -1:])[0]  # 12 rows a product, then 1
         after = model(idx)[0]
     torch.testing.assert_close(laid_out, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(laid_out_one, plain_one, rtol=1e-5, atol=1e-5)
     assert torch.equal(after, plain)  # the plain products again once the stream is over
+    assert all(m.blocks is None and m.packed is None for m in linears)
 
 
 def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:
@@ -222,7 +253,7 @@ def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:
         model = make_model()
         first = generate(model, torch.tensor([[3, 4]]), 5, temperature=0)
         again = generate(model, torch.tensor([[3, 4]]), 5, temperature=0)
-    assert torch.equal(first, again) and model.head.weight.is_inference() and model.head.weight.is_contiguous()
+    assert torch.equal(first, again) and model.head.weight.is_inference()
 
 
 def test_cache_and_no_cache_differ_only_after_the_window(model: BabyGPT) -> None:

@@ -1,4 +1,4 @@
-"""Tests for babygpt_pl.model: config checks, shapes, loss, padded vocabulary, weight tying, split Linear, KV cache."""
+"""Tests for babygpt_pl.model: config, shapes, loss, padded vocab, tied weights, split or packed Linear, KV cache."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from babygpt_pl.model import (
     KVCache,
     Linear,
     _attend_one,
+    packing_available,
 )
 
 VOCAB = 50
@@ -301,6 +302,27 @@ def test_split_linear_falls_back_to_plain_products(monkeypatch) -> None:
         torch.testing.assert_close(lin(many[:1]), F.linear(many[:1], lin.weight, lin.bias), rtol=0, atol=0)
     assert not calls
     assert list(lin.state_dict()) == ["weight", "bias"]  # checkpoints are nn.Linear's
+
+
+@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_matches_plain_linear_and_keeps_gradients(bias: bool) -> None:
+    torch.manual_seed(0)
+    lin = Linear(24, 36, bias=bias)
+    x = torch.randn(5, 3, 24)
+    with torch.no_grad():
+        expected = F.linear(x, lin.weight, lin.bias)
+        lin.pack(15)
+        assert lin.packed is not None
+        torch.testing.assert_close(lin(x), expected, rtol=1e-5, atol=1e-5)
+        lin.weight.mul_(2)  # a copy: the packed weight stays as it was until packed again
+        torch.testing.assert_close(lin(x), expected, rtol=1e-5, atol=1e-5)
+    lin(x).sum().backward()  # a gradient: plain F.linear, with the weight as it is now
+    torch.testing.assert_close(lin.weight.grad, x.reshape(-1, 24).sum(0).expand(36, 24))
+    lin.pack(None)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=0, atol=0)
+    assert list(lin.state_dict()) == (["weight", "bias"] if bias else ["weight"])
 
 
 # --- KV cache -----------------------------------------------------------------------------------------------------
