@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from babygpt_pl.errors import UserError
 from babygpt_pl.errors import warn as warn_user
@@ -129,15 +128,18 @@ def sample_next(
         return logits.argmax(dim=-1)
     # Relative to each row's best: a tiny temperature (or penalty) then sends the others to -inf, greedy's limit,
     # where the best's own score would overflow to inf, and inf - inf is NaN.
+    # The clamp is this function's own copy: every step after it works in place.
     logits = logits.clamp(max=torch.finfo(logits.dtype).max)
-    logits = logits - logits.max(dim=-1, keepdim=True).values
+    logits.sub_(logits.max(dim=-1, keepdim=True).values)
     if sampling.temperature != 1:
-        logits = logits / sampling.temperature
+        logits.div_(sampling.temperature)
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
+        logits.masked_fill_(logits < kth, float("-inf"))
+    # Not normalised (the best token's is 1): the draw below scales by each row's total instead, one pass less.
+    probs = logits.exp_()
     if sampling.top_p is not None and sampling.top_p < 1:
+        probs.div_(probs.sum(dim=-1, keepdim=True))
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p, 0.0)
