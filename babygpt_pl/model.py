@@ -105,17 +105,32 @@ class Linear(nn.Linear):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._drop_decode_state()
+
+    def _drop_decode_state(self) -> None:
         # Always in the instance's dict: a compiled model guards on them, and would recompile when they appeared.
         self.blocks: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.packed: torch.Tensor | None = None
         self.kept_column_major: torch.Tensor | None = None
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .half(), .cuda() give the weight new storage: the views and copies of the old one would go stale.
+        self._drop_decode_state()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        # Not pickled nor deep-copied (torch.save(model), Lightning's weight averaging): views and copies, remade.
+        state = dict(self.__dict__)
+        state.update(blocks=None, packed=None, kept_column_major=None)
+        return state
 
     def split(self, n: int, column_major: bool = False) -> None:
         """Compute products of at most SPLIT_MAX_ROWS rows as ``n`` blocks of weight rows (1 and not column-major:
         plain F.linear).
 
         The blocks are views of the weight as it is now (call again after replacing its storage; in-place updates
-        are seen), or with ``column_major`` of :meth:`column_major_weight`.
+        are seen), or with ``column_major`` of :meth:`column_major_weight` (a copy: in-place updates are not seen
+        until the next call).
         """
         n = math.gcd(self.out_features, n)
         if n == 1 and not column_major:
@@ -131,25 +146,23 @@ class Linear(nn.Linear):
         (memory for the weight twice) and made again only when it no longer equals the weight: comparing the two
         took 11 ms for the seed shape's widening weights, copying them 26 ms."""
         weight, copy = self.weight.detach(), self.kept_column_major
-        same_kind = copy is not None and (copy.shape, copy.dtype, copy.device) == (
-            weight.shape,
-            weight.dtype,
-            weight.device,
-        )
-        if not (same_kind and torch.equal(copy, weight)):
+        kind = (weight.shape, weight.dtype, weight.device)
+        if copy is None or (copy.shape, copy.dtype, copy.device) != kind or not torch.equal(copy, weight):
             copy = self.kept_column_major = weight.t().contiguous().t()
         return copy
 
     def pack(self, rows: int | None) -> None:
-        """Compute every product without a gradient with a oneDNN copy of the weight laid out for about ``rows``
-        rows (None: drop it). A copy: pack again after changing the weight."""
+        """Compute the products without a gradient of inputs of the weight's dtype, outside autocast, with a oneDNN
+        copy of the weight laid out for about ``rows`` rows (None: drop it). A copy: pack again after changing the
+        weight."""
         self.packed = None if rows is None else torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():  # blocks or a copy made under inference_mode would pass no gradient back
             return F.linear(x, self.weight, self.bias)
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        packed = self.packed
+        if packed is not None and x.dtype == packed.dtype and not torch.is_autocast_enabled(x.device.type):
+            return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         blocks = self.blocks
         if blocks is None or x.numel() > SPLIT_MAX_ROWS * self.in_features:
             return F.linear(x, self.weight, self.bias)
@@ -160,10 +173,12 @@ class Linear(nn.Linear):
 
 
 def packing_available() -> bool:
-    """Whether this torch build has the oneDNN ops :meth:`Linear.pack` uses."""
+    """Whether this torch build has the oneDNN ops :meth:`Linear.pack` uses, and they are not turned off
+    (``torch.backends.mkldnn.flags(enabled=False)``)."""
     ops = torch.ops.mkldnn
     return (
         torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
     )

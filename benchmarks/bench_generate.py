@@ -7,8 +7,9 @@
 
 On a CPU the cached decode also runs without the decode layout (``decode_plain``: nn.Linear's row-major weights
 and MKL's products), to show what splitting the products over the threads and reading the widening weights
-column-major (batch 1 to 3), or oneDNN's packed weights (from batch 4), gain. On a GPU the cached decode runs three ways: eager (``cuda_graph=False``), replayed from a
-CUDA graph (the default) and, with ``--compile``, from a CUDA graph of the torch.compile'd step.
+column-major (batch 1 to 3), or oneDNN's packed weights (from batch 4), gain. On a GPU the cached decode runs
+three ways: eager (``cuda_graph=False``), replayed from a CUDA graph (the default) and, with ``--compile``, from a
+CUDA graph of the torch.compile'd step.
 
 Every time is the median of ``--rounds`` runs after one warm-up, under torch.inference_mode with the model in
 eval mode. Weights are random: speed does not depend on them (sampling is at temperature 1 over the full vocab).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import warnings
 import weakref
@@ -234,7 +235,7 @@ def test_cpu_decode_layout_keeps_the_logits(two_threads, tie_weights: bool, new_
     model = make_model(tie_weights=tie_weights)
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     idx = torch.tensor([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
-    packs = new_tokens >= generation._LAYOUT_MIN_TOKENS and batch > 1 and packing_available()
+    packs = new_tokens >= generation._LAYOUT_MIN_TOKENS and batch >= generation._PACK_MIN_ROWS and packing_available()
     with torch.inference_mode():
         plain, plain_one = model(idx)[0], model(idx[:1, -1:])[0]
         with generation._cpu_decode_layout(model, new_tokens, batch):
@@ -245,6 +246,29 @@ def test_cpu_decode_layout_keeps_the_logits(two_threads, tie_weights: bool, new_
     torch.testing.assert_close(laid_out_one, plain_one, rtol=1e-5, atol=1e-5)
     assert torch.equal(after, plain)  # the plain products again once the stream is over
     assert all(m.blocks is None and m.packed is None for m in linears)
+
+
+def test_onednn_turned_off_is_respected(two_threads) -> None:
+    model = make_model()
+    off = torch.backends.mkldnn.flags(enabled=False)
+    with off, torch.inference_mode(), generation._cpu_decode_layout(model, 40, generation._PACK_MIN_ROWS):
+        assert model.head.packed is None and model.head.blocks is not None  # the split instead
+
+
+def test_the_decode_state_is_not_copied_or_moved_with_the_model(two_threads) -> None:
+    model = make_model()
+    with torch.inference_mode():
+        generate(model, torch.tensor([[3, 4]]), 40, temperature=0)
+        with generation._cpu_decode_layout(model, 40, generation._PACK_MIN_ROWS if packing_available() else 1):
+            twin = copy.deepcopy(model)
+    assert model.head.kept_column_major is not None  # kept by the model itself
+    assert all(
+        m.blocks is None and m.packed is None and m.kept_column_major is None
+        for m in twin.modules()
+        if isinstance(m, Linear)
+    )
+    model.double()
+    assert model.head.kept_column_major is None  # a copy of the old storage, dropped
 
 
 def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:
@@ -417,6 +441,23 @@ def test_sample_next_greedy_and_top_k_top_p_support() -> None:
     assert set(top_p.tolist()) == {1, 2}
     everything = sample_next(logits, Sampling(temperature=1.0), g)
     assert {0, 1, 2, 4} <= set(everything.tolist())
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [Sampling(), Sampling(temperature=0), Sampling(temperature=1e-30), Sampling(0.7, top_k=3, top_p=0.8)]
+    + [Sampling(1.3, repetition_penalty=1.5)],
+)
+def test_sample_next_leaves_its_inputs_alone(sampling: Sampling) -> None:
+    logits = torch.randn(3, V, generator=torch.Generator().manual_seed(0)) * 4
+    seen, uniform = torch.rand(3, V) < 0.3, torch.rand(3, 1)
+    before = (logits.clone(), seen.clone(), uniform.clone())
+    token = sample_next(logits, sampling, seen=seen, uniform=uniform)
+    assert all(torch.equal(a, b) for a, b in zip(before, (logits, seen, uniform), strict=True))
+    if sampling.top_k is None and sampling.top_p is None and sampling.repetition_penalty == 1 and not sampling.greedy:
+        # The inverse CDF of the normalised distribution, drawn with the same uniforms: the same tokens.
+        cdf = torch.softmax(logits / sampling.temperature, dim=-1).cumsum(-1)
+        assert torch.equal(token, torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1))
 
 
 def test_a_tiny_temperature_or_penalty_tends_to_greedy_not_to_overflow() -> None:

@@ -317,6 +317,8 @@ def test_packed_linear_matches_plain_linear_and_keeps_gradients(bias: bool) -> N
         torch.testing.assert_close(lin(x), expected, rtol=1e-5, atol=1e-5)
         lin.weight.mul_(2)  # a copy: the packed weight stays as it was until packed again
         torch.testing.assert_close(lin(x), expected, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own bf16 product, not the fp32 copy
+            assert lin(x).dtype == torch.bfloat16
     lin(x).sum().backward()  # a gradient: plain F.linear, with the weight as it is now
     torch.testing.assert_close(lin.weight.grad, x.reshape(-1, 24).sum(0).expand(36, 24))
     lin.pack(None)
