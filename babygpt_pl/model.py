@@ -105,15 +105,19 @@ class Linear(nn.Linear):
     The parameters and checkpoints are nn.Linear's. A product that needs a gradient always takes F.linear.
     """
 
+    # The decode state: views and copies of the weight, None when not in use.
+    blocks: tuple[torch.Tensor, torch.Tensor | None] | None
+    packed: torch.Tensor | None
+    kept_column_major: torch.Tensor | None
+    DECODE_STATE = ("blocks", "packed", "kept_column_major")
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._drop_decode_state()
 
     def _drop_decode_state(self) -> None:
         # Always in the instance's dict: a compiled model guards on them, and would recompile when they appeared.
-        self.blocks: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.packed: torch.Tensor | None = None
-        self.kept_column_major: torch.Tensor | None = None
+        self.__dict__.update(dict.fromkeys(self.DECODE_STATE))
 
     def _apply(self, fn, recurse: bool = True):
         # .to(), .half(), .cuda() give the weight new storage: the views and copies of the old one would go stale.
@@ -122,9 +126,7 @@ class Linear(nn.Linear):
 
     def __getstate__(self) -> dict:
         # Not pickled nor deep-copied (torch.save(model), Lightning's weight averaging): views and copies, remade.
-        state = dict(self.__dict__)
-        state.update(blocks=None, packed=None, kept_column_major=None)
-        return state
+        return {**self.__dict__, **dict.fromkeys(self.DECODE_STATE)}
 
     def split(self, n: int, column_major: bool = False) -> None:
         """Compute products of at most SPLIT_MAX_ROWS rows as ``n`` blocks of weight rows (1 and not column-major:
