@@ -149,6 +149,20 @@ def test_chunked_cross_entropy_matches_the_plain_loss_and_gradients(tie: bool, m
         torch.testing.assert_close(model(idx, targets)[1], plain)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_chunked_cross_entropy_without_grad_mode_computes_the_loss_alone(mode) -> None:
+    model = tiny_model()
+    idx, targets = torch.randint(VOCAB, (2, BLOCK)), torch.randint(VOCAB, (2, BLOCK))
+
+    def ops(context) -> set[str]:
+        with context(), torch.profiler.profile() as prof:
+            model(idx, targets)
+        return {event.key for event in prof.key_averages()}
+
+    assert "aten::addmm_" in ops(torch.enable_grad)  # the head's weight gradient, made in the forward
+    assert "aten::addmm_" not in ops(mode)
+
+
 @pytest.mark.parametrize(("tie", "fused"), [(False, False), (True, False), (False, True)])
 def test_padded_logits_have_zero_probability_and_stay_put_under_adamw(tie: bool, fused: bool) -> None:
     model = tiny_model(pad_vocab_to=64, tie_weights=tie).train()
