@@ -22,16 +22,43 @@ def orthogonalize(grads: torch.Tensor, steps: int) -> torch.Tensor:
     bf16 on a GPU, as Muon's authors run it; fp32 elsewhere, since a CPU without bf16 matrix units runs the
     bf16 iteration ~15x slower than fp32 (116 ms against 8 ms for one 1152 x 128 matrix on a 2-core EPYC).
     """
-    a, b, c = NS_COEFFICIENTS
     x = grads.to(torch.bfloat16) if grads.is_cuda else grads.float()
     wide = x.size(-2) <= x.size(-1)
     if not wide:
         x = x.mT  # iterate on the smaller Gram matrix
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # spectral norm <= Frobenius norm <= 1
+    x = _gram_newton_schulz(x, steps) if x.dtype == torch.float32 else _newton_schulz(x, steps)
+    return (x if wide else x.mT).to(grads.dtype)
+
+
+def _newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Muon's quintic iteration on each m x n (m <= n) matrix of ``x``, whose spectral norms are <= 1."""
+    a, b, c = NS_COEFFICIENTS
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x if wide else x.mT).to(grads.dtype)
+    return x
+
+
+def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """:func:`_newton_schulz`, carried on the m x m Gram matrix of each m x n (m <= n) matrix of ``x``.
+
+    A step is X' = Q X with Q = aI + bA + cA^2 and A = X X^T. Q is a polynomial in A, so A' = Q A Q, and the
+    result is Q_last ... Q_first X: two products with X in all instead of two per step. At configs/cpu.yaml's
+    shapes that is ~40% less time (72 -> 41 ms a step on a 2-core EPYC). For singular values spread over 1e-4..1,
+    fp32 results stayed within 4e-4 of the plain iteration run in float64 (the plain one: 1e-5 in fp32, 4e-2 in
+    bf16 as on a GPU). Not for bf16: errors in A build up over the steps; singular values grew to 14 in a check.
+    """
+    a, b, c = NS_COEFFICIENTS
+    gram = x @ x.mT
+    product = None
+    for step in range(steps):
+        q = (gram @ gram).mul_(c).add_(gram, alpha=b)
+        q.diagonal(dim1=-2, dim2=-1).add_(a)
+        product = q if product is None else q @ product
+        if step < steps - 1:
+            gram = q @ gram @ q
+    return x if product is None else product @ x
 
 
 def _is_muon(group: dict[str, Any]) -> bool:

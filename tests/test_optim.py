@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from babygpt_pl.optim import MuonAdamW, orthogonalize
+from babygpt_pl.optim import MuonAdamW, _gram_newton_schulz, _newton_schulz, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(48, 12), (12, 48), (3, 20, 20)])
@@ -28,6 +28,17 @@ def test_orthogonalize_flattens_the_singular_values_and_keeps_the_directions(sha
         return ((a * polar).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * polar.norm(dim=(-2, -1)))).min()
 
     assert cosine(grads) < 0.5 and cosine(out) > 0.85
+
+
+@pytest.mark.parametrize("shape", [(12, 48), (3, 20, 20), (2, 16, 64)])
+def test_the_gram_iteration_is_the_plain_one(shape: tuple) -> None:
+    g = torch.Generator().manual_seed(1)
+    u, _, vh = torch.linalg.svd(torch.randn(shape, generator=g, dtype=torch.float64), full_matrices=False)
+    x = u @ torch.diag_embed(torch.logspace(0, -4, u.size(-1), dtype=torch.float64).expand(*shape[:-2], -1)) @ vh
+    x = x / x.norm(dim=(-2, -1), keepdim=True)
+    plain = _newton_schulz(x, steps=5)
+    assert torch.allclose(_gram_newton_schulz(x.float(), steps=5).double(), plain, atol=1e-3)  # entries ~0.4
+    assert torch.equal(_gram_newton_schulz(x, steps=0), x)
 
 
 def two_layer_problem(seed: int = 0):
