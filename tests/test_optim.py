@@ -10,13 +10,17 @@ import torch
 from babygpt_pl.optim import MuonAdamW, _gram_newton_schulz, _newton_schulz, orthogonalize
 
 
+def spread_spectrum(shape: tuple, seed: int, dtype: torch.dtype = torch.float32):
+    """Random matrices U S V^T of ``shape`` whose singular values S spread over 1..1e-4, with their U and V^T."""
+    g = torch.Generator().manual_seed(seed)
+    u, _, vh = torch.linalg.svd(torch.randn(shape, generator=g, dtype=dtype), full_matrices=False)
+    s = torch.logspace(0, -4, u.size(-1), dtype=dtype).expand(*shape[:-2], -1)
+    return u @ torch.diag_embed(s) @ vh, u, vh
+
+
 @pytest.mark.parametrize("shape", [(48, 12), (12, 48), (3, 20, 20)])
 def test_orthogonalize_flattens_the_singular_values_and_keeps_the_directions(shape: tuple) -> None:
-    g = torch.Generator().manual_seed(0)
-    # Singular values spread over four orders of magnitude: the update must not care.
-    u, _, vh = torch.linalg.svd(torch.randn(shape, generator=g), full_matrices=False)
-    s = torch.logspace(0, -4, u.size(-1)).expand(*shape[:-2], -1)
-    grads = u @ torch.diag_embed(s) @ vh
+    grads, u, vh = spread_spectrum(shape, seed=0)  # four orders of magnitude: the update must not care
     out = orthogonalize(grads, steps=5)
     assert out.shape == grads.shape and out.dtype == grads.dtype
     sv = torch.linalg.svdvals(out)
@@ -32,9 +36,7 @@ def test_orthogonalize_flattens_the_singular_values_and_keeps_the_directions(sha
 
 @pytest.mark.parametrize("shape", [(12, 48), (3, 20, 20), (2, 16, 64)])
 def test_the_gram_iteration_is_the_plain_one(shape: tuple) -> None:
-    g = torch.Generator().manual_seed(1)
-    u, _, vh = torch.linalg.svd(torch.randn(shape, generator=g, dtype=torch.float64), full_matrices=False)
-    x = u @ torch.diag_embed(torch.logspace(0, -4, u.size(-1), dtype=torch.float64).expand(*shape[:-2], -1)) @ vh
+    x, _, _ = spread_spectrum(shape, seed=1, dtype=torch.float64)
     x = x / x.norm(dim=(-2, -1), keepdim=True)
     plain = _newton_schulz(x, steps=5)
     assert torch.allclose(_gram_newton_schulz(x.float(), steps=5).double(), plain, atol=1e-3)  # entries ~0.4
