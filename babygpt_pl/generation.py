@@ -130,7 +130,7 @@ def sample_next(
     # where the best's own score would overflow to inf, and inf - inf is NaN.
     # The clamp is this function's own copy: every step after it works in place.
     logits = logits.clamp(max=torch.finfo(logits.dtype).max)
-    logits.sub_(logits.max(dim=-1, keepdim=True).values)
+    logits.sub_(logits.amax(dim=-1, keepdim=True))  # amax: max with indices took 8x as long
     if sampling.temperature != 1:
         logits.div_(sampling.temperature)
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):

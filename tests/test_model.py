@@ -341,6 +341,32 @@ def test_packed_linear_matches_plain_linear_and_keeps_gradients(bias: bool) -> N
     assert list(lin.state_dict()) == (["weight", "bias"] if bias else ["weight"])
 
 
+@pytest.mark.parametrize("packed", [False, True] if packing_available() else [False])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_linear_applies_relu_and_adds_the_residual(packed: bool, relu: bool, residual: bool) -> None:
+    torch.manual_seed(0)
+    lin = Linear(24, 36)
+    x = torch.randn(5, 3, 24)
+    stream = torch.randn(36, 3, 5).transpose(0, 2) if residual else None  # not contiguous
+    expected = F.linear(x, lin.weight, lin.bias)
+    expected = F.relu(expected) if relu else expected
+    expected = expected if stream is None else stream + expected
+    (weight_grad,) = torch.autograd.grad(expected.sum(), lin.weight)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        lin.pack(15 if packed else None)
+        out = lin(x, relu=relu, residual=stream)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # oneDNN writes the ReLU or the sum with its product; the sum of its ReLU's output is a separate add.
+    separate = {"aten::relu": relu and not packed, "aten::add": residual and (relu or not packed)}
+    assert {e.name for e in prof.events()} & set(separate) == {name for name, run in separate.items() if run}
+    lin.pack(None)
+    out = lin(x, relu=relu, residual=stream)
+    out.sum().backward()  # the training path: a gradient through the ReLU and the add
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lin.weight.grad, weight_grad)
+
+
 # --- KV cache -----------------------------------------------------------------------------------------------------
 
 
