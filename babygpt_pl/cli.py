@@ -234,16 +234,16 @@ def _logs_samples(logger) -> bool:
     return str(getattr(first, "class_path", "")).endswith("WandbLogger")
 
 
-def check_prompts(tokenizer: CharTokenizer, prompts: list[str], oov: str, corpus: str, option: str) -> None:
-    """Before training: the prompts of the samples logged at each validation (set by ``option``) must be
-    encodable, or the first validation would stop the run."""
-    if oov == "error" and (missing := tokenizer.unknown("".join(prompts))):
-        raise UserError(
-            f"the prompts of the logged samples have {len(missing)} character(s) that {corpus} lacks: "
-            f"{''.join(missing[:20])!r}; pass {option} with text from the corpus, or --generation.oov drop"
-        )
-    if empty := [p for p in prompts if not tokenizer.encode(p, oov=oov)]:
-        raise UserError(f"no character of the prompt {empty[0]!r} is in {corpus}: pass {option} from the corpus")
+def check_prompts(
+    tokenizer: CharTokenizer, prompts: list[str], oov: str, window: int, corpus: str, option: str
+) -> None:
+    """Before training: the prompts of the samples logged at each validation (set by ``option``) must encode as
+    generation will encode them, or the first validation would stop the run."""
+    try:
+        encode_prompts(tokenizer, prompts, window, oov, warn=lambda _: None)
+    except UserError as err:
+        context = f"{option}, the prompts of the samples logged at each validation, against {corpus}"
+        raise UserError(f"{context}: {err}") from None
 
 
 def _raised_in(err: BaseException, module: str) -> bool:
@@ -550,7 +550,7 @@ class BabyGPTCLI(LightningCLI):
         if self.subcommand in ("fit", "validate") and _logs_samples(logger):  # validation logs samples; test not
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file)
-            check_prompts(tokenizer, prompts, config.generation.oov, data.path, option)
+            check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
 
     def _check_prompts_encode(self, config) -> None:
         """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of

@@ -728,7 +728,8 @@ def test_prompts_the_corpus_cannot_encode_stop_fit_before_training(tmp_path, mon
     assert run_main(monkeypatch, tmp_path, *args) == 2
     err = capsys.readouterr().err
     assert "warning: data.source elsewhere.tgz is not used: en.txt exists" in err
-    assert "the prompts of the logged samples have 4 character(s) that en.txt lacks: '春江往事'" in err
+    assert "--data.prompts, the prompts of the samples logged at each validation, against en.txt: 4 char" in err
+    assert "acter(s) not in the model's vocabulary: '春江往事'; remove them from the prompt, or pass --gen" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["en.txt"]  # no checkpoint, config or wandb run
     assert run_main(monkeypatch, tmp_path, *args, "--data.prompts=春", "--generation.oov=drop") == 2
-    assert "no character of the prompt '春' is in en.txt" in capsys.readouterr().err
+    assert "against en.txt: prompt '春' is empty (after the oov policy)" in capsys.readouterr().err
