@@ -168,7 +168,8 @@ class Linear(nn.Linear):
         """The product, its ReLU with ``relu``, plus ``residual`` if given."""
         packed = None if torch.is_grad_enabled() else self.packed
         if packed is not None and x.dtype == packed.dtype and not torch.is_autocast_enabled(x.device.type):
-            if residual is not None and not relu and residual.shape == (*x.shape[:-1], self.out_features):
+            fusable = residual is not None and residual.dtype == x.dtype and not relu
+            if fusable and residual.shape == (*x.shape[:-1], self.out_features):
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, self.bias, "add")
             y = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "relu" if relu else "none", [], "")
         else:

@@ -357,6 +357,10 @@ def test_linear_applies_relu_and_adds_the_residual(packed: bool, relu: bool, res
         lin.pack(15 if packed else None)
         out = lin(x, relu=relu, residual=stream)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if residual:  # a residual of another dtype or a broadcast shape: added as torch adds them
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x, relu=relu, residual=stream.double()), expected.double())
+            torch.testing.assert_close(lin(x, relu=relu, residual=stream[0, 0]), expected - stream + stream[0, 0])
     # oneDNN writes the ReLU or the sum with its product; the sum of its ReLU's output is a separate add.
     separate = {"aten::relu": relu and not packed, "aten::add": residual and (relu or not packed)}
     assert {e.name for e in prof.events()} & set(separate) == {name for name, run in separate.items() if run}
