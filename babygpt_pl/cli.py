@@ -74,6 +74,9 @@ def trainer_defaults() -> dict:
         "val_check_interval": 50,
         "check_val_every_n_epoch": None,
         "log_every_n_steps": 10,
+        # Where config.yaml goes without a logger (with one, its save_dir): not the working folder, where it would
+        # replace the user's own config.yaml, even the one this run reads.
+        "default_root_dir": "outputs",
         "logger": {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
             # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;

@@ -5,7 +5,8 @@
     python benchmarks/profile_fit.py --config configs/cpu.yaml --start 5 --steps 5
 
 Every other argument goes to `babygpt fit`. Steps ``--start`` .. ``--start + --steps`` are timed unprofiled, the
-next ``--steps`` are profiled, then the run stops (no checkpoint or validation is needed for it). The first table
+next ``--steps`` are profiled, then the run stops. Its checkpoints, wandb files and config.yaml go to a temporary
+folder, removed after, so a real run's checkpoints/last.ckpt stays as it was. The first table
 is by self CPU time: a host sync per step shows up there as cudaStreamSynchronize or aten::_local_scalar_dense
 with one call per step. The second is by device time. Compare the wall ms/step with bench_train.py's.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,15 +67,20 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     profiler = StepProfiler(args.start, args.steps, args.out)
     defaults = cli.trainer_defaults
+    # The run's checkpoints and wandb files default to a folder of its own, removed after: a profile must not write
+    # over the last.ckpt of a real run in checkpoints/ (--checkpoint.dirpath and the logger's options still win).
+    with tempfile.TemporaryDirectory(prefix="profile_fit-") as scratch:
 
-    def with_profiler() -> dict:
-        settings = defaults()
-        settings["callbacks"] = [*settings["callbacks"], profiler]
-        return settings
+        def with_profiler() -> dict:
+            settings = defaults()
+            settings["callbacks"] = [*settings["callbacks"], profiler]
+            settings["logger"]["init_args"]["save_dir"] = settings["default_root_dir"] = scratch
+            return settings
 
-    cli.trainer_defaults = with_profiler
-    sys.argv = [sys.argv[0], "fit", *rest, f"--trainer.max_steps={args.start + 2 * args.steps + 1}"]
-    cli.main()
+        cli.trainer_defaults = with_profiler
+        cli.CHECKPOINT_DEFAULTS = {**cli.CHECKPOINT_DEFAULTS, "checkpoint.dirpath": f"{scratch}/checkpoints"}
+        sys.argv = [sys.argv[0], "fit", *rest, f"--trainer.max_steps={args.start + 2 * args.steps + 1}"]
+        cli.main()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helper import babygpt_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_GENERATE = ["--device=cpu", "--threads=1", "--vocab=64", "--block-size=32", "--n-embed=32", "--n-head=2"]
@@ -39,6 +40,20 @@ def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
     assert 0 < figures["eager_mfu"] < 1, "the step's rate against the matrix product's, measured on this CPU"
     mfu = figures["flops_per_token"] * figures["eager_tokens_per_s"] / figures["peak_flops"]
     assert figures["eager_mfu"] == pytest.approx(mfu)  # against the peak the output names, not another measurement
+
+
+def test_profile_fit_reports_and_leaves_the_folders_of_real_runs_alone(tmp_path: Path, corpus: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("a real run's")
+    before = sorted(tmp_path.rglob("*"))
+    tiny = ["--model.n_layer=1", "--model.n_embed=16", "--model.n_head=2", "--model.block_size=16"]
+    args = [f"--data.path={corpus}", *tiny, "--data.batch_size=2", "--trainer.enable_progress_bar=false"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "profile_fit.py"), "--start=1", "--steps=1", *args]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=babygpt_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ms/step over steps 1..1, unprofiled" in result.stdout
+    assert sorted(tmp_path.rglob("*")) == before  # no checkpoint, wandb run or config.yaml here
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_text() == "a real run's"
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,16 @@ def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, c
     assert "warning: model.warmup_steps (10) is more than trainer.max_steps (2)" in capsys.readouterr().err
 
 
+def test_a_run_without_a_logger_keeps_the_config_it_reads(tmp_path, monkeypatch, corpus) -> None:
+    """Without a logger Lightning saves the run's config.yaml in trainer.default_root_dir: outputs/, as with one."""
+    monkeypatch.chdir(tmp_path)
+    mine = "# my notes\ntrainer:\n  max_steps: 2\n"
+    (tmp_path / "config.yaml").write_text(mine, encoding="utf-8")
+    main(["fit", "--config=config.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"])
+    assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == mine
+    assert "max_steps: 2" in (tmp_path / "outputs" / "config.yaml").read_text(encoding="utf-8")
+
+
 def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.max_steps=2", "--trainer.logger=false"]
