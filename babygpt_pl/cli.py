@@ -24,7 +24,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -150,6 +150,8 @@ def check_trainer_settings(trainer, fitting: bool) -> None:
         raise UserError("trainer.devices must be a count of devices, a list of ids, -1 (all) or auto, got 0")
     if fitting and trainer.limit_train_batches == 0:  # Lightning would end the run at once, silently
         raise UserError("trainer.limit_train_batches is 0: this run would train nothing; drop it")
+    if fitting and trainer.max_steps == 0:
+        raise UserError("trainer.max_steps is 0: this run would train nothing; give the steps to train (-1: no limit)")
 
 
 def check_output_folders(config, checkpoints: bool) -> None:
@@ -210,13 +212,16 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
 
 
 def check_not_an_input(output: str, *inputs: str | None) -> None:
-    """--generation.output must not replace a file the command reads (the checkpoint: the model would be lost).
+    """--generation.output must not replace a file the run was given (the checkpoint: the model would be lost).
     Regular files only: in a terminal /dev/stdin and /dev/stdout are one device, and rightly so."""
     if not os.path.isfile(output):
         return
     for path in inputs:
         if path and os.path.isfile(path) and os.path.samefile(output, path):
-            raise UserError(f"--generation.output {output} is {path}, which this command reads: choose another file")
+            raise UserError(
+                f"--generation.output {output} is {path}, an input of this run (the checkpoint, a config, the prompts "
+                "file or the corpus): choose another file"
+            )
 
 
 def spare_wandb_warnings(logger: WandbLogger) -> None:
@@ -326,6 +331,22 @@ class OneLineErrorParser(LightningArgumentParser):
         sys.exit(2)
 
 
+class KeepInputConfig(SaveConfigCallback):
+    """Lightning's SaveConfigCallback, refusing to write the run's config over a --config file it was given
+    (``--trainer.default_root_dir .`` without a logger would: the user's comments and layout lost)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir and trainer.log_dir is not None:
+            target = os.path.join(trainer.log_dir, self.config_filename)
+            for given in OneLineErrorParser.config_files:
+                if os.path.isfile(target) and os.path.isfile(given) and os.path.samefile(target, given):
+                    raise UserError(
+                        f"this run would save its settings as {target}, over --config {given}: give the logger's "
+                        "save_dir or --trainer.default_root_dir another folder (default: outputs)"
+                    )
+        super().setup(trainer, pl_module, stage)
+
+
 class BabyGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.argv = sys.argv[1:] if args is None else list(args)  # what was given, for _given
@@ -334,6 +355,7 @@ class BabyGPTCLI(LightningCLI):
             CiDataModule,
             parser_class=OneLineErrorParser,
             # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
+            save_config_callback=KeepInputConfig,
             save_config_kwargs={"overwrite": True},
             trainer_class=Trainer,
             trainer_defaults=trainer_defaults(),
@@ -491,9 +513,8 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_progress_bar = False
             if config.generation.output:
                 check_writable(config.generation.output, "--generation.output")
-                reads = [config.ckpt_path, *OneLineErrorParser.config_files]
-                if self.subcommand == "predict":
-                    reads.append(config.data.prompts_file)
+                # chat reads no prompts file, but one given is still the user's: never replace it either.
+                reads = [config.ckpt_path, *OneLineErrorParser.config_files, config.data.prompts_file, config.data.path]
                 check_not_an_input(config.generation.output, *reads)
             if self.subcommand == "predict":
                 self._check_prompts_encode(config)

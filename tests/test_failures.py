@@ -237,8 +237,20 @@ def test_predict_output_over_the_checkpoint_is_refused(tmp_path, monkeypatch, ca
     before = checkpoint.read_bytes()
     args = ["predict", f"--ckpt_path={checkpoint}", f"--generation.output={tmp_path}/./{checkpoint.name}"]
     assert run_main(monkeypatch, tmp_path, *args) == 2
-    assert "which this command reads: choose another file" in one_error_line(capsys)
+    assert "an input of this run (the checkpoint, a config, the prompts file or the corpus)" in one_error_line(capsys)
     assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["predict", "chat"])
+@pytest.mark.parametrize("given", ["--data.path", "--data.prompts_file"])
+def test_the_output_never_replaces_the_corpus_or_prompts(tmp_path, monkeypatch, capsys, checkpoint, command, given):
+    """chat reads neither file, and predict no corpus: a file named on the command line is still the user's."""
+    monkeypatch.setattr(cli_module, "chat_loop", lambda *args: 0)
+    (tmp_path / "mine.txt").write_text("春江\n", encoding="utf-8")
+    args = [command, f"--ckpt_path={checkpoint}", f"{given}=mine.txt", f"--generation.output={tmp_path}/mine.txt"]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert "--generation.output" in one_error_line(capsys)
+    assert (tmp_path / "mine.txt").read_text(encoding="utf-8") == "春江\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -312,6 +324,7 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be >= 1 (1: no accumulation)"),
         (["--trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got"),
         (["--trainer.limit_train_batches=0"], "trainer.limit_train_batches is 0: this run would train nothing"),
+        (["--trainer.max_steps=0"], "trainer.max_steps is 0: this run would train nothing"),
         (["--trainer.devices=0"], "trainer.devices must be a count of devices, a list of ids, -1 (all) or auto"),
         (["--trainer.accelerator=tpu"], "trainer.accelerator is tpu, not on this machine: use --trainer.accelerator"),
         (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
@@ -353,7 +366,7 @@ def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, c
     assert "warning: model.warmup_steps (10) is more than trainer.max_steps (2)" in capsys.readouterr().err
 
 
-def test_a_run_without_a_logger_keeps_the_config_it_reads(tmp_path, monkeypatch, corpus) -> None:
+def test_a_run_without_a_logger_keeps_the_config_it_reads(tmp_path, monkeypatch, capsys, corpus) -> None:
     """Without a logger Lightning saves the run's config.yaml in trainer.default_root_dir: outputs/, as with one."""
     monkeypatch.chdir(tmp_path)
     mine = "# my notes\ntrainer:\n  max_steps: 2\n"
@@ -361,6 +374,12 @@ def test_a_run_without_a_logger_keeps_the_config_it_reads(tmp_path, monkeypatch,
     main(["fit", "--config=config.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"])
     assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == mine
     assert "max_steps: 2" in (tmp_path / "outputs" / "config.yaml").read_text(encoding="utf-8")
+    # Saved in the working folder on request: refused where that is the config the run reads.
+    args = ["fit", "--config=config.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"]
+    assert run_main(monkeypatch, tmp_path, *args, "--trainer.default_root_dir=.") == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the warnings of a 2-step run over an earlier one
+    assert error.startswith("error: this run would save its settings as ./config.yaml, over --config config.yaml")
+    assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == mine
 
 
 def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
