@@ -9,6 +9,7 @@ babygpt chat --ckpt_path checkpoints/last.ckpt                               # i
 
 from __future__ import annotations
 
+import errno
 import glob
 import inspect
 import logging
@@ -742,6 +743,12 @@ def main(args: list[str] | None = None) -> None:
             raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         sys.exit(141)
+    except OSError as err:  # a full disk under a write of no file of ours, e.g. stdout (`babygpt predict > /dev/full`)
+        if debug or err.errno != errno.ENOSPC:
+            raise
+        print(f"error: a write failed: {err.strerror}; free some space, or send the output elsewhere", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]
     if stopped:
         sys.exit(128 + stopped[0])  # the shell's convention for "ended by a signal", after a clean save

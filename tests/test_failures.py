@@ -226,6 +226,19 @@ def test_a_predict_prompt_error_is_the_only_line_of_the_command(tmp_path, checkp
     ]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_on_stdout_is_one_line(tmp_path, checkpoint) -> None:
+    with open("/dev/full", "w") as full:
+        command = babygpt_cmd("predict", f"--ckpt_path={checkpoint}", "--generation.max_new_tokens=4")
+        env = babygpt_env()
+        result = subprocess.run(command, cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: a write failed: No space left on device; free some space, or send the output elsewhere"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_chat_says_that_it_does_not_use_the_prompt_options(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     monkeypatch.setattr(cli_module, "chat_loop", lambda *args: 0)  # no prompts to read here
     monkeypatch.chdir(tmp_path)
