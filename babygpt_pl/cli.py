@@ -212,13 +212,16 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
         warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
 
 
+def same_file(a: str | None, b: str | None) -> bool:
+    """Whether two paths name one regular file. Regular files only: in a terminal /dev/stdin and /dev/stdout are
+    one device, and rightly so."""
+    return bool(a and b) and os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b)
+
+
 def check_not_an_input(output: str, *inputs: str | None) -> None:
-    """--generation.output must not replace a file the run was given (the checkpoint: the model would be lost).
-    Regular files only: in a terminal /dev/stdin and /dev/stdout are one device, and rightly so."""
-    if not os.path.isfile(output):
-        return
+    """--generation.output must not replace a file the run was given (the checkpoint: the model would be lost)."""
     for path in inputs:
-        if path and os.path.isfile(path) and os.path.samefile(output, path):
+        if same_file(output, path):
             raise UserError(
                 f"--generation.output {output} is {path}, an input of this run (the checkpoint, a config, the prompts "
                 "file or the corpus): choose another file"
@@ -340,7 +343,7 @@ class KeepInputConfig(SaveConfigCallback):
         if not self.already_saved and self.save_to_log_dir and trainer.log_dir is not None:
             target = os.path.join(trainer.log_dir, self.config_filename)
             for given in OneLineErrorParser.config_files:
-                if os.path.isfile(target) and os.path.isfile(given) and os.path.samefile(target, given):
+                if same_file(target, given):
                     raise UserError(
                         f"this run would save its settings as {target}, over --config {given}: give the logger's "
                         "save_dir or --trainer.default_root_dir another folder (default: outputs)"
@@ -701,6 +704,11 @@ def _no_tips(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡")
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null after a failed write to it, so that the exit's flush cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     debug = debugging(argv)
@@ -741,13 +749,13 @@ def main(args: list[str] | None = None) -> None:
     except BrokenPipeError:  # stdout's reader has gone (`babygpt predict | head`): stop quietly, as `yes | head` does
         if debug:
             raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        _drop_stdout()
         sys.exit(141)
     except OSError as err:  # a full disk under a write of no file of ours, e.g. stdout (`babygpt predict > /dev/full`)
         if debug or err.errno != errno.ENOSPC:
             raise
         print(f"error: a write failed: {err.strerror}; free some space, or send the output elsewhere", file=sys.stderr)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         sys.exit(1)
     stopped = [c.received for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop) and c.received]
     if stopped:
