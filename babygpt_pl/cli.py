@@ -169,16 +169,23 @@ def check_output_folders(config, checkpoints: bool) -> None:
         check_folder_writable(config.checkpoint.dirpath, "--checkpoint.dirpath")
 
 
-def check_checkpoint_metrics(checkpoint) -> None:
+def check_checkpoint_options(checkpoint) -> None:
     """A misspelt metric in --checkpoint.monitor would end the run at its first validation, after all the training
-    before it (and one in --checkpoint.filename would silently be written as 0)."""
+    before it (and one in --checkpoint.filename would silently be written as 0). A filename that leaves the
+    checkpoint folder (``../best``, ``/tmp/best``) would write over a file there without a word."""
+    name = checkpoint.filename or ""
+    if os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
+        raise UserError(
+            f"checkpoint.filename {name} leaves the checkpoint folder: give a file name, e.g. best-{{step}}, and "
+            "the folder with --checkpoint.dirpath"
+        )
     names = ", ".join(FIT_METRICS)
     if checkpoint.monitor is not None and checkpoint.monitor not in FIT_METRICS:
         raise UserError(f"checkpoint.monitor {checkpoint.monitor} is not a metric babygpt logs: use one of {names}")
-    for name in re.findall(r"\{([^{}:]+)", checkpoint.filename or ""):
-        if name not in (*FIT_METRICS, "epoch", "step"):
+    for metric in re.findall(r"\{([^{}:]+)", name):
+        if metric not in (*FIT_METRICS, "epoch", "step"):
             raise UserError(
-                f"checkpoint.filename {checkpoint.filename} names {{{name}}}, which babygpt does not log: use "
+                f"checkpoint.filename {name} names {{{metric}}}, which babygpt does not log: use "
                 f"{{epoch}}, {{step}} or one of {names}"
             )
 
@@ -540,7 +547,7 @@ class BabyGPTCLI(LightningCLI):
         check_trainer_settings(config.trainer, fitting)
         check_output_folders(config, checkpoints=fitting)
         if fitting:
-            check_checkpoint_metrics(config.checkpoint)
+            check_checkpoint_options(config.checkpoint)
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

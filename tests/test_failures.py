@@ -343,6 +343,8 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
         (["--checkpoint.monitor=val_los"], "checkpoint.monitor val_los is not a metric babygpt logs: use one of val"),
         (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
+        (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
+        (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
         (
             ["--model.lr_schedule=cosine", "--trainer.max_steps=-1", "--trainer.max_epochs=1"],
             "model.lr_schedule cosine needs trainer.max_steps, the length of the schedule: pass --trainer.max_steps N",
