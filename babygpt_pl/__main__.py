@@ -1,23 +1,25 @@
-"""``babygpt`` (and ``python -m babygpt_pl``): the CLI, with Ctrl-C during its imports a clean exit too.
+"""``babygpt`` (and ``python -m babygpt_pl``): the CLI, with Ctrl-C or SIGTERM during its imports a clean exit too.
 
-Importing the CLI imports torch and Lightning, seconds in which a Ctrl-C would otherwise print a traceback;
-``babygpt_pl.cli.main`` handles the interrupts after that.
+Importing the CLI imports torch and Lightning, seconds in which a Ctrl-C would otherwise print a traceback and a
+SIGTERM end the process without a word; ``babygpt_pl.cli.main`` handles both after that.
 """
 
 import sys
 
+from babygpt_pl.errors import Terminated, debugging, terminate_on_sigterm
+
 
 def main() -> None:
-    try:
-        from babygpt_pl.cli import main as cli_main
-    except KeyboardInterrupt:
-        from babygpt_pl.errors import debugging
-
-        if debugging(sys.argv):
-            raise
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    cli_main()
+    with terminate_on_sigterm():
+        try:
+            from babygpt_pl.cli import main as cli_main
+        except (KeyboardInterrupt, Terminated) as err:
+            if debugging(sys.argv):
+                raise
+            interrupted = isinstance(err, KeyboardInterrupt)
+            print("interrupted" if interrupted else "terminated", file=sys.stderr)
+            raise SystemExit(130 if interrupted else 143) from None
+        cli_main()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from babygpt_pl.errors import Terminated
 from babygpt_pl.files import jsonl, write_atomic
 from babygpt_pl.generation import complete
 
@@ -179,8 +178,8 @@ class GracefulStop(Callback):
 
     Lightning's own handling raises KeyboardInterrupt wherever the signal lands (even inside an optimizer
     step) and does not save; this waits for a step boundary so the checkpoint resumes exactly. A second
-    Ctrl-C interrupts at once. During predict, SIGTERM stops at once (:class:`~babygpt_pl.errors.Terminated`):
-    Lightning's handler only notes it, so ``timeout`` or ``docker stop`` could not end a long generation.
+    Ctrl-C interrupts at once. Outside training the CLI's own handler ends the command
+    (:func:`~babygpt_pl.errors.raise_terminated`).
     """
 
     def __init__(self) -> None:
@@ -196,13 +195,6 @@ class GracefulStop(Callback):
             return  # signal handlers can only be set from the main thread
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _terminate)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         received = self.received is not None
@@ -235,10 +227,6 @@ class GracefulStop(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
 
 
 def _validates_at_this_batch(trainer: L.Trainer) -> bool:

@@ -33,7 +33,7 @@ from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, S
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
-from babygpt_pl.errors import Terminated, UserError, debugging, warn
+from babygpt_pl.errors import Terminated, UserError, debugging, terminate_on_sigterm, warn
 from babygpt_pl.files import check_folder_writable, check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
 from babygpt_pl.module import FIT_METRICS, BabyGPTModule
@@ -717,6 +717,11 @@ def _drop_stdout() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    with terminate_on_sigterm():
+        _main(args)
+
+
+def _main(args: list[str] | None) -> None:
     argv = sys.argv[1:] if args is None else args
     debug = debugging(argv)
     OneLineErrorParser.verbose = debug

@@ -4,8 +4,12 @@ UserError subclasses ValueError, so library callers may catch either. The CLI pr
 line (no traceback) and exits non-zero, so every message names the problem and the fix.
 """
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 
 def debugging(argv: list[str]) -> bool:
@@ -32,3 +36,23 @@ class Terminated(BaseException):
     """SIGTERM outside training (predict, validate, set-up): the command stops at once and the CLI exits 143.
     A BaseException, as KeyboardInterrupt is: a handler of Exception (a failed CUDA graph capture falls back to
     eager decoding) must not swallow it."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The CLI's SIGTERM handler from its start: Python's default would end the process with no word, and
+    Lightning's (which calls it too) only notes the signal, so ``timeout`` or ``docker stop`` could not end a
+    long generation. During training :class:`~babygpt_pl.callbacks.GracefulStop` takes over: save, then stop."""
+    raise Terminated
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block (from the main thread; the handler as it was after)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -27,9 +27,9 @@ class GPTConfig:
     n_head: int = 6
     n_layer: int = 6
     dropout: float = 0.2
-    # Dropout on the attention probabilities. The tutorial uses `dropout` here too, but on CPU any attention
-    # dropout forces SDPA off its fused kernel onto the math one (a ~1.2x slower training step at the seed
-    # shape), so it is off unless asked for; None means "same as dropout", the tutorial exactly.
+    # Dropout on the attention probabilities. On CPU any attention dropout forces SDPA off its fused kernel onto
+    # the math one (a ~1.2x slower training step at the seed shape), so in the Python API it is off unless asked
+    # for. None means "same as dropout", the tutorial exactly, and is the CLI's default (model.attn_dropout).
     attn_dropout: float | None = 0.0
     # The output head shares the token embedding's weight (saves V*C parameters; often a lower loss).
     tie_weights: bool = False
@@ -73,7 +73,7 @@ class Dropout(nn.Dropout):
     """nn.Dropout whose mask, on a CPU, is drawn as 16-bit integers, four to each 64-bit draw: torch's CPU random
     number kernels run on one thread, one draw per element, and ``bernoulli_`` is ~2.5x slower than even
     ``rand_like``. A residual dropout's forward and backward at the seed shape (16 x 256 x 384, 2 cores): 26 ms
-    with bernoulli_, 15 with rand_like, 8 this way. The drop probability is ``p`` rounded to a multiple of
+    with bernoulli_, 14-15 with rand_like, 8 this way. The drop probability is ``p`` rounded to a multiple of
     1/65536 and the kept entries are scaled by the inverse of the rounded keep probability, so the expected
     output is exactly the input. Elsewhere (CUDA's fused kernel), in eval mode and for a ``p`` within 1/131072
     of 0 or 1, exactly nn.Dropout."""

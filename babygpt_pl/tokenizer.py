@@ -13,8 +13,8 @@ OOVPolicy = Literal["error", "drop", "replace"]
 class CharTokenizer:
     """Maps each character of the vocabulary to its index.
 
-    The vocabulary is a plain ``list[str]`` so it can live in a checkpoint's hyper-parameters and be read
-    back with ``torch.load(weights_only=True)``.
+    The vocabulary is the sorted characters, in a checkpoint's hyper-parameters as one string (see
+    :class:`babygpt_pl.module.BabyGPTModule`), read back with ``torch.load(weights_only=True)``.
     """
 
     def __init__(self, vocab: Sequence[str]) -> None:

@@ -511,15 +511,26 @@ def test_ctrl_c_while_predict_generates_is_a_clean_exit(tmp_path, monkeypatch, c
     assert not (tmp_path / "o").exists()
 
 
-def test_sigterm_during_validate_is_terminated_not_a_silent_success(tmp_path, monkeypatch, capsys, checkpoint, corpus):
-    """Lightning ends a non-training run on SIGTERM with a SystemExit of code 0: a script would take it for done."""
+def signal_arrives(signum: int) -> None:
+    """What the process does when ``signum`` arrives now (without sending it: Python's default would end pytest)."""
+    signal.getsignal(signum)(signum, None)
+
+
+@pytest.mark.parametrize("how", ["Lightning's SIGTERMException", "a signal before Lightning's handler"])
+def test_sigterm_during_validate_is_terminated(tmp_path, monkeypatch, capsys, checkpoint, corpus, how) -> None:
+    """Lightning ends a non-training run on SIGTERM with a SystemExit of code 0: a script would take it for done.
+    Before Lightning sets its handler (loading the weights), Python's default ended the process without a word."""
 
     def sigterm(self, subcommand: str) -> None:
-        raise SIGTERMException
+        if how.startswith("Lightning"):
+            raise SIGTERMException
+        signal_arrives(signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(LightningCLI, "_run_subcommand", sigterm)
     assert run_main(monkeypatch, tmp_path, "validate", f"--data.path={corpus}", f"--ckpt_path={checkpoint}") == 143
     assert capsys.readouterr().err.splitlines()[-1] == "terminated"
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is gone after it
 
 
 @pytest.mark.slow
@@ -556,21 +567,24 @@ def test_predict_into_a_closed_pipe_stops_quietly(tmp_path, checkpoint) -> None:
     assert "Traceback" not in err and "Error" not in err
 
 
-def test_ctrl_c_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys, signum, code, said) -> None:
     from babygpt_pl import __main__ as entry
 
     class Interrupting:
         def find_spec(self, name, path=None, target=None):
             if name == "babygpt_pl.cli":
-                raise KeyboardInterrupt  # as Ctrl-C during the seconds of `import torch, lightning` would
+                signal_arrives(signum)  # as Ctrl-C or `kill` during the seconds of `import torch, lightning` would
 
     monkeypatch.delitem(sys.modules, "babygpt_pl.cli")
     monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
     monkeypatch.setattr(sys, "argv", ["babygpt", "fit"])
     with pytest.raises(SystemExit) as exit_info:
         entry.main()
-    assert exit_info.value.code == 130
-    assert capsys.readouterr().err == "interrupted\n"
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err == f"{said}\n"
 
 
 @pytest.mark.parametrize(
