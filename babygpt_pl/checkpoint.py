@@ -139,6 +139,8 @@ class LatestCheckpoint(ModelCheckpoint):
             self._save_latest(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:  # Lightning's own save here ignores it: a smoke run replaced an earlier last.ckpt
+            return
         # The steps after the last validation (max_steps not a multiple of val_check_interval) would otherwise
         # be lost from last.ckpt.
         super().on_train_end(trainer, pl_module)

@@ -172,7 +172,13 @@ def check_output_folders(config, checkpoints: bool) -> None:
 def check_checkpoint_options(checkpoint) -> None:
     """A misspelt metric in --checkpoint.monitor would end the run at its first validation, after all the training
     before it (and one in --checkpoint.filename would silently be written as 0). A filename that leaves the
-    checkpoint folder (``../best``, ``/tmp/best``) would write over a file there without a word."""
+    checkpoint folder (``../best``, ``/tmp/best``) would write over a file there without a word, and
+    ``save_last: link`` would lose the steps after the best checkpoint from last.ckpt."""
+    if checkpoint.save_last == "link":
+        raise UserError(
+            "checkpoint.save_last link makes last.ckpt a link to the best checkpoint, without the steps after it: "
+            "use true (last.ckpt holds the newest weights) or false"
+        )
     name = checkpoint.filename or ""
     if os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
         raise UserError(
@@ -642,7 +648,7 @@ class BabyGPTCLI(LightningCLI):
             config = self.config.fit
             if not self.checkpoint:
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
-                if config.checkpoint.dirpath:
+                if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -343,6 +343,7 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
         (["--checkpoint.monitor=val_los"], "checkpoint.monitor val_los is not a metric babygpt logs: use one of val"),
         (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
+        (["--checkpoint.save_last=link"], "checkpoint.save_last link makes last.ckpt a link to the best checkpoint"),
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
         (
@@ -372,6 +373,18 @@ def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypa
     main(["fit", f"--data.path={corpus}", *SMALL, *args])
     assert "warning: trainer.val_check_interval (10) is more than trainer.max_steps (3)" in capsys.readouterr().err
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_fast_dev_run_keeps_an_earlier_last_checkpoint(tmp_path, monkeypatch, capsys, corpus, checkpoint) -> None:
+    """Lightning says a fast_dev_run suppresses checkpointing, yet its end-of-training save replaced last.ckpt."""
+    monkeypatch.chdir(tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(checkpoint.read_bytes())
+    main(["fit", f"--data.path={corpus}", *SMALL, "--trainer.fast_dev_run=true", "--trainer.logger=false"])
+    assert last.read_bytes() == checkpoint.read_bytes()
+    assert list(last.parent.iterdir()) == [last]
+    assert "overwrites" not in capsys.readouterr().err  # nor the warning that it would
 
 
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
