@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
-from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts, read_text, text_sha256
 from babygpt_pl.errors import Terminated, UserError, debugging, terminate_on_sigterm, warn
 from babygpt_pl.files import check_folder_writable, check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
@@ -239,6 +239,19 @@ def check_not_an_input(output: str, *inputs: str | None) -> None:
                 f"--generation.output {output} is {path}, an input of this run (the checkpoint, a config, the prompts "
                 "file or the corpus): choose another file"
             )
+
+
+def check_not_the_trained_text(output: str, sha256: str | None) -> None:
+    """--generation.output must not replace the text the model was trained on, wherever it is: predict and chat
+    take no corpus, so --data.path need not name it."""
+    if not sha256 or not os.path.isfile(output):
+        return
+    try:
+        text = read_text(output)
+    except UserError:  # empty or not UTF-8: not the corpus
+        return
+    if text_sha256(text) == sha256:
+        raise UserError(f"--generation.output {output} holds the text this model was trained on: choose another file")
 
 
 def spare_wandb_warnings(logger: WandbLogger) -> None:
@@ -533,8 +546,11 @@ class BabyGPTCLI(LightningCLI):
                 # chat reads no prompts file, but one given is still the user's: never replace it either.
                 reads = [config.ckpt_path, *OneLineErrorParser.config_files, config.data.prompts_file, config.data.path]
                 check_not_an_input(config.generation.output, *reads)
+                check_not_the_trained_text(config.generation.output, self._saved_data_settings().get("text_sha256"))
             if self.subcommand == "predict":
                 self._check_prompts_encode(config)
+                if not self._given("trainer.devices"):  # (Lightning's auto: every GPU, each printing a share)
+                    config.trainer.devices = 1
             elif as_prompt_list(config.data.prompts) != DEFAULT_PROMPTS or config.data.prompts_file is not None:
                 warn(
                     "chat reads its prompts as you type them (or from a pipe: babygpt chat … < prompts.txt); "
@@ -658,6 +674,11 @@ class BabyGPTCLI(LightningCLI):
             self.model.load_state_dict(self.checkpoint.pop("state_dict"))
             self.config_init.chat.ckpt_path = None
         if self.subcommand == "predict":
+            if self.trainer.world_size > 1:  # each process would print its share, and only the first one's be saved
+                raise UserError(
+                    f"predict runs in one process, not {self.trainer.world_size}: pass --trainer.devices 1 and "
+                    "--trainer.num_nodes 1"
+                )
             self.trainer.callbacks.insert(0, PredictionPrinter())
 
 

@@ -45,6 +45,11 @@ def read_text(path: str | Path, what: str = "corpus file", option: str = "--data
     return text.replace("\r\n", "\n")  # Windows line ends: "\r" is no character of the text
 
 
+def text_sha256(text: str) -> str:
+    """The text's fingerprint, saved with each checkpoint: a resumed run must read the same text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def as_prompt_list(prompts: list[str] | str | None) -> list[str]:
     """The prompts setting as a list: None is the default prompts, a string is one prompt."""
     return DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
@@ -170,7 +175,7 @@ class CiDataModule(L.LightningDataModule):
                     f"(block_size + 1 = {self.block_size + 1}): use a longer text, a smaller model.block_size, "
                     "or another data.train_ratio"
                 )
-        self.text_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self.text_sha256 = text_sha256(text)
         return text, CharTokenizer.from_text(text)
 
     def settings(self) -> dict:

@@ -266,6 +266,24 @@ def test_the_output_never_replaces_the_corpus_or_prompts(tmp_path, monkeypatch, 
     assert (tmp_path / "mine.txt").read_text(encoding="utf-8") == "春江\n"
 
 
+@pytest.mark.parametrize("command", ["predict", "chat"])
+def test_the_output_never_replaces_the_trained_text(tmp_path, monkeypatch, capsys, checkpoint, corpus, command) -> None:
+    """Under any name: predict and chat take no corpus, so --data.path need not name it."""
+    monkeypatch.setattr(cli_module, "chat_loop", lambda *args: 0)
+    copy = tmp_path / "poems.txt"
+    copy.write_bytes(corpus.read_bytes())
+    assert run_main(monkeypatch, tmp_path, command, f"--ckpt_path={checkpoint}", f"--generation.output={copy}") == 2
+    assert "holds the text this model was trained on: choose another file" in one_error_line(capsys)
+    assert copy.read_bytes() == corpus.read_bytes()
+
+
+def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    """Each process would print its share of the samples, and --generation.output hold only the first one's."""
+    args = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", *args) == 2
+    assert "predict runs in one process, not 2: pass --trainer.devices 1" in one_error_line(capsys)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_predict_on_a_gpu_that_is_not_there_names_the_fix(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--trainer.accelerator=gpu") == 2
