@@ -404,6 +404,12 @@ class BabyGPTCLI(LightningCLI):
         parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
 
+    def _set_seed(self) -> None:
+        try:
+            super()._set_seed()
+        except ValueError as err:  # Lightning's: "-5 is not in bounds, numpy accepts from 0 to 4294967295"
+            raise UserError(f"seed_everything: {err}; or true (a random seed) or false (none)") from None
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyper-parameters here; check the file first so a missing, truncated
         # or unsafe file gets one clear line instead of a traceback.
@@ -418,6 +424,11 @@ class BabyGPTCLI(LightningCLI):
         if subcommand != "fit" and self.checkpoint:
             self._check_model_options(path)
             self._default_to_trained_data()
+        if subcommand == "fit" and self.checkpoint and "optimizer_states" not in checkpoint:
+            raise UserError(
+                f"checkpoint {path} holds the weights alone (checkpoint.save_weights_only): it cannot resume a run; "
+                "use it with predict, validate or test, or drop --ckpt_path to start a new run"
+            )
         if subcommand == "fit" and self.checkpoint:
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model

@@ -138,6 +138,8 @@ class CiDataModule(L.LightningDataModule):
                 raise UserError(f"{name} must be a positive integer, got {value}")
         if not 0 < train_ratio < 1:
             raise UserError(f"data.train_ratio must be strictly between 0 and 1, got {train_ratio}")
+        if not 0 <= seed < 2**63:  # a torch generator's seed
+            raise UserError(f"data.seed must be an integer from 0 to 2**63 - 1, got {seed}")
         self.path = path
         self.batch_size = batch_size
         self.block_size = block_size

@@ -277,6 +277,19 @@ def test_the_output_never_replaces_the_trained_text(tmp_path, monkeypatch, capsy
     assert copy.read_bytes() == corpus.read_bytes()
 
 
+def test_a_weights_only_checkpoint_cannot_resume(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    """Lightning's KeyError came after the run had rewritten outputs/config.yaml."""
+    weights_only = torch.load(checkpoint, weights_only=True)
+    del weights_only["optimizer_states"], weights_only["lr_schedulers"]
+    torch.save(weights_only, tmp_path / "w.ckpt")
+    args = ["fit", f"--data.path={corpus}", "--ckpt_path=w.ckpt", "--trainer.max_steps=5"]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert "checkpoint w.ckpt holds the weights alone (checkpoint.save_weights_only): it cannot resume" in (
+        one_error_line(capsys)
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     """Each process would print its share of the samples, and --generation.output hold only the first one's."""
     args = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
@@ -361,6 +374,8 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
         (["--checkpoint.monitor=val_los"], "checkpoint.monitor val_los is not a metric babygpt logs: use one of val"),
         (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
+        (["--data.seed=99999999999999999999999"], "data.seed must be an integer from 0 to 2**63 - 1, got 9999"),
+        (["--seed_everything=-5"], "seed_everything: -5 is not in bounds, numpy accepts from 0 to 4294967295; or"),
         (["--checkpoint.save_last=link"], "checkpoint.save_last link makes last.ckpt a link to the best checkpoint"),
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
