@@ -18,15 +18,17 @@ BANNER = "babygpt chat: type the start of a ci and press Enter. Ctrl-C stops an 
 
 
 def _read_prompt(stdin: TextIO, stdout: TextIO) -> str | None:
-    """The next prompt, or None to leave (end of input or an empty line)."""
+    """The next prompt, or None to leave (end of input, or an empty line typed in a terminal)."""
     stdout.write("\n> ")
     stdout.flush()
-    line = stdin.readline()
-    if not line:  # Ctrl-D / end of a piped input
-        stdout.write("\n")
-        return None
-    # A pasted or piped line may carry Windows line ends or a byte-order mark: neither is part of the prompt.
-    return line.rstrip("\r\n").lstrip("\ufeff") or None
+    while line := stdin.readline():
+        # A pasted or piped line may carry Windows line ends or a byte-order mark: neither is part of the prompt.
+        prompt = line.rstrip("\r\n").lstrip("\ufeff")
+        if prompt or stdin.isatty():
+            return prompt or None
+        # Piped: a blank line (between poems, at a file's end) is no prompt, nor a reason to drop the lines after it.
+    stdout.write("\n")  # Ctrl-D / end of a piped input
+    return None
 
 
 def chat_loop(

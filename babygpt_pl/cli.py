@@ -137,8 +137,9 @@ def check_accelerator(trainer) -> None:
         )
 
 
-def check_trainer_settings(trainer, fitting: bool) -> None:
+def check_trainer_settings(trainer, subcommand: str) -> None:
     """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
+    fitting = subcommand == "fit"
     every = trainer.val_check_interval
     if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
         raise UserError(f"trainer.val_check_interval must be a positive number of steps, got {every}")
@@ -153,6 +154,9 @@ def check_trainer_settings(trainer, fitting: bool) -> None:
         raise UserError("trainer.limit_train_batches is 0: this run would train nothing; drop it")
     if fitting and trainer.max_steps == 0:
         raise UserError("trainer.max_steps is 0: this run would train nothing; give the steps to train (-1: no limit)")
+    limit = {"validate": "limit_val_batches", "test": "limit_test_batches"}.get(subcommand)
+    if limit and trainer[limit] == 0:  # Lightning would report nothing and exit 0
+        raise UserError(f"trainer.{limit} is 0: this {subcommand} would evaluate nothing; drop it")
 
 
 def check_output_folders(config, checkpoints: bool) -> None:
@@ -577,7 +581,7 @@ class BabyGPTCLI(LightningCLI):
             # Added here, not in the defaults, so that --trainer.enable_progress_bar false still works.
             self.trainer_defaults["callbacks"].append(ProgressBar())
         fitting = self.subcommand == "fit"
-        check_trainer_settings(config.trainer, fitting)
+        check_trainer_settings(config.trainer, self.subcommand)
         check_output_folders(config, checkpoints=fitting)
         if fitting:
             check_checkpoint_options(config.checkpoint)

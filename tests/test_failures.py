@@ -290,6 +290,14 @@ def test_a_weights_only_checkpoint_cannot_resume(tmp_path, monkeypatch, capsys, 
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize(("command", "limit"), [("validate", "limit_val_batches"), ("test", "limit_test_batches")])
+def test_an_evaluation_of_nothing_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus, command, limit) -> None:
+    """Lightning reported no metric and exited 0."""
+    args = [command, f"--data.path={corpus}", f"--ckpt_path={checkpoint}", f"--trainer.{limit}=0"]
+    assert run_main(monkeypatch, tmp_path, *args) == 2
+    assert f"trainer.{limit} is 0: this {command} would evaluate nothing; drop it" in one_error_line(capsys)
+
+
 def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     """Each process would print its share of the samples, and --generation.output hold only the first one's."""
     args = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
