@@ -298,6 +298,21 @@ def _raised_in(err: BaseException, module: str) -> bool:
     return False
 
 
+def construction_error(err: ValueError) -> str | None:
+    """What went wrong where jsonargparse could make no class a setting names (a logger, a callback): the class
+    and its own error, in one line. Its message is the union's types and the whole namespace, with the cause
+    (a missing package, a refused combination of arguments) chained below; None for any other error."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    paths = [m[1] for e in chain if (m := re.search(r"class_path[ =]'([^']+)'", str(e)))]
+    if not paths or len(chain) == 1:
+        return None
+    return f"{paths[0]} could not be made: {' '.join(str(chain[-1]).split()).rstrip('.')}; fix or drop its settings"
+
+
 def _differences(saved: dict, now, keys, prefix: str = "") -> list[str]:
     """``{prefix}{key}=saved (this run: now)`` for each of ``keys`` that ``saved`` holds with another value."""
     return [
@@ -547,6 +562,14 @@ class BabyGPTCLI(LightningCLI):
                 raise
             # Lightning refusing the accelerator, strategy, devices or precision asked for: a setting to fix.
             raise UserError(f"the trainer settings were refused: {' '.join(str(err).split())}") from err
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            if (message := construction_error(err)) is None:
+                raise
+            raise UserError(message) from err
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

@@ -384,6 +384,10 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
         (["--data.seed=99999999999999999999999"], "data.seed must be an integer from 0 to 2**63 - 1, got 9999"),
         (["--seed_everything=-5"], "seed_everything: -5 is not in bounds, numpy accepts from 0 to 4294967295; or"),
+        (
+            ["--trainer.logger.init_args.log_model=true"],
+            "error: lightning.pytorch.loggers.WandbLogger could not be made: Providing log_model=True and offline=True",
+        ),
         (["--checkpoint.save_last=link"], "checkpoint.save_last link makes last.ckpt a link to the best checkpoint"),
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
