@@ -152,6 +152,11 @@ def check_trainer_settings(trainer, subcommand: str) -> None:
         raise UserError("trainer.devices must be a count of devices, a list of ids, -1 (all) or auto, got 0")
     if fitting and trainer.limit_train_batches == 0:  # Lightning would end the run at once, silently
         raise UserError("trainer.limit_train_batches is 0: this run would train nothing; drop it")
+    if fitting and trainer.enable_checkpointing is False:  # Lightning's error names no fix
+        raise UserError(
+            "trainer.enable_checkpointing false: babygpt always adds its checkpoint callback; to save no checkpoint "
+            "pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
+        )
     if fitting and trainer.max_steps == 0:
         raise UserError("trainer.max_steps is 0: this run would train nothing; give the steps to train (-1: no limit)")
     limit = {"validate": "limit_val_batches", "test": "limit_test_batches"}.get(subcommand)
@@ -655,7 +660,13 @@ class BabyGPTCLI(LightningCLI):
         prompts = read_prompts(config.data.prompts, config.data.prompts_file)
         hparams = self.checkpoint["hyper_parameters"]
         window = hparams["block_size"]
-        encode_prompts(CharTokenizer(hparams["vocab"]), prompts, window, config.generation.oov, warn=lambda _: None)
+        try:
+            encode_prompts(CharTokenizer(hparams["vocab"]), prompts, window, config.generation.oov, warn=lambda _: None)
+        except UserError as err:
+            if config.data.prompts_file or self._given("data.prompts"):
+                raise
+            # The user typed no prompt: say which ones these are, and how to give others.
+            raise UserError(f"the default prompts ({', '.join(prompts)}): {err}; or give --data.prompts") from None
 
     def _saved_data_settings(self) -> dict:
         """The data settings the checkpoint was trained with (none in one from before they were saved)."""

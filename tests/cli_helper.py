@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
+
+from babygpt_pl.module import BabyGPTModule
+
 TESTS = Path(__file__).resolve().parent
 
 TINY = [
@@ -53,3 +57,14 @@ def babygpt(cwd: Path, *args: str, check: bool = True, **env: str | None) -> sub
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def tiny_checkpoint(folder: Path, corpus: Path) -> Path:
+    """An untrained model's checkpoint over the corpus's characters."""
+    vocab = "".join(sorted(set(corpus.read_text(encoding="utf-8"))))
+    module = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    ckpt = folder / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt

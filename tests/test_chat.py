@@ -11,10 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from cli_helper import babygpt_cmd, babygpt_env
+from cli_helper import babygpt_cmd, babygpt_env, tiny_checkpoint
 
 from babygpt_pl import chat as chat_module
 from babygpt_pl import cli as cli_module
@@ -22,7 +21,6 @@ from babygpt_pl.chat import chat_loop
 from babygpt_pl.errors import UserError
 from babygpt_pl.generation import GenerationConfig, complete
 from babygpt_pl.model import BabyGPT, GPTConfig
-from babygpt_pl.module import BabyGPTModule
 from babygpt_pl.tokenizer import CharTokenizer
 
 VOCAB = "\n 。春江花月夜往事知多少"
@@ -102,17 +100,6 @@ def test_streamed_text_is_the_answer(model: BabyGPT) -> None:
     answer = out.split("> ", 1)[1].split("\n[", 1)[0]
     [expected] = complete(model, CharTokenizer(VOCAB), ["春"], GenerationConfig(max_new_tokens=8, temperature=0))
     assert answer == "春" + expected.text
-
-
-def tiny_checkpoint(folder: Path, corpus: Path) -> Path:
-    """An untrained model's checkpoint over the corpus's characters."""
-    vocab = "".join(sorted(set(corpus.read_text(encoding="utf-8"))))
-    module = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
-    trainer.strategy.connect(module)
-    ckpt = folder / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
-    return ckpt
 
 
 def test_the_chat_command_reads_its_checkpoint_once(tmp_path: Path, corpus: Path, monkeypatch) -> None:

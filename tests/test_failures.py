@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env
+from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env, tiny_checkpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -298,6 +298,17 @@ def test_an_evaluation_of_nothing_is_refused(tmp_path, monkeypatch, capsys, chec
     assert f"trainer.{limit} is 0: this {command} would evaluate nothing; drop it" in one_error_line(capsys)
 
 
+def test_the_default_prompts_are_named_where_the_model_cannot_take_them(tmp_path, monkeypatch, capsys) -> None:
+    """The user typed no prompt: the error says which prompts these are and how to give others."""
+    english = tmp_path / "en.txt"
+    english.write_text("the quick brown fox jumps over the lazy dog\n" * 20, encoding="utf-8")
+    ckpt = tiny_checkpoint(tmp_path, english)
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={ckpt}") == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: the default prompts (春江, 往事): 4 character(s) not in the model's vocabulary")
+    assert line.endswith("; or give --data.prompts")
+
+
 def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     """Each process would print its share of the samples, and --generation.output hold only the first one's."""
     args = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
@@ -388,6 +399,7 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
             ["--trainer.logger.init_args.log_model=true"],
             "error: lightning.pytorch.loggers.WandbLogger could not be made: Providing log_model=True and offline=True",
         ),
+        (["--trainer.enable_checkpointing=false"], "babygpt always adds its checkpoint callback; to save no"),
         (["--checkpoint.save_last=link"], "checkpoint.save_last link makes last.ckpt a link to the best checkpoint"),
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
