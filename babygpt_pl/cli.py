@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import glob
 import inspect
+import itertools
 import logging
 import os
 import re
@@ -181,8 +182,9 @@ def check_output_folders(config, checkpoints: bool) -> None:
 def check_checkpoint_options(checkpoint) -> None:
     """A misspelt metric in --checkpoint.monitor would end the run at its first validation, after all the training
     before it (and one in --checkpoint.filename would silently be written as 0). A filename that leaves the
-    checkpoint folder (``../best``, ``/tmp/best``) would write over a file there without a word, and
-    ``save_last: link`` would lose the steps after the best checkpoint from last.ckpt."""
+    checkpoint folder (``../best``, ``/tmp/best``) would write over a file there without a word, ``last`` would
+    write the best and the newest checkpoint to one file, and ``save_last: link`` would lose the steps after the
+    best checkpoint from last.ckpt."""
     if checkpoint.save_last == "link":
         raise UserError(
             "checkpoint.save_last link makes last.ckpt a link to the best checkpoint, without the steps after it: "
@@ -194,6 +196,10 @@ def check_checkpoint_options(checkpoint) -> None:
             f"checkpoint.filename {name} leaves the checkpoint folder: give a file name, e.g. best-{{step}}, and "
             "the folder with --checkpoint.dirpath"
         )
+    if name.endswith(".ckpt"):  # Lightning adds it: best.ckpt.ckpt
+        raise UserError(f"checkpoint.filename {name}: leave out the .ckpt, which is added")
+    if name == LatestCheckpoint.CHECKPOINT_NAME_LAST:  # the best checkpoint and the newest would share one file
+        raise UserError(f"checkpoint.filename {name} is the name of the newest checkpoint: choose another, e.g. best")
     names = ", ".join(FIT_METRICS)
     if checkpoint.monitor is not None and checkpoint.monitor not in FIT_METRICS:
         raise UserError(f"checkpoint.monitor {checkpoint.monitor} is not a metric babygpt logs: use one of {names}")
@@ -745,7 +751,7 @@ def check_config_files(argv: list[str]) -> dict[str, dict]:
     file or section that is not a mapping of settings (the parser would say "Unexpected config" or worse).
     Returns each file's settings."""
     settings = {}
-    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+    for flag, value in itertools.pairwise([*argv, ""]):
         path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
         if path == flag:
             continue  # not a --config option

@@ -400,6 +400,8 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
             "error: lightning.pytorch.loggers.WandbLogger could not be made: Providing log_model=True and offline=True",
         ),
         (["--trainer.enable_checkpointing=false"], "babygpt always adds its checkpoint callback; to save no"),
+        (["--checkpoint.filename=last"], "checkpoint.filename last is the name of the newest checkpoint: choose"),
+        (["--checkpoint.filename=best.ckpt"], "checkpoint.filename best.ckpt: leave out the .ckpt, which is added"),
         (["--checkpoint.save_last=link"], "checkpoint.save_last link makes last.ckpt a link to the best checkpoint"),
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
@@ -707,6 +709,13 @@ def test_a_config_vocabulary_other_than_the_corpus_is_named(tmp_path, monkeypatc
     assert run_main(monkeypatch, tmp_path, "fit", "--config", "c.yaml", f"--data.path={corpus}", *SMALL) == 2
     line = one_error_line(capsys)
     assert "model.vocab (3 characters, from the config) differs" in line and "checkpoint" not in line
+
+
+def test_no_subcommand_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """`babygpt` alone: the config-file check once failed on the empty command line with a traceback."""
+    monkeypatch.setattr(sys, "argv", ["babygpt"])
+    assert run_main(monkeypatch, tmp_path) == 2
+    assert 'expected "subcommand" to be one of {fit,validate,test,predict,chat}' in one_error_line(capsys)
 
 
 def test_a_null_data_path_is_one_line(tmp_path, monkeypatch, capsys) -> None:
