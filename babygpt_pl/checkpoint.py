@@ -146,6 +146,15 @@ class LatestCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         self._save_latest(trainer)
 
+    def _get_metric_interpolated_filepath_name(self, monitor_candidates, trainer, del_filepath=None) -> str:
+        # The version counter is off so that last.ckpt keeps its name; a best checkpoint still never takes the name
+        # of a file already there (an earlier run's best at the same step), which it would replace and then delete.
+        counter, self._enable_version_counter = self._enable_version_counter, True
+        try:
+            return super()._get_metric_interpolated_filepath_name(monitor_candidates, trainer, del_filepath)
+        finally:
+            self._enable_version_counter = counter
+
     def _save_latest(self, trainer: L.Trainer) -> None:
         # Skipped where the parent just saved at this step (its last.ckpt included), and outside fitting.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

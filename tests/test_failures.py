@@ -446,6 +446,24 @@ def test_a_fast_dev_run_keeps_an_earlier_last_checkpoint(tmp_path, monkeypatch, 
     assert "overwrites" not in capsys.readouterr().err  # nor the warning that it would
 
 
+def test_a_new_run_never_replaces_an_earlier_runs_best_checkpoint(tmp_path, monkeypatch, corpus, checkpoint) -> None:
+    """The same name (same step) in the same folder: the new run's best once replaced the file, then deleted it."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    earlier = {name: checkpoint.read_bytes() + name.encode() for name in ("best-step=2.ckpt", "best-step=4.ckpt")}
+    for name, content in earlier.items():
+        (folder / name).write_bytes(content)
+    args = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--checkpoint.filename=best-{step}"]
+    main(["fit", f"--data.path={corpus}", *SMALL, *args, "--trainer.logger=false"])
+    for name, content in earlier.items():
+        assert (folder / name).read_bytes() == content
+    assert {p.name for p in folder.iterdir()} - set(earlier) in (
+        {"last.ckpt", "best-step=2-v1.ckpt"},
+        {"last.ckpt", "best-step=4-v1.ckpt"},
+    )
+
+
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["--trainer.max_steps=2", "--trainer.logger=false", "--model.warmup_steps=10"]
