@@ -240,6 +240,17 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
         warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
 
 
+def warn_of_a_replaced_last(folder: str, resumed: str) -> None:
+    """A resumed run writes its last.ckpt over the one in its folder, which may be newer than the checkpoint it
+    resumes (say, a best checkpoint): say so before, while that file can still be copied away."""
+    last = os.path.join(folder, "last.ckpt")
+    if os.path.isfile(last) and not same_file(last, resumed):
+        warn(
+            f"{last} is not the checkpoint this run resumes ({resumed}): this run overwrites it (to keep it, copy "
+            "it away first or pass another --checkpoint.dirpath)"
+        )
+
+
 def same_file(a: str | None, b: str | None) -> bool:
     """Whether two paths name one regular file. Regular files only: in a terminal /dev/stdin and /dev/stdout are
     one device, and rightly so."""
@@ -483,6 +494,8 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
                     "nothing is left to train; raise --trainer.max_steps to train on"
                 )
+            if not self._given("checkpoint.dirpath"):  # the resumed run's own folder, not another run's
+                self.config.fit.checkpoint.dirpath = os.path.dirname(path) or "."
         self._take_checkpoint_hparams()
 
     def _take_checkpoint_hparams(self) -> None:
@@ -721,6 +734,8 @@ class BabyGPTCLI(LightningCLI):
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
                 if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath)
+            elif config.checkpoint.dirpath:
+                warn_of_a_replaced_last(config.checkpoint.dirpath, config.ckpt_path)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 spare_wandb_warnings(logger)

@@ -464,6 +464,25 @@ def test_a_new_run_never_replaces_an_earlier_runs_best_checkpoint(tmp_path, monk
     )
 
 
+def test_a_resumed_run_keeps_to_its_own_folder(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """Resuming run_y/last.ckpt wrote into ./checkpoints, over another run's last.ckpt; and a resume from an older
+    checkpoint replaces its folder's newer last.ckpt, which is now said first."""
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"]
+    main([*fit, "--trainer.max_steps=2", "--checkpoint.dirpath=run_y"])
+    older = tmp_path / "run_y" / "older.ckpt"
+    older.write_bytes((tmp_path / "run_y" / "last.ckpt").read_bytes())
+    main([*fit, "--trainer.max_steps=4", "--ckpt_path=run_y/last.ckpt"])
+    assert not (tmp_path / "checkpoints").exists()
+    assert torch.load(tmp_path / "run_y" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert "is not the checkpoint this run resumes" not in capsys.readouterr().err
+    main([*fit, "--trainer.max_steps=3", "--ckpt_path=run_y/older.ckpt"])
+    assert (
+        "warning: run_y/last.ckpt is not the checkpoint this run resumes (run_y/older.ckpt): this run overwrites it"
+        in capsys.readouterr().err
+    )
+
+
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["--trainer.max_steps=2", "--trainer.logger=false", "--model.warmup_steps=10"]
