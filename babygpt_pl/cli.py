@@ -843,7 +843,7 @@ def _main(args: list[str] | None) -> None:
     except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print("error:", " ".join(str(err).split()), file=sys.stderr)  # one line, whatever a library's message holds
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C while the command starts up (during training GracefulStop handles it)
         if debug:

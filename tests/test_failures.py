@@ -755,6 +755,19 @@ def test_no_subcommand_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     assert 'expected "subcommand" to be one of {fit,validate,test,predict,chat}' in one_error_line(capsys)
 
 
+def test_an_error_of_several_lines_is_printed_as_one(tmp_path, monkeypatch, capsys) -> None:
+    """wandb's network errors, for one, span three lines."""
+
+    def refuse(argv):
+        raise UserError("wandb: Timed out\nConsider increasing the init_timeout setting:\n  see the docs")
+
+    monkeypatch.setattr(cli_module, "check_config_files", refuse)
+    assert run_main(monkeypatch, tmp_path, "fit") == 2
+    assert (
+        one_error_line(capsys) == "error: wandb: Timed out Consider increasing the init_timeout setting: see the docs"
+    )
+
+
 def test_a_null_data_path_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "c.yaml").write_text("data:\n  path: null\n", encoding="utf-8")
     assert run_main(monkeypatch, tmp_path, "fit", "--config", "c.yaml") == 2
