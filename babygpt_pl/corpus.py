@@ -100,11 +100,16 @@ def _read_tarball(tarball: Path) -> dict[str, bytes]:
     return files
 
 
-def _poem_text(poem: dict, rel: str) -> str:
-    try:
-        return "\n".join([f"{poem['rhythmic']} {poem['author']}", *poem["paragraphs"]])
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{rel}: a poem lacks rhythmic/author/paragraphs ({e!r}); is this {PACKAGE}?") from e
+def _poem_text(poem: object, rel: str) -> str:
+    # Checked, not converted: the f-string would write a null author as "None", and *paragraphs would put a
+    # string's characters one per line.
+    fields = [poem.get(key) for key in ("rhythmic", "author", "paragraphs")] if isinstance(poem, dict) else []
+    if not fields or not all(isinstance(v, str) for v in fields[:2]) or not isinstance(fields[2], list):
+        raise UserError(f"{rel}: a poem lacks rhythmic, author or paragraphs: {str(poem)[:80]}; is this {PACKAGE}?")
+    rhythmic, author, paragraphs = fields
+    if not all(isinstance(line, str) for line in paragraphs):
+        raise UserError(f"{rel}: a poem's paragraphs are not all text: {str(paragraphs)[:80]}; is this {PACKAGE}?")
+    return "\n".join([f"{rhythmic} {author}", *paragraphs])
 
 
 def _corpus_bytes(files: dict[str, bytes], source: Path) -> bytes:
@@ -114,6 +119,8 @@ def _corpus_bytes(files: dict[str, bytes], source: Path) -> bytes:
             entries = json.loads(files[rel])
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{source}: {rel} is not valid JSON ({e}); is this {PACKAGE}?") from e
+        if not isinstance(entries, list):
+            raise UserError(f"{source}: {rel} holds {str(entries)[:40]}, not a list of poems; is this {PACKAGE}?")
         poems.extend(_poem_text(poem, rel) for poem in entries)
     return ("\n\n".join(poems) + "\n").encode("utf-8")
 

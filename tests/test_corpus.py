@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -145,6 +146,25 @@ def test_missing_required_file_raises(tmp_path: Path) -> None:
     root = make_package(tmp_path)
     (root / "dist/wudaishici/nantang/poetrys.json").unlink()
     with pytest.raises(UserError, match="nantang/poetrys.json"):
+        corpus.build_ci(root, tmp_path / "ci.txt")
+    assert not (tmp_path / "ci.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (5, "ci.song.0.json holds 5, not a list of poems"),
+        ([7], "a poem lacks rhythmic, author or paragraphs: 7"),
+        ([{"rhythmic": "导引", "author": None, "paragraphs": []}], "a poem lacks rhythmic, author or paragraphs"),
+        ([{"rhythmic": "导引", "author": "和岘", "paragraphs": "气和"}], "a poem lacks rhythmic, author or paragraphs"),
+        ([{"rhythmic": "导引", "author": "和岘", "paragraphs": [1]}], "a poem's paragraphs are not all text: [1]"),
+    ],
+)
+def test_a_malformed_poem_file_is_refused(tmp_path: Path, content: object, expected: str) -> None:
+    """Not a TypeError, and not a corpus with "None" for an author or a poem one character per line."""
+    root = make_package(tmp_path)
+    (root / "dist/songci/ci.song.0.json").write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(expected)):
         corpus.build_ci(root, tmp_path / "ci.txt")
     assert not (tmp_path / "ci.txt").exists()
 
