@@ -39,6 +39,7 @@ from benchutil import (  # noqa: E402
     print_table,
     report,
     reset_peak,
+    run_main,
     sync,
     timed,
     write_json,
@@ -256,4 +257,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,6 +34,7 @@ from benchutil import (  # noqa: E402
     print_table,
     report,
     reset_peak,
+    run_main,
     sync,
     timed,
     write_json,
@@ -242,4 +243,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,12 +8,14 @@ import platform
 import re
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from babygpt_pl.errors import UserError
@@ -33,6 +35,8 @@ def positive_int(text: str) -> int:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What argparse does not check option by option, before the run rather than after it: the device exists,
     and the output files can be written."""
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device {args.device}: use cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this machine has no CUDA GPU; pass --device cpu")
     for option in ("out", "profile"):
@@ -151,3 +155,13 @@ def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
     print(f"\n{title}\n{'-' * len(title)}")
     for name, value in rows:
         print(f"{name:<{width}}  {fmt(value)}")
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a benchmark's main: a bad setting it finds only later (a model shape the model refuses, a config file
+    that is no YAML) is one ``error:`` line and exit code 2, as for the product's own commands."""
+    try:
+        main()
+    except (UserError, yaml.YAMLError) as err:
+        print("error:", " ".join(str(err).split()), file=sys.stderr)
+        sys.exit(2)

@@ -23,9 +23,10 @@ import lightning as L
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import device_profiler, report, sync  # noqa: E402
+from benchutil import device_profiler, positive_int, report, run_main, sync  # noqa: E402
 
 from babygpt_pl import cli  # noqa: E402
+from babygpt_pl.files import check_writable  # noqa: E402
 
 
 class StepProfiler(L.Callback):
@@ -61,10 +62,12 @@ class StepProfiler(L.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--start", type=int, default=20, help="first timed step (after warm-up)")
-    parser.add_argument("--steps", type=int, default=10, help="steps timed, then as many profiled")
+    parser.add_argument("--start", type=positive_int, default=20, help="first timed step (after warm-up)")
+    parser.add_argument("--steps", type=positive_int, default=10, help="steps timed, then as many profiled")
     parser.add_argument("--out", type=Path, help="also append the report to this file")
     args, rest = parser.parse_known_args()
+    if args.out is not None:  # before the run, not after all of it
+        check_writable(args.out, "--out", "profile.txt")
     profiler = StepProfiler(args.start, args.steps, args.out)
     defaults = cli.trainer_defaults
     # The run's checkpoints and wandb files default to a folder of its own, removed after: a profile must not write
@@ -84,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

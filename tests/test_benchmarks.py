@@ -65,6 +65,14 @@ def test_profile_fit_reports_and_leaves_the_folders_of_real_runs_alone(tmp_path:
         ("bench_train.py", ["--steps=-2"], "argument --steps: must be >= 1, got -2"),
         ("bench_train.py", ["--cpu-peak-gflops=0"], "--cpu-peak-gflops must be > 0, got 0"),
         ("bench_train.py", ["--config=nope.yaml"], "--config nope.yaml is not a file"),
+        ("bench_train.py", [f"--config={ROOT / 'README.md'}"], "error: while scanning for the next token found"),
+        ("bench_generate.py", ["--device=banana"], "--device banana: use cpu, cuda or cuda:N"),
+        (
+            "bench_generate.py",
+            ["--n-embed=16", "--n-head=3", "--n-layer=1", "--vocab=32", "--block-size=16", "--prompt-len=8"],
+            "error: GPTConfig.n_embed (16) must be divisible by n_head (3)",
+        ),
+        ("profile_fit.py", ["--steps=0"], "argument --steps: must be >= 1, got 0"),
     ],
 )
 def test_bad_options_are_refused_before_running(script: str, args: list[str], shown: str) -> None:
