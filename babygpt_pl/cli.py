@@ -310,6 +310,13 @@ def check_prompts(
         raise UserError(f"{context}: {err}") from None
 
 
+def warn_of_unmatchable_stops(stop: list[str], tokenizer: CharTokenizer) -> None:
+    """A stop string with a character the model never writes can never end a sample: most likely a slip (a
+    Chinese stop string for an English model)."""
+    if never := [s for s in stop if tokenizer.unknown(s)]:
+        warn(f"generation.stop {never} holds characters outside the model's vocabulary: it can never match")
+
+
 def _raised_in(err: BaseException, module: str) -> bool:
     """Whether ``err`` went through a frame of a file named ``module``."""
     tb = err.__traceback__
@@ -609,6 +616,9 @@ class BabyGPTCLI(LightningCLI):
                 reads = [config.ckpt_path, *OneLineErrorParser.config_files, config.data.prompts_file, config.data.path]
                 check_not_an_input(config.generation.output, *reads)
                 check_not_the_trained_text(config.generation.output, self._saved_data_settings().get("text_sha256"))
+            warn_of_unmatchable_stops(
+                config.generation.stop, CharTokenizer(self.checkpoint["hyper_parameters"]["vocab"])
+            )
             if self.subcommand == "predict":
                 self._check_prompts_encode(config)
                 if not self._given("trainer.devices"):  # (Lightning's auto: every GPU, each printing a share)
@@ -670,6 +680,7 @@ class BabyGPTCLI(LightningCLI):
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file)
             check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
+            warn_of_unmatchable_stops(config.generation.stop, tokenizer)
 
     def _check_prompts_encode(self, config) -> None:
         """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of

@@ -309,6 +309,17 @@ def test_the_default_prompts_are_named_where_the_model_cannot_take_them(tmp_path
     assert line.endswith("; or give --data.prompts")
 
 
+def test_a_stop_string_the_model_never_writes_is_warned(tmp_path, monkeypatch, capsys) -> None:
+    english = tmp_path / "en.txt"
+    english.write_text("the quick brown fox jumps over the lazy dog\n" * 20, encoding="utf-8")
+    ckpt = tiny_checkpoint(tmp_path, english)
+    monkeypatch.chdir(tmp_path)
+    stops = '--generation.stop=["春", "\\n\\n"]'
+    main(["predict", f"--ckpt_path={ckpt}", "--data.prompts=the", "--generation.max_new_tokens=2", stops])
+    err = capsys.readouterr().err
+    assert "warning: generation.stop ['春'] holds characters outside the model's vocabulary: it can never match" in err
+
+
 def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     """Each process would print its share of the samples, and --generation.output hold only the first one's."""
     args = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
