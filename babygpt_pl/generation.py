@@ -81,7 +81,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     num_samples: int = 1
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    stop: list[str] | str = field(default_factory=list)  # (a string: refused below with an example)
     oov: OOVPolicy = "error"
     use_cache: bool = True
     cuda_graph: bool = True

@@ -320,6 +320,13 @@ def test_a_stop_string_the_model_never_writes_is_warned(tmp_path, monkeypatch, c
     assert "warning: generation.stop ['春'] holds characters outside the model's vocabulary: it can never match" in err
 
 
+def test_one_stop_string_in_a_config_file_names_the_fix(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    """jsonargparse's own message showed the value "\\n\\n" as nothing at all."""
+    (tmp_path / "g.yaml").write_text('generation:\n  stop: "\\n\\n"\n', encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--config=g.yaml") == 2
+    assert one_error_line(capsys) == "error: generation.stop must be a list of strings, e.g. ['\\n\\n'], not one string"
+
+
 def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     """Each process would print its share of the samples, and --generation.output hold only the first one's."""
     args = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
