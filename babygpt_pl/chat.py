@@ -31,6 +31,12 @@ def _read_prompt(stdin: TextIO, stdout: TextIO) -> str | None:
     return None
 
 
+def _require_utf8(prompt: str) -> None:
+    """Bytes that are not UTF-8 reach Python's stdin as lone surrogates ('\\udcff'): name the problem, not them."""
+    if any("\udc80" <= ch <= "\udcff" for ch in prompt):
+        raise UserError("this line is not UTF-8 text: type it again, or convert the piped file (e.g. iconv -t UTF-8)")
+
+
 def chat_loop(
     model: BabyGPT,
     tokenizer: CharTokenizer,
@@ -69,6 +75,7 @@ def chat_loop(
             break
         stdout.write(prompt)
         try:
+            _require_utf8(prompt)
             [answer] = complete(model, tokenizer, [prompt], config, on_text=show, warn=warn)
         except KeyboardInterrupt:
             stdout.write("\n[stopped]\n")

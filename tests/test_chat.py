@@ -58,6 +58,14 @@ def test_a_bad_prompt_is_reported_and_the_loop_goes_on(model: BabyGPT) -> None:
     assert out.count("tokens/s]") == 1
 
 
+def test_a_line_that_is_not_utf8_is_named_so(model: BabyGPT) -> None:
+    """As Python's stdin hands over undecodable bytes: lone surrogates, which the vocabulary check showed as such."""
+    err = io.StringIO()
+    out = run(model, "春\udcff江\n春江\n", err=err)
+    assert err.getvalue().startswith("error: this line is not UTF-8 text: type it again, or convert the piped file")
+    assert out.count("tokens/s]") == 1
+
+
 def test_a_long_prompts_warning_goes_to_stderr(model: BabyGPT) -> None:
     err = io.StringIO()
     out = run(model, "春江" * 10 + "\n", err=err)
