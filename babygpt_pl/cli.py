@@ -34,7 +34,7 @@ from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, S
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts, read_text, text_sha256
-from babygpt_pl.errors import Terminated, UserError, debugging, terminate_on_sigterm, warn
+from babygpt_pl.errors import Terminated, UserError, debugging, one_line, terminate_on_sigterm, warn
 from babygpt_pl.files import check_folder_writable, check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
 from babygpt_pl.module import FIT_METRICS, BabyGPTModule
@@ -339,7 +339,7 @@ def construction_error(err: ValueError) -> str | None:
     paths = [m[1] for e in chain if (m := re.search(r"class_path[ =]'([^']+)'", str(e)))]
     if not paths or len(chain) == 1:
         return None
-    return f"{paths[0]} could not be made: {' '.join(str(chain[-1]).split()).rstrip('.')}; fix or drop its settings"
+    return f"{paths[0]} could not be made: {one_line(chain[-1]).rstrip('.')}; fix or drop its settings"
 
 
 def _differences(saved: dict, now, keys, prefix: str = "") -> list[str]:
@@ -400,7 +400,7 @@ class OneLineErrorParser(LightningArgumentParser):
         if not self.exit_on_error or self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         command = self.prog.replace(" [options]", "")
-        message = short_union_error(" ".join(message.split()))
+        message = short_union_error(one_line(message))
         if unknown := re.search(r"Subcommand '(\w+)' does not accept option '([^']+)'", message):
             command = f"{command} {unknown[1]}"  # (the top parser's message: its --help lists no options)
             if files := [path for path, content in self.config_files.items() if _holds_key(content, unknown[2])]:
@@ -472,12 +472,12 @@ class BabyGPTCLI(LightningCLI):
         if subcommand != "fit" and self.checkpoint:
             self._check_model_options(path)
             self._default_to_trained_data()
-        if subcommand == "fit" and self.checkpoint and "optimizer_states" not in checkpoint:
-            raise UserError(
-                f"checkpoint {path} holds the weights alone (checkpoint.save_weights_only): it cannot resume a run; "
-                "use it with predict, validate or test, or drop --ckpt_path to start a new run"
-            )
         if subcommand == "fit" and self.checkpoint:
+            if "optimizer_states" not in checkpoint:
+                raise UserError(
+                    f"checkpoint {path} holds the weights alone (checkpoint.save_weights_only): it cannot resume a "
+                    "run; use it with predict, validate or test, or drop --ckpt_path to start a new run"
+                )
             # Lightning would silently replace this run's model settings with the checkpoint's.
             saved, model = self.checkpoint["hyper_parameters"], self.config.fit.model
             saved = {**_BEFORE, **saved}
@@ -592,7 +592,7 @@ class BabyGPTCLI(LightningCLI):
             if not _raised_in(err, "accelerator_connector"):
                 raise
             # Lightning refusing the accelerator, strategy, devices or precision asked for: a setting to fix.
-            raise UserError(f"the trainer settings were refused: {' '.join(str(err).split())}") from err
+            raise UserError(f"the trainer settings were refused: {one_line(err)}") from err
 
     def instantiate_classes(self) -> None:
         try:
@@ -616,11 +616,10 @@ class BabyGPTCLI(LightningCLI):
                 reads = [config.ckpt_path, *OneLineErrorParser.config_files, config.data.prompts_file, config.data.path]
                 check_not_an_input(config.generation.output, *reads)
                 check_not_the_trained_text(config.generation.output, self._saved_data_settings().get("text_sha256"))
-            warn_of_unmatchable_stops(
-                config.generation.stop, CharTokenizer(self.checkpoint["hyper_parameters"]["vocab"])
-            )
+            tokenizer = CharTokenizer(self.checkpoint["hyper_parameters"]["vocab"])
+            warn_of_unmatchable_stops(config.generation.stop, tokenizer)
             if self.subcommand == "predict":
-                self._check_prompts_encode(config)
+                self._check_prompts_encode(config, tokenizer)
                 if not self._given("trainer.devices"):  # (Lightning's auto: every GPU, each printing a share)
                     config.trainer.devices = 1
             elif as_prompt_list(config.data.prompts) != DEFAULT_PROMPTS or config.data.prompts_file is not None:
@@ -682,16 +681,15 @@ class BabyGPTCLI(LightningCLI):
             check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
             warn_of_unmatchable_stops(config.generation.stop, tokenizer)
 
-    def _check_prompts_encode(self, config) -> None:
+    def _check_prompts_encode(self, config, tokenizer: CharTokenizer) -> None:
         """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of
         Lightning's set-up (the crop warning is left to generation)."""
         if config.data.prompts_file and not os.path.isfile(config.data.prompts_file):
             return  # a pipe (--data.prompts_file /dev/stdin) can be read once only: by the generation
         prompts = read_prompts(config.data.prompts, config.data.prompts_file)
-        hparams = self.checkpoint["hyper_parameters"]
-        window = hparams["block_size"]
+        window = self.checkpoint["hyper_parameters"]["block_size"]
         try:
-            encode_prompts(CharTokenizer(hparams["vocab"]), prompts, window, config.generation.oov, warn=lambda _: None)
+            encode_prompts(tokenizer, prompts, window, config.generation.oov, warn=lambda _: None)
         except UserError as err:
             if config.data.prompts_file or self._given("data.prompts"):
                 raise
@@ -854,7 +852,7 @@ def _main(args: list[str] | None) -> None:
     except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:
             raise
-        print("error:", " ".join(str(err).split()), file=sys.stderr)  # one line, whatever a library's message holds
+        print("error:", one_line(err), file=sys.stderr)  # one line, whatever a library's message holds
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C while the command starts up (during training GracefulStop handles it)
         if debug:

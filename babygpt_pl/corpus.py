@@ -30,7 +30,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from babygpt_pl.errors import UserError, warn
+from babygpt_pl.errors import UserError, one_line, warn
 from babygpt_pl.files import check_writable, write_atomic
 
 PACKAGE = "chinese-poetry@2.0.1"
@@ -95,7 +95,7 @@ def _read_tarball(tarball: Path) -> dict[str, bytes]:
                     files[rel] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         # A ReadError lists every compression tried, one per line: "not a tar archive" is what it means.
-        why = "not a tar archive" if isinstance(e, tarfile.ReadError) else " ".join(str(e).split())
+        why = "not a tar archive" if isinstance(e, tarfile.ReadError) else one_line(e)
         raise UserError(f"cannot read tarball {tarball}: {why}; pass the .tgz made by `npm pack {PACKAGE}`") from e
     return files
 

@@ -17,6 +17,11 @@ def debugging(argv: list[str]) -> bool:
     return "--debug" in argv or bool(os.environ.get("JSONARGPARSE_DEBUG"))
 
 
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space: a library's message as one line."""
+    return " ".join(str(text).split())
+
+
 def warn(message: str) -> None:
     """One ``warning: …`` line on stderr (stdout carries only what a command produces, e.g. generated text),
     from the first process only: under DDP every rank runs the command, and would repeat it."""

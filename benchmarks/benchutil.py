@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import UserError, one_line
 from babygpt_pl.files import check_writable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,5 +163,5 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except (UserError, yaml.YAMLError) as err:
-        print("error:", " ".join(str(err).split()), file=sys.stderr)
+        print("error:", one_line(err), file=sys.stderr)
         sys.exit(2)
