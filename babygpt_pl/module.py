@@ -125,6 +125,11 @@ class BabyGPTModule(L.LightningModule):
             # For ThroughputMonitor's MFU: model FLOPs of one training batch (forward and backward).
             tokens = datamodule.batch_size * self.config.block_size
             self.flops_per_batch = self.model.flops_per_token() * tokens
+        # Lightning's model summary counts the FLOPs of a forward of this input (one block_size sequence); without
+        # one it printed "Total FLOPs: 0". Not for a compiled model (a second graph to compile for this shape) nor
+        # FSDP's (the summary runs on rank 0 alone, and a sharded forward would wait for the other ranks).
+        if not self.hparams.compile and not isinstance(self.trainer.strategy, FSDPStrategy):
+            self.example_input_array = torch.zeros(1, self.config.block_size, dtype=torch.long)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)

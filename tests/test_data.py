@@ -284,6 +284,12 @@ def test_on_after_batch_transfer(dm: CiDataModule) -> None:
     assert dm.on_after_batch_transfer(["春江"], 0) == ["春江"]
 
 
+def test_the_model_summarys_example_input_passes_the_batch_hook_unchanged(dm: CiDataModule) -> None:
+    dm.trainer = fake_trainer(training=True, ready=5)
+    example = torch.zeros(1, dm.block_size, dtype=torch.long)  # what BabyGPTModule.setup gives the summary
+    assert dm.on_after_batch_transfer(example, 0) is example
+
+
 def test_seed_dropout_seeds_the_cpu_generator_as_torch_manual_seed_does(monkeypatch) -> None:
     torch.manual_seed(5)
     expected = torch.nn.functional.dropout(torch.ones(64), 0.5)

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.model_summary import summarize
 from torch import nn
 
 from babygpt_pl.errors import UserError
@@ -203,6 +204,23 @@ def test_setup_computes_flops_per_batch() -> None:
     module.setup("fit")
     assert module.flops_per_batch == module.model.flops_per_token() * 3 * 16
     assert module.flops_per_batch > 0
+
+
+@pytest.mark.parametrize("compile, sharded", [(False, False), (True, False), (False, True)])
+def test_the_model_summary_counts_a_forwards_flops_unless_compiled_or_sharded(compile: bool, sharded: bool) -> None:
+    cpu = torch.device("cpu")
+    strategy = FSDPStrategy(parallel_devices=[cpu]) if sharded else SimpleNamespace(root_device=cpu)
+    module = attach(make(compile=compile), strategy=strategy)
+    module.setup("fit")
+    module.trainer = None  # the stand-in lacks what the summary's batch hooks read; it runs without a trainer
+    flops = summarize(module).total_flops
+    if compile or sharded:
+        assert module.example_input_array is None and flops == 0
+    else:
+        assert module.example_input_array.shape == (1, TINY["block_size"])
+        # Lightning's counter sees the matmuls of one sequence's forward: 2 FLOPs per weight and position.
+        weights = sum(m.weight.numel() for m in module.model.modules() if isinstance(m, nn.Linear))
+        assert flops == 2 * weights * TINY["block_size"]
 
 
 def test_predict_step() -> None:
