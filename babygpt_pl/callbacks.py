@@ -197,6 +197,10 @@ class GracefulStop(Callback):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Inside a gradient accumulation the step is not over: a checkpoint would lose the gradient accumulated so far.
+        # (Lightning's own test for it, on an epoch that never ends here.)
+        if trainer.fit_loop.epoch_loop.batch_progress.current.ready % trainer.accumulate_grad_batches:
+            return
         received = self.received is not None
         if trainer.world_size > 1:  # every rank must take part in the save, so stop together
             # Agreeing is a collective and a host sync: every log_every_n_steps steps, not every step.

@@ -147,6 +147,15 @@ def check_trainer_settings(trainer, subcommand: str) -> None:
     accumulate, clip = trainer.accumulate_grad_batches, trainer.gradient_clip_val
     if accumulate is not None and accumulate < 1:  # Lightning: a ZeroDivisionError at the first step
         raise UserError(f"trainer.accumulate_grad_batches must be >= 1 (1: no accumulation), got {accumulate}")
+    if fitting and isinstance(every, int) and accumulate and every % accumulate:
+        # Lightning counts val_check_interval in batches: validation, and the checkpoints saved after it, would fall
+        # inside an optimizer step, without the gradient accumulated so far; a run resumed from them would differ.
+        lower, higher = every // accumulate * accumulate, (every // accumulate + 1) * accumulate
+        raise UserError(
+            f"trainer.val_check_interval ({every} batches) must be a multiple of trainer.accumulate_grad_batches "
+            f"({accumulate}): its checkpoints would fall inside an optimizer step; use {lower or higher}"
+            + (f" or {higher}" if lower else "")
+        )
     if clip is not None and clip < 0:  # a negative norm limit flips the gradients: the loss would climb
         raise UserError(f"trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
     if str(trainer.devices) == "0":  # Lightning's error names no fix
@@ -547,12 +556,12 @@ class BabyGPTCLI(LightningCLI):
 
     def _default_to_trained_data(self) -> None:
         """validate/test draw the validation windows that training did (the same loss for the same weights):
-        data settings left at their defaults take the checkpoint's values."""
+        data settings left out take the checkpoint's values (one given, even at its default, is used)."""
         data = self.config[self.config.subcommand].data
         defaults = inspect.signature(CiDataModule).parameters
         saved = {k: v for k, v in self._saved_data_settings().items() if k in defaults}
         for key, value in saved.items():
-            if _plain(data[key]) == _plain(defaults[key].default):
+            if not self._given(f"data.{key}") and _plain(data[key]) == _plain(defaults[key].default):
                 data[key] = value
         if self.config.subcommand in ("validate", "test") and (
             other := _differences(saved, data, list(saved), prefix="data.")

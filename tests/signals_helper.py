@@ -41,3 +41,15 @@ class SignalAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class SignalAfterBatch(Callback):
+    """Send this process SIGINT once, as batch number ``batch`` (from 1) ends: a step's end or, with gradient
+    accumulation, the middle of one."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.total.ready == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -206,6 +206,7 @@ def test_throughput_totals_go_on_after_a_resume(module, tmp_path: Path) -> None:
 def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
     """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
     reduced, saved = [], []
+    progress = SimpleNamespace(current=SimpleNamespace(ready=10))
     strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: reduced.append(decision) or decision)
     trainer = SimpleNamespace(
         world_size=2,
@@ -216,7 +217,9 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
         should_stop=False,
         check_val_every_n_epoch=None,
         val_check_batch=50,
-        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=9)),  # the stop's batch: no validation
+        accumulate_grad_batches=1,
+        # The stop's batch: no validation there.
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=9, batch_progress=progress)),
         limit_val_batches=1.0,
     )
     stop = GracefulStop()

@@ -403,6 +403,12 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--trainer.devices=x"], "the trainer settings were refused: `devices` selected with `CPUAccelerator` should"),
         (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive number of steps, got 0"),
         (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be >= 1 (1: no accumulation)"),
+        (
+            ["--trainer.accumulate_grad_batches=2", "--trainer.val_check_interval=5"],
+            "trainer.val_check_interval (5 batches) must be a multiple of trainer.accumulate_grad_batches (2): its "
+            "checkpoints would fall inside an optimizer step; use 4 or 6",
+        ),
+        (["--trainer.accumulate_grad_batches=4", "--trainer.val_check_interval=3"], "step; use 4"),
         (["--trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got"),
         (["--trainer.limit_train_batches=0"], "trainer.limit_train_batches is 0: this run would train nothing"),
         (["--trainer.max_steps=0"], "trainer.max_steps is 0: this run would train nothing"),

@@ -114,6 +114,22 @@ def test_resume_after_ctrl_c_is_exact(run_dir, stop_at: int) -> None:
         assert torch.equal(tensor, last(b)["state_dict"][key]), key
 
 
+def test_ctrl_c_inside_a_gradient_accumulation_saves_at_the_end_of_the_step(run_dir) -> None:
+    """Saved in the middle of a step, the checkpoint would lack the gradient of the batches before: the resumed
+    step would average fewer batches."""
+    run = [*RUN, "--trainer.accumulate_grad_batches=2"]
+    a = run_dir("a")
+    babygpt(a, *run)
+    b = run_dir("b")
+    stop = ["--trainer.callbacks+=signals_helper.SignalAfterBatch", "--trainer.callbacks.init_args.batch=15"]
+    stopped = babygpt(b, *run, *stop, check=False)
+    assert stopped.returncode == 128 + signal.SIGINT
+    assert last(b)["global_step"] == 8  # batch 15 is half of step 8: the save waited for batch 16
+    babygpt(b, *run, "--ckpt_path=checkpoints/last.ckpt")
+    for key, tensor in last(a)["state_dict"].items():
+        assert torch.equal(tensor, last(b)["state_dict"][key]), key
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_resumable_checkpoint(run_dir, signum: int) -> None:
     run = run_dir("run")
