@@ -610,6 +610,8 @@ class BabyGPTCLI(LightningCLI):
             if (message := construction_error(err)) is None:
                 raise
             raise UserError(message) from err
+        if self.subcommand in ("fit", "validate", "test"):  # before the processes start: said once, not per rank
+            self.datamodule.check_val_windows(self.trainer.world_size)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

@@ -198,7 +198,22 @@ class CiDataModule(L.LightningDataModule):
         self.train_data, self.val_data = data[:split], data[split:]
         generator = torch.Generator().manual_seed(self.seed)
         count = self.val_batches * self.batch_size
+        self.check_val_windows(1 if self.trainer is None else self.trainer.world_size)
         self.val_starts = torch.randint(len(self.val_data) - self.block_size, (count,), generator=generator)
+
+    def check_val_windows(self, ranks: int) -> None:
+        """Lightning's DistributedSampler evens the ranks' shares of the validation windows out by repeating some:
+        the repeats would count twice in val_loss, which then differs from one process's over the same windows.
+        (The CLI calls this before the processes start, so that the error is said once.)"""
+        count = self.val_batches * self.batch_size
+        if count % ranks:
+            fits = next(
+                n for n in range(self.val_batches, self.val_batches + ranks + 1) if n * self.batch_size % ranks == 0
+            )
+            raise UserError(
+                f"data.val_batches x data.batch_size ({count} validation windows) must divide evenly among the "
+                f"{ranks} processes, else some windows count twice in val_loss: use --data.val_batches {fits}"
+            )
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Forever(), batch_size=None)

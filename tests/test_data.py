@@ -329,3 +329,13 @@ def test_prompts_given_beside_a_prompts_file_are_reported(path: Path, tmp_path: 
     assert "data.prompts_file replaces data.prompts; ignoring ['明月']" in capsys.readouterr().err
     assert module.load_prompts() == module.load_prompts() == ["春江"]
     assert capsys.readouterr().err == ""  # once, not at every validation's samples
+
+
+@pytest.mark.parametrize(("ranks", "fits"), [(1, None), (2, None), (4, None), (3, 3), (16, 4)])
+def test_validation_windows_must_divide_among_the_ranks(dm: CiDataModule, ranks: int, fits: int | None) -> None:
+    dm.batch_size, dm.val_batches = 4, 2  # 8 windows
+    if fits is None:
+        dm.check_val_windows(ranks)
+    else:
+        with pytest.raises(UserError, match=f"among the {ranks} processes.*use --data.val_batches {fits}$"):
+            dm.check_val_windows(ranks)

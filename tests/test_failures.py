@@ -409,6 +409,11 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
             "checkpoints would fall inside an optimizer step; use 4 or 6",
         ),
         (["--trainer.accumulate_grad_batches=4", "--trainer.val_check_interval=3"], "step; use 4"),
+        (
+            ["--trainer.strategy=ddp", "--trainer.devices=3", "--trainer.accelerator=cpu"],
+            "error: data.val_batches x data.batch_size (16 validation windows) must divide evenly among the 3 "
+            "processes, else some windows count twice in val_loss: use --data.val_batches 3",
+        ),
         (["--trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got"),
         (["--trainer.limit_train_batches=0"], "trainer.limit_train_batches is 0: this run would train nothing"),
         (["--trainer.max_steps=0"], "trainer.max_steps is 0: this run would train nothing"),
