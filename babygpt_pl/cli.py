@@ -167,6 +167,11 @@ def check_trainer_settings(trainer, subcommand: str) -> None:
             "trainer.enable_checkpointing false: babygpt always adds its checkpoint callback; to save no checkpoint "
             "pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
         )
+    if fitting and trainer.max_epochs not in (None, -1):  # Lightning would train on, and stop only at max_steps
+        raise UserError(
+            f"trainer.max_epochs {trainer.max_epochs}: the training windows are an endless stream, so an epoch never "
+            "ends; give the length as --trainer.max_steps (or --trainer.max_time)"
+        )
     if fitting and trainer.max_steps == 0:
         raise UserError("trainer.max_steps is 0: this run would train nothing; give the steps to train (-1: no limit)")
     limit = {"validate": "limit_val_batches", "test": "limit_test_batches"}.get(subcommand)

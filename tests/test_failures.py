@@ -435,8 +435,12 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
         (
-            ["--model.lr_schedule=cosine", "--trainer.max_steps=-1", "--trainer.max_epochs=1"],
+            ["--model.lr_schedule=cosine", "--trainer.max_steps=-1", "--trainer.max_time=00:00:01:00"],
             "model.lr_schedule cosine needs trainer.max_steps, the length of the schedule: pass --trainer.max_steps N",
+        ),
+        (
+            ["--trainer.max_steps=-1", "--trainer.max_epochs=1"],
+            "trainer.max_epochs 1: the training windows are an endless stream, so an epoch never ends; give the",
         ),
         (["--trainer.max_stpes=5"], "unrecognized arguments: --trainer.max_stpes=5 (see babygpt fit --help)"),
         (["--model.lr=abc"], "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
