@@ -660,15 +660,22 @@ class BabyGPTCLI(LightningCLI):
         if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
             callbacks = self.trainer_defaults["callbacks"]
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        logger = config.trainer.logger
+        logger, changed = config.trainer.logger, {}
+        wandb = getattr(logger, "class_path", "").endswith("WandbLogger")
         run_id = self.checkpoint.get("wandb_run_id") if fitting else None  # validate/test: a run of their own
-        if run_id and getattr(logger, "class_path", "").endswith("WandbLogger") and not logger.init_args.get("id"):
-            # Resuming from a checkpoint of a wandb run: log into that same run. Only for this run's logger: the
-            # saved config.yaml keeps the settings as given, so a new run started from it gets a new wandb run.
-            # (validate would put its loss at step 0 of the training run's curves.)
-            self._given_logger_args = (logger.init_args, logger.init_args.clone())
-            logger.init_args.id = run_id
-            logger.init_args.resume = "allow"
+        if run_id and wandb and not logger.init_args.get("id"):
+            # Resuming from a checkpoint of a wandb run: log into that same run. (validate would put its loss at
+            # step 0 of the training run's curves.)
+            changed.update(id=run_id, resume="allow")
+        if wandb and os.environ.get("WANDB_MODE") == "disabled":
+            # Lightning's offline logger sets WANDB_MODE=dryrun over the user's "disabled"; wandb.init's mode wins.
+            changed["mode"] = "disabled"
+        if changed:
+            # Only for this run's logger: the saved config.yaml keeps the settings as given (a new run started from
+            # it gets a new wandb run), restored in after_instantiate_classes.
+            self._given_logger_args = (logger.init_args, {k: logger.init_args.get(k) for k in changed})
+            for key, value in changed.items():
+                logger.init_args[key] = value
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
         data = config.data
         if data.source and os.path.exists(data.path):
@@ -750,7 +757,8 @@ class BabyGPTCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         if given := getattr(self, "_given_logger_args", None):
             args, saved = given
-            args.id, args.resume = saved.get("id"), saved.get("resume")
+            for key, value in saved.items():
+                args[key] = value
         if self.subcommand == "fit":
             # Before the run writes its config and starts its wandb run; the warnings after every refusal.
             self.model.check_trainer(self.trainer)

@@ -195,6 +195,16 @@ def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
     assert "WARNING" not in result.stderr
 
 
+def test_wandb_mode_disabled_is_obeyed(run_dir) -> None:
+    """Lightning's offline logger sets WANDB_MODE=dryrun over the user's own setting, so it wrote a run anyway."""
+    run = run_dir("run")
+    babygpt(run, *RUN[:2], "--trainer.max_steps=3", *RUN[3:], WANDB_MODE="disabled")
+    assert not (run / "outputs" / "wandb").exists()
+    assert last(run)["global_step"] == 3
+    saved = yaml.safe_load((run / "outputs" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["trainer"]["logger"]["init_args"]["mode"] is None  # the settings as given, not the environment's
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
