@@ -17,17 +17,17 @@ from babygpt_pl.tokenizer import CharTokenizer
 BANNER = "babygpt chat: type the start of a ci and press Enter. Ctrl-C stops an answer; an empty line or Ctrl-D exits."
 
 
-def _read_prompt(stdin: TextIO, stdout: TextIO) -> str | None:
+def _read_prompt(stdin: TextIO, chrome: TextIO) -> str | None:
     """The next prompt, or None to leave (end of input, or an empty line typed in a terminal)."""
-    stdout.write("\n> ")
-    stdout.flush()
+    chrome.write("\n> ")
+    chrome.flush()
     while line := stdin.readline():
         # A pasted or piped line may carry Windows line ends or a byte-order mark: neither is part of the prompt.
         prompt = line.rstrip("\r\n").lstrip("\ufeff")
         if prompt or stdin.isatty():
             return prompt or None
         # Piped: a blank line (between poems, at a file's end) is no prompt, nor a reason to drop the lines after it.
-    stdout.write("\n")  # Ctrl-D / end of a piped input
+    chrome.write("\n")  # Ctrl-D / end of a piped input
     return None
 
 
@@ -45,52 +45,67 @@ def chat_loop(
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
-    """Answer prompts until an empty line or end of input; returns how many prompts were refused (their errors
-    go to ``stderr``, so a piped session's output holds the answers alone).
+    """Answer prompts until an empty line or end of input; returns how many prompts were refused.
 
+    Each answer (its prompt, the continuation, a line end) goes to ``stdout``; errors and warnings to ``stderr``.
+    From a terminal the banner, the ``> `` before each prompt and the tokens/s after each answer go to ``stdout``
+    too; from a pipe to ``stderr``, so that the piped output holds the answers alone.
     With ``config.output`` set, the file holds every answer so far as JSON lines (rewritten after each one).
     """
     if config.num_samples != 1:
         raise UserError("chat streams one answer per prompt: drop --generation.num_samples (predict takes it)")
     model.eval()
-    stdout.write(BANNER + "\n")
+    piped = not stdin.isatty()
+    chrome = stderr if piped else stdout
+
+    def say(stream: TextIO, text: str) -> None:
+        stdout.flush()  # after the answer so far, where both streams go to one terminal
+        stream.write(text)
+        stream.flush()
+
+    say(chrome, BANNER + "\n")
     answers: list[dict] = []
     refused = 0
-
-    def show(row: int, piece: str) -> None:
-        stdout.write(piece)
-        stdout.flush()
-
-    def warn(message: str) -> None:  # to stderr, like the errors: a piped session's output is the answers alone
-        stdout.flush()
-        stderr.write(f"\nwarning: {message}\n")
-
     while True:
         try:
-            prompt = _read_prompt(stdin, stdout)
+            prompt = _read_prompt(stdin, chrome)
         except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, like most REPLs' Ctrl-D
-            stdout.write("\n")
+            say(chrome, "\n")
             break
         if prompt is None:
             break
-        stdout.write(prompt)
+        if piped:  # what a terminal would have echoed
+            say(chrome, prompt + "\n")
+        shown = False
+
+        def show(row: int, piece: str, prompt: str = prompt) -> None:
+            nonlocal shown
+            if not shown:  # the prompt once the answer starts: a refused one leaves nothing on stdout
+                stdout.write(prompt)
+                shown = True
+            stdout.write(piece)
+            stdout.flush()
+
         try:
             _require_utf8(prompt)
-            [answer] = complete(model, tokenizer, [prompt], config, on_text=show, warn=warn)
+            [answer] = complete(
+                model, tokenizer, [prompt], config, on_text=show, warn=lambda m: say(stderr, f"\nwarning: {m}\n")
+            )
         except KeyboardInterrupt:
-            stdout.write("\n[stopped]\n")
+            stdout.write("\n" if shown else "")
+            say(chrome, "[stopped]\n")
             continue
         except UserError as err:
-            stdout.write("\n")
-            stdout.flush()  # the error after the prompt it is about, where both go to one terminal
-            stderr.write(f"error: {err}\n")
+            say(stderr, f"error: {err}\n")
             refused += 1
             continue
+        show(0, "")
         answers.append(vars(answer))
         if config.output:  # the whole file anew, or only the new line where it is written in place (a pipe)
             records = answers[-1:] if in_place(config.output) else answers
             write_atomic(config.output, jsonl(records), option="--generation.output")
-        stdout.write(f"\n[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
+        stdout.write("\n")
+        say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
     return refused
 
 

@@ -32,45 +32,67 @@ def model() -> BabyGPT:
     return BabyGPT(GPTConfig(vocab_size=len(VOCAB), block_size=16, n_embed=16, n_head=2, n_layer=1, dropout=0.0))
 
 
-def run(model: BabyGPT, text: str, config: GenerationConfig | None = None, err: io.StringIO | None = None) -> str:
-    out = io.StringIO()
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run(model: BabyGPT, text: str, config: GenerationConfig | None = None, tty: bool = False) -> tuple[str, str]:
+    """chat's (stdout, stderr) for ``text`` piped in (or typed, with ``tty``)."""
+    out, err = io.StringIO(), io.StringIO()
     config = config or GenerationConfig(max_new_tokens=5, temperature=0)
-    chat_loop(model, CharTokenizer(VOCAB), config, stdin=io.StringIO(text), stdout=out, stderr=err or io.StringIO())
-    return out.getvalue()
+    stdin = Terminal(text) if tty else io.StringIO(text)
+    chat_loop(model, CharTokenizer(VOCAB), config, stdin=stdin, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def answers(model: BabyGPT, prompts: list[str], new: int = 5) -> str:
+    """What predict's completion gives each prompt, as chat prints it: the prompt, the continuation, a line end."""
+    config = GenerationConfig(max_new_tokens=new, temperature=0)
+    return "".join(
+        f"{p}{c.text}\n" for p, c in zip(prompts, complete(model, CharTokenizer(VOCAB), prompts, config), strict=True)
+    )
 
 
 def test_piped_prompts_are_all_answered_across_blank_lines(model: BabyGPT) -> None:
     """Only an empty line typed in a terminal leaves (test_chat_in_a_terminal): a piped one would drop the rest."""
-    out = run(model, "春江\n往事\n\n\r\n月夜\n\n")
-    assert out.count("tokens/s]") == 3
-    assert "> 春江" in out and "> 往事" in out and "> 月夜" in out
+    out, err = run(model, "春江\n往事\n\n\r\n月夜\n\n")
+    assert out == answers(model, ["春江"]) + answers(model, ["往事"]) + answers(model, ["月夜"])
+    assert err.count("tokens/s]") == 3 and err.count("> ") == 4  # the last: the end of the input
+
+
+def test_piped_output_holds_the_answers_alone_and_a_terminal_sees_the_rest(model: BabyGPT) -> None:
+    out, err = run(model, "春江\n")
+    assert out == answers(model, ["春江"])
+    assert err.startswith("babygpt chat: type the start of a ci") and "tokens/s]" in err
+    out, err = run(model, "春江\n", tty=True)
+    assert out.startswith("babygpt chat:") and "\n> " + answers(model, ["春江"]) + "[5 tokens in" in out
+    assert err == ""
 
 
 def test_end_of_input_exits_cleanly(model: BabyGPT) -> None:
-    assert run(model, "春江").count("tokens/s]") == 1
+    assert run(model, "春江")[1].count("tokens/s]") == 1
 
 
 def test_a_bad_prompt_is_reported_and_the_loop_goes_on(model: BabyGPT) -> None:
-    err = io.StringIO()
-    out = run(model, "火星\n春江\n", err=err)
-    assert err.getvalue().startswith("error: 2 character(s) not in the model's vocabulary: '火星'")
-    assert "error" not in out  # stdout holds the answers alone
-    assert out.count("tokens/s]") == 1
+    out, err = run(model, "火星\n春江\n")
+    assert "\n> 火星\nerror: 2 character(s) not in the model's vocabulary: '火星'" in err
+    assert out == answers(model, ["春江"])  # nothing of the refused prompt
+    assert err.count("tokens/s]") == 1
 
 
 def test_a_line_that_is_not_utf8_is_named_so(model: BabyGPT) -> None:
     """As Python's stdin hands over undecodable bytes: lone surrogates, which the vocabulary check showed as such."""
-    err = io.StringIO()
-    out = run(model, "春\udcff江\n春江\n", err=err)
-    assert err.getvalue().startswith("error: this line is not UTF-8 text: type it again, or convert the piped file")
-    assert out.count("tokens/s]") == 1
+    out, err = run(model, "春\udcff江\n春江\n")
+    assert "\nerror: this line is not UTF-8 text: type it again, or convert the piped file" in err
+    assert err.count("\nerror:") == 1
+    assert out == answers(model, ["春江"])
 
 
 def test_a_long_prompts_warning_goes_to_stderr(model: BabyGPT) -> None:
-    err = io.StringIO()
-    out = run(model, "春江" * 10 + "\n", err=err)
-    assert "\nwarning: prompt of 20 characters is longer than the window; keeping its last 16\n" in err.getvalue()
-    assert "window" not in out and out.count("tokens/s]") == 1
+    out, err = run(model, "春江" * 10 + "\n")
+    assert "\nwarning: prompt of 20 characters is longer than the window; keeping its last 16\n" in err
+    assert "window" not in out and out.startswith("春江" * 10)
 
 
 @pytest.mark.slow
@@ -79,7 +101,8 @@ def test_piped_input_with_a_refused_prompt_exits_non_zero(tmp_path: Path, corpus
     cmd = babygpt_cmd("chat", f"--ckpt_path={ckpt}", "--generation.max_new_tokens=3")
     result = subprocess.run(cmd, input="ZZ\n春江\n", capture_output=True, text=True, env=babygpt_env(), timeout=300)
     assert result.returncode == 2
-    assert "error" not in result.stdout and result.stdout.count("tokens/s]") == 1
+    assert result.stdout.startswith("春江") and result.stdout.count("\n") == 1  # the one answer alone
+    assert result.stderr.count("tokens/s]") == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]  # (not Lightning's INFO)
     assert len(errors) == 2
     assert errors[0].startswith("error: 1 character(s) not in the model's vocabulary: 'Z'")
@@ -97,17 +120,15 @@ def test_ctrl_c_stops_the_answer_not_the_loop(model: BabyGPT, monkeypatch: pytes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(chat_module, "complete", interrupted_once)
-    out = run(model, "春江\n往事\n")
-    assert "[stopped]" in out
+    out, err = run(model, "春江\n往事\n")
+    assert "[stopped]" in err
     assert calls == [["春江"], ["往事"]]
-    assert out.count("tokens/s]") == 1
+    assert err.count("tokens/s]") == 1 and out == answers(model, ["往事"])
 
 
 def test_streamed_text_is_the_answer(model: BabyGPT) -> None:
-    out = run(model, "春\n", GenerationConfig(max_new_tokens=8, temperature=0))
-    answer = out.split("> ", 1)[1].split("\n[", 1)[0]
-    [expected] = complete(model, CharTokenizer(VOCAB), ["春"], GenerationConfig(max_new_tokens=8, temperature=0))
-    assert answer == "春" + expected.text
+    out, _ = run(model, "春\n", GenerationConfig(max_new_tokens=8, temperature=0))
+    assert out == answers(model, ["春"], new=8)
 
 
 def test_the_chat_command_reads_its_checkpoint_once(tmp_path: Path, corpus: Path, monkeypatch) -> None:
@@ -158,9 +179,8 @@ def test_chat_in_a_terminal(tmp_path: Path, corpus: Path) -> None:
 
 
 def test_windows_line_ends_and_a_byte_order_mark_are_not_part_of_the_prompt(model: BabyGPT) -> None:
-    out = run(model, "\ufeff春江\r\n往事\r\n")
-    assert "error" not in out
-    assert out.count("tokens/s]") == 2
+    out, _ = run(model, "\ufeff春江\r\n往事\r\n")
+    assert out == answers(model, ["春江"]) + answers(model, ["往事"])
 
 
 def test_num_samples_is_refused_not_ignored(model: BabyGPT) -> None:
