@@ -707,7 +707,8 @@ class BabyGPTCLI(LightningCLI):
     def _check_prompts_encode(self, config, tokenizer: CharTokenizer) -> None:
         """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of
         Lightning's set-up (the crop warning is left to generation)."""
-        if config.data.prompts_file and not os.path.isfile(config.data.prompts_file):
+        path = config.data.prompts_file
+        if path and os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
             return  # a pipe (--data.prompts_file /dev/stdin) can be read once only: by the generation
         prompts = read_prompts(config.data.prompts, config.data.prompts_file)
         window = self.checkpoint["hyper_parameters"]["block_size"]

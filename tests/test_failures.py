@@ -216,14 +216,25 @@ def test_predict_prompt_errors(tmp_path, monkeypatch, capsys, checkpoint, prompt
     assert expected in one_error_line(capsys)
 
 
-def test_a_predict_prompt_error_is_the_only_line_of_the_command(tmp_path, checkpoint) -> None:
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        (
+            "--data.prompts=火星X",
+            "error: 3 character(s) not in the model's vocabulary: '火星X'; remove them from the prompt, or pass "
+            "--generation.oov drop (or replace)",
+        ),
+        (
+            "--data.prompts_file=nope.txt",
+            "error: prompts file nope.txt not found: pass --data.prompts_file to an existing UTF-8 text file",
+        ),
+    ],
+)
+def test_a_predict_prompt_error_is_the_only_line_of_the_command(tmp_path, checkpoint, prompts, expected) -> None:
     """In a process of its own: Lightning's set-up lines ("GPU available: …") never reach capsys."""
-    result = babygpt(tmp_path, "predict", f"--ckpt_path={checkpoint}", "--data.prompts=火星X", check=False)
+    result = babygpt(tmp_path, "predict", f"--ckpt_path={checkpoint}", prompts, check=False)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        "error: 3 character(s) not in the model's vocabulary: '火星X'; remove them from the prompt, or pass "
-        "--generation.oov drop (or replace)"
-    ]
+    assert result.stderr.splitlines() == [expected]
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
