@@ -427,16 +427,19 @@ class KeepInputConfig(SaveConfigCallback):
     """Lightning's SaveConfigCallback, refusing to write the run's config over a --config file it was given
     (``--trainer.default_root_dir .`` without a logger would: the user's comments and layout lost)."""
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir and trainer.log_dir is not None:
-            target = os.path.join(trainer.log_dir, self.config_filename)
-            for given in OneLineErrorParser.config_files:
-                if same_file(target, given):
-                    raise UserError(
-                        f"this run would save its settings as {target}, over --config {given}: give the logger's "
-                        "save_dir or --trainer.default_root_dir another folder (default: outputs)"
-                    )
-        super().setup(trainer, pl_module, stage)
+    def check_target(self, trainer: L.Trainer) -> None:
+        """Called by the CLI once the trainer exists, before anything is written or a logger starts its run."""
+        if not self.save_to_log_dir or trainer.log_dir is None:
+            return
+        target = os.path.join(trainer.log_dir, self.config_filename)
+        fix = (
+            "give the logger another folder (--trainer.logger.init_args.save_dir DIR)"
+            if trainer.loggers
+            else "give --trainer.default_root_dir another folder"
+        )
+        for given in OneLineErrorParser.config_files:
+            if same_file(target, given):
+                raise UserError(f"this run would save its settings as {target}, over --config {given}: {fix}")
 
 
 class BabyGPTCLI(LightningCLI):
@@ -667,6 +670,10 @@ class BabyGPTCLI(LightningCLI):
             # Resuming from a checkpoint of a wandb run: log into that same run. (validate would put its loss at
             # step 0 of the training run's curves.)
             changed.update(id=run_id, resume="allow")
+        own_folder = self._given("trainer.logger.init_args.save_dir") or self._given("trainer.logger.init_args.dir")
+        if wandb and self._given("trainer.default_root_dir") and not own_folder:
+            # Lightning's folder for a run's files, which a logger's own save_dir (outputs, the default's) overrides.
+            changed["save_dir"] = config.trainer.default_root_dir
         if wandb and os.environ.get("WANDB_MODE") == "disabled":
             # Lightning's offline logger sets WANDB_MODE=dryrun over the user's "disabled"; wandb.init's mode wins.
             changed["mode"] = "disabled"
@@ -762,6 +769,9 @@ class BabyGPTCLI(LightningCLI):
                 args[key] = value
         if self.subcommand == "fit":
             # Before the run writes its config and starts its wandb run; the warnings after every refusal.
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, KeepInputConfig):
+                    callback.check_target(self.trainer)
             self.model.check_trainer(self.trainer)
             config = self.config.fit
             if not self.checkpoint:

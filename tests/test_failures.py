@@ -542,12 +542,30 @@ def test_a_run_without_a_logger_keeps_the_config_it_reads(tmp_path, monkeypatch,
     main(["fit", "--config=config.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"])
     assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == mine
     assert "max_steps: 2" in (tmp_path / "outputs" / "config.yaml").read_text(encoding="utf-8")
+    capsys.readouterr()
     # Saved in the working folder on request: refused where that is the config the run reads.
     args = ["fit", "--config=config.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"]
     assert run_main(monkeypatch, tmp_path, *args, "--trainer.default_root_dir=.") == 2
-    error = capsys.readouterr().err.splitlines()[-1]  # after the warnings of a 2-step run over an earlier one
-    assert error.startswith("error: this run would save its settings as ./config.yaml, over --config config.yaml")
+    assert one_error_line(capsys) == (  # before the warnings of a run over an earlier one's checkpoints
+        "error: this run would save its settings as ./config.yaml, over --config config.yaml: give "
+        "--trainer.default_root_dir another folder"
+    )
     assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == mine
+
+
+def test_a_run_from_the_config_a_logged_run_saved_is_refused_before_its_logger_starts(
+    tmp_path, monkeypatch, capsys, corpus
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    main(["fit", f"--data.path={corpus}", *SMALL, "--trainer.max_steps=2"])  # the wandb logger, offline
+    runs = sorted((tmp_path / "outputs" / "wandb").iterdir())
+    capsys.readouterr()
+    assert run_main(monkeypatch, tmp_path, "fit", "--config=outputs/config.yaml") == 2
+    assert one_error_line(capsys) == (
+        "error: this run would save its settings as outputs/config.yaml, over --config outputs/config.yaml: give "
+        "the logger another folder (--trainer.logger.init_args.save_dir DIR)"
+    )
+    assert sorted((tmp_path / "outputs" / "wandb").iterdir()) == runs  # no wandb run was started
 
 
 def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:

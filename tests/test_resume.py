@@ -205,6 +205,14 @@ def test_wandb_mode_disabled_is_obeyed(run_dir) -> None:
     assert saved["trainer"]["logger"]["init_args"]["mode"] is None  # the settings as given, not the environment's
 
 
+def test_default_root_dir_takes_the_wandb_run_and_the_config(run_dir) -> None:
+    """The default logger's own save_dir (outputs) would override Lightning's default_root_dir: root/ stayed empty."""
+    run = run_dir("run")
+    babygpt(run, *RUN[:2], "--trainer.max_steps=2", *RUN[3:], "--trainer.default_root_dir=root")
+    assert len(list((run / "root" / "wandb").glob("offline-run-*"))) == 1
+    assert (run / "root" / "config.yaml").is_file() and not (run / "outputs").exists()
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
