@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from babygpt_pl.files import jsonl, write_atomic
@@ -55,37 +55,67 @@ class TokenThroughput(ThroughputMonitor):
         super().setup(trainer, pl_module, stage)
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
-        if not trainer.training:
-            super()._update(trainer, pl_module, batch, iter_num)
-            return
         stage = trainer.state.stage
         self._samples[stage] += self.batch_size_fn(batch)
         self._lengths[stage] += self.length_fn(batch)
         self._batches[stage] += 1
+        if not trainer.training:
+            self._record(trainer, pl_module, stage, batches=1)
+            return
         self._pending += 1
         if trainer._logger_connector.should_update_logs:
-            self._record(trainer, pl_module)
+            self._record(trainer, pl_module, stage, batches=self._pending)
 
-    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The library's update for training, over the ``_pending`` batches since the last one."""
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: RunningStage, batches: int) -> None:
+        """The library's update, over the last ``batches`` batches of ``stage``.
+
+        The library counts ``flops_per_batch`` (a training batch's forward and backward) for every stage: here an
+        evaluation batch, the forward alone, counts a third of it (2 of the 6 FLOPs per parameter and token), and
+        a predict batch, a generation, none."""
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
-        stage = RunningStage.TRAINING
         flops = getattr(pl_module, "flops_per_batch", None)
+        if flops is not None and stage != RunningStage.TRAINING:
+            flops = flops / 3 if stage in (RunningStage.VALIDATING, RunningStage.TESTING) else None
         self._throughputs[stage].update(
             time=time.perf_counter() - self._t0s[stage],
             batches=self._batches[stage],
             samples=self._samples[stage],
             lengths=self._lengths[stage],
-            flops=None if flops is None else flops * self._pending,
+            flops=None if flops is None else flops * batches,
         )
-        self._pending = 0
+        if stage == RunningStage.TRAINING:
+            self._pending = 0
 
     @rank_zero_only
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending and not trainer.sanity_checking:
-            self._record(trainer, pl_module)
+            self._record(trainer, pl_module, RunningStage.TRAINING, batches=self._pending)
         super().on_validation_start(trainer, pl_module)
+
+    @rank_zero_only
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            super().on_validation_batch_end(trainer, pl_module, *args, **kwargs)
+        elif not trainer.sanity_checking:  # logged once, at the end
+            self._update(trainer, pl_module, args[1], 0)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # In a fit the library logs each validation batch's throughput at the count of validation batches so far,
+        # which in the run's charts is a training step (wandb drops steps that go back): here once per validation,
+        # at the training step it follows.
+        if (
+            trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and self._batches[RunningStage.VALIDATING]
+        ):
+            throughput = self._throughputs[RunningStage.VALIDATING]
+            metrics = {
+                f"{RunningStage.VALIDATING.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()
+            }
+            trainer._logger_connector.log_metrics(metrics, step=trainer.global_step)
+        super().on_validation_end(trainer, pl_module)
 
     # The library starts its totals (train/time, batches, samples, lengths) at 0 in every fit, so a resumed run's
     # curves in wandb jumped back to 0 at the resume; the checkpoint keeps them and the resumed run goes on from them.
