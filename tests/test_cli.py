@@ -72,9 +72,9 @@ def test_validate_without_the_data_options_sees_what_training_saw(trained: Path)
     assert float(re.search(r"val_loss\s*│\s*([\d.]+)", result.stdout)[1]) == pytest.approx(logged, abs=1e-3)
     assert "warning" not in result.stderr
     # Other validation windows are allowed, with a word that the loss will not be the logged one; a setting given
-    # at its default (100) is given all the same.
-    result = babygpt(trained, "validate", "--data.path=corpus.txt", f"--ckpt_path={best}", "--data.val_batches=100")
-    assert "warning: the checkpoint was trained with data.val_batches=2 (this run: 100)" in result.stderr
+    # at its default (64) is given all the same.
+    result = babygpt(trained, "validate", "--data.path=corpus.txt", f"--ckpt_path={best}", "--data.batch_size=64")
+    assert "warning: the checkpoint was trained with data.batch_size=8 (this run: 64)" in result.stderr
 
 
 def test_predict_without_checkpoint_is_one_clear_line(tmp_path: Path) -> None:

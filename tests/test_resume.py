@@ -117,14 +117,15 @@ def test_resume_after_ctrl_c_is_exact(run_dir, stop_at: int) -> None:
 def test_ctrl_c_inside_a_gradient_accumulation_saves_at_the_end_of_the_step(run_dir) -> None:
     """Saved in the middle of a step, the checkpoint would lack the gradient of the batches before: the resumed
     step would average fewer batches."""
-    run = [*RUN, "--trainer.accumulate_grad_batches=2"]
+    steps = ["--trainer.max_steps=6", "--trainer.val_check_interval=6"]
+    run = [*RUN[:2], *steps, *RUN[4:], "--trainer.accumulate_grad_batches=2"]
     a = run_dir("a")
     babygpt(a, *run)
     b = run_dir("b")
-    stop = ["--trainer.callbacks+=signals_helper.SignalAfterBatch", "--trainer.callbacks.init_args.batch=15"]
+    stop = ["--trainer.callbacks+=signals_helper.SignalAfterBatch", "--trainer.callbacks.init_args.batch=7"]
     stopped = babygpt(b, *run, *stop, check=False)
     assert stopped.returncode == 128 + signal.SIGINT
-    assert last(b)["global_step"] == 8  # batch 15 is half of step 8: the save waited for batch 16
+    assert last(b)["global_step"] == 4  # batch 7 is half of step 4: the save waited for batch 8
     babygpt(b, *run, "--ckpt_path=checkpoints/last.ckpt")
     for key, tensor in last(a)["state_dict"].items():
         assert torch.equal(tensor, last(b)["state_dict"][key]), key
@@ -195,22 +196,17 @@ def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
     assert "WARNING" not in result.stderr
 
 
-def test_wandb_mode_disabled_is_obeyed(run_dir) -> None:
-    """Lightning's offline logger sets WANDB_MODE=dryrun over the user's own setting, so it wrote a run anyway."""
+def test_wandb_mode_disabled_is_obeyed_and_default_root_dir_takes_the_run_config(run_dir) -> None:
+    """Lightning's offline logger set WANDB_MODE=dryrun over the user's own setting, so it wrote a run anyway; and
+    the default logger's own save_dir (outputs) overrode Lightning's default_root_dir: root/ stayed empty."""
     run = run_dir("run")
-    babygpt(run, *RUN[:2], "--trainer.max_steps=3", *RUN[3:], WANDB_MODE="disabled")
-    assert not (run / "outputs" / "wandb").exists()
+    args = [*RUN[:2], "--trainer.max_steps=3", *RUN[3:], "--trainer.default_root_dir=root"]
+    babygpt(run, *args, WANDB_MODE="disabled")
+    assert not (run / "outputs").exists() and not (run / "root" / "wandb").exists()
     assert last(run)["global_step"] == 3
-    saved = yaml.safe_load((run / "outputs" / "config.yaml").read_text(encoding="utf-8"))
-    assert saved["trainer"]["logger"]["init_args"]["mode"] is None  # the settings as given, not the environment's
-
-
-def test_default_root_dir_takes_the_wandb_run_and_the_config(run_dir) -> None:
-    """The default logger's own save_dir (outputs) would override Lightning's default_root_dir: root/ stayed empty."""
-    run = run_dir("run")
-    babygpt(run, *RUN[:2], "--trainer.max_steps=2", *RUN[3:], "--trainer.default_root_dir=root")
-    assert len(list((run / "root" / "wandb").glob("offline-run-*"))) == 1
-    assert (run / "root" / "config.yaml").is_file() and not (run / "outputs").exists()
+    saved = yaml.safe_load((run / "root" / "config.yaml").read_text(encoding="utf-8"))
+    logger = saved["trainer"]["logger"]["init_args"]  # the settings as given, not this run's changes
+    assert logger["mode"] is None and logger["save_dir"] == "outputs"
 
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
