@@ -327,6 +327,8 @@ def check_prompts(
 def warn_of_unmatchable_stops(stop: list[str], tokenizer: CharTokenizer) -> None:
     """A stop string with a character the model never writes can never end a sample: most likely a slip (a
     Chinese stop string for an English model)."""
+    if isinstance(stop, str):  # refused by GenerationConfig, with an example: no word on its characters first
+        return
     if never := [s for s in stop if tokenizer.unknown(s)]:
         warn(f"generation.stop {never} holds characters outside the model's vocabulary: it can never match")
 

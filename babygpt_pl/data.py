@@ -61,7 +61,8 @@ def read_prompts(prompts: list[str] | str | None, prompts_file: str | None) -> l
         prompts = as_prompt_list(prompts)
     else:
         text = read_text(prompts_file, "prompts file", "--data.prompts_file")
-        prompts = [line for line in text.splitlines() if line.strip()]
+        # Lines end at \n alone (and a \r before it): splitlines() also split at form feeds, U+2028 and the like.
+        prompts = [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
         if not prompts:
             raise UserError(f"prompts file {prompts_file} has only blank lines: write one prompt per line")
     if not prompts:

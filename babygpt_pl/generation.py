@@ -38,8 +38,8 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 <= self.temperature <= torch.finfo(torch.float32).max:  # (beyond, the logits divide to 0s)
+            raise UserError(f"temperature must be >= 0 (0 is greedy) and finite in fp32, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"top_k must be >= 1 (or unset), got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -97,8 +97,9 @@ class GenerationConfig:
             raise UserError(f"generation.max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.num_samples < 1:
             raise UserError(f"generation.num_samples must be >= 1, got {self.num_samples}")
-        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
-            raise UserError(f"generation.seed must fit in 64 bits (-2**63 to 2**64 - 1), got {self.seed}")
+        # torch's CPU generator keeps 32 bits of its seed: a larger one repeated a smaller one's samples.
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise UserError(f"generation.seed must be from 0 to 2**32 - 1, got {self.seed}")
         if isinstance(self.stop, str):  # `"" in "。"` is True: the check below would name the wrong slip
             raise UserError(f"generation.stop must be a list of strings, e.g. [{self.stop!r}], not one string")
         if "" in self.stop:  # it would end every sample at once, so it could only be a slip
@@ -543,6 +544,8 @@ def generate(
     compile: bool = False,
 ) -> torch.Tensor:
     """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` tokens; returns (B, T + max_new_tokens)."""
+    if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"idx must be token ids of shape (batch, tokens), got {idx.dtype} of shape {tuple(idx.shape)}")
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
     new = list(stream(model, idx, max_new_tokens, sampling, use_cache, generator, cuda_graph, compile))
     if not new:
@@ -597,6 +600,8 @@ def encode_prompts(
     """:func:`encode_prompt` of each prompt; with ``oov="error"``, one error naming the unknown characters of all."""
     if isinstance(prompts, str):  # a str is a sequence of one-character prompts: surely not what was meant
         raise TypeError(f"prompts must be a list of strings, e.g. [{prompts!r}], not one string")
+    if not prompts:
+        raise UserError("no prompt: give at least one")
     if oov == "error":
         tokenizer.require_known("".join(prompts))
     return [encode_prompt(tokenizer, p, window, oov, warn) for p in prompts]

@@ -240,6 +240,13 @@ def test_prompts_file(path: Path, tmp_path: Path) -> None:
     assert list(module.predict_dataloader()) == [["春江", "明月 几时", "往事"]]
 
 
+def test_a_prompts_file_is_split_at_line_ends_only(path: Path, tmp_path: Path) -> None:
+    """str.splitlines() also split at U+0085, U+2028, form feeds and the like: two lines became five prompts."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("春\x85江\r\n明\u2028月\x0c往事\n", encoding="utf-8", newline="")
+    assert make(path, prompts_file=str(prompts)).load_prompts() == ["春\x85江", "明\u2028月\x0c往事"]
+
+
 @pytest.mark.parametrize(
     ("prompts", "message"),
     [([""], "prompt 1 of 1 is empty"), (["春江", ""], "prompt 2 of 2 is empty: remove it"), ([], "no prompt: give")],

@@ -331,6 +331,12 @@ def test_a_stop_string_the_model_never_writes_is_warned(tmp_path, monkeypatch, c
     assert "warning: generation.stop ['春'] holds characters outside the model's vocabulary: it can never match" in err
 
 
+def test_one_stop_string_of_unknown_characters_gets_the_error_alone(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    """Not first a warning that its characters, one by one, are outside the vocabulary."""
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--generation.stop=ZZ") == 2
+    assert one_error_line(capsys) == "error: generation.stop must be a list of strings, e.g. ['ZZ'], not one string"
+
+
 def test_one_stop_string_in_a_config_file_names_the_fix(tmp_path, monkeypatch, capsys, checkpoint) -> None:
     """jsonargparse's own message showed the value "\\n\\n" as nothing at all."""
     (tmp_path / "g.yaml").write_text('generation:\n  stop: "\\n\\n"\n', encoding="utf-8")

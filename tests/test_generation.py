@@ -375,9 +375,11 @@ def test_sampling_validation(kwargs: dict) -> None:
         ({"num_samples": 0}, "generation.num_samples must be >= 1, got 0"),
         ({"stop": ["\n\n", ""]}, "generation.stop holds an empty string"),  # it would end every sample at once
         ({"stop": "。"}, r"generation.stop must be a list of strings, e.g. \['。'\], not one string"),
-        ({"temperature": -1.0}, r"generation.temperature must be >= 0 \(0 is greedy\), got -1.0"),
+        ({"temperature": -1.0}, r"generation.temperature must be >= 0 \(0 is greedy\) and finite in fp32, got -1.0"),
+        ({"temperature": 1e39}, r"generation.temperature must be >= 0 \(0 is greedy\) and finite in fp32, got 1e\+39"),
         ({"top_p": 1.5}, r"generation.top_p must be in \(0, 1\]"),
-        ({"seed": 2**64}, r"generation.seed must fit in 64 bits \(-2\*\*63 to 2\*\*64 - 1\), got 18446744073709551616"),
+        ({"seed": 2**32 + 1}, r"generation.seed must be from 0 to 2\*\*32 - 1, got 4294967297"),
+        ({"seed": -1}, r"generation.seed must be from 0 to 2\*\*32 - 1, got -1"),
         ({"output": ""}, "generation.output is empty: give a file name"),
     ],
 )
@@ -388,8 +390,9 @@ def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> No
 
 def test_sampling_valid_edges() -> None:
     Sampling(temperature=0, top_k=1, top_p=1.0, repetition_penalty=0.5)
-    for seed in (-(2**63), 2**64 - 1):  # the range torch.Generator.manual_seed takes
+    for seed in (0, 2**32 - 1):  # the 32 bits torch's CPU generator keeps
         torch.Generator().manual_seed(GenerationConfig(seed=seed).seed)
+    Sampling(temperature=torch.finfo(torch.float32).max)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_new_tokens": -1}, {"num_samples": 0}])
@@ -876,3 +879,14 @@ def two_row_stream(first: str, second: str, tokenizer: CharTokenizer):
             yield torch.tensor([a, b])
 
     return fake
+
+
+@pytest.mark.parametrize("idx", [torch.tensor([1, 2]), torch.tensor([[1.0, 2.0]])])
+def test_generate_names_an_idx_that_is_not_a_batch_of_token_ids(model: BabyGPT, idx: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"idx must be token ids of shape \(batch, tokens\), got torch"):
+        generate(model, idx, 3)
+
+
+def test_complete_without_prompts_says_so(model: BabyGPT, tokenizer: CharTokenizer) -> None:
+    with pytest.raises(UserError, match="no prompt: give at least one"):
+        complete(model, tokenizer, [], GenerationConfig(max_new_tokens=2))
