@@ -172,31 +172,18 @@ def test_a_short_run_logs_tokens_per_second(module, tmp_path: Path) -> None:
 
 
 def test_validation_throughput_is_logged_once_per_validation_at_its_step_with_forward_flops(module, tmp_path) -> None:
-    """The library logged each validation batch at the count of validation batches (steps 1, 2, 3, 4, 5, 6 here,
-    which wandb drops as going back) and counted a training batch's forward-and-backward FLOPs for each."""
+    """The library logged validation batches at the count of validation batches so far (as steps, which wandb
+    drops as going back) and counted a training batch's forward-and-backward FLOPs for each."""
     module.flops_per_batch = 6000.0  # a training batch's forward and backward
-    x = torch.randint(len(VOCAB), (200, 16))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=10,
-        val_check_interval=5,
-        limit_val_batches=3,
-        num_sanity_val_steps=0,
-        log_every_n_steps=5,
-        callbacks=[TokenThroughput(window_size=2)],
-        logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader, loader)
+    callback = TokenThroughput(window_size=2)
+    trainer = fit_nine_steps(module, tmp_path, callback, val_check_interval=3, limit_val_batches=3)
     rows = list(csv.DictReader((Path(trainer.log_dir) / "metrics.csv").open()))
 
     def flops_per_token(row: dict, stage: str) -> float:  # both over the same window of updates
         return float(row[f"{stage}/device/flops_per_sec"]) / float(row[f"{stage}/device/items_per_sec"])
 
     val = [r for r in rows if r.get("validate/device/flops_per_sec")]
-    assert [int(r["step"]) for r in val] == [5, 10]
+    assert [int(r["step"]) for r in val] == [3, 6, 9]
     assert flops_per_token(val[0], "validate") == pytest.approx(6000 / 3 / 64)
     train = [r for r in rows if r.get("train/device/flops_per_sec")]
     assert flops_per_token(train[-1], "train") == pytest.approx(6000 / 64)
