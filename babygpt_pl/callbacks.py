@@ -94,11 +94,13 @@ class TokenThroughput(ThroughputMonitor):
         super().on_validation_start(trainer, pl_module)
 
     @rank_zero_only
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    ) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
-            super().on_validation_batch_end(trainer, pl_module, *args, **kwargs)
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
         elif not trainer.sanity_checking:  # logged once, at the end
-            self._update(trainer, pl_module, args[1], 0)
+            self._update(trainer, pl_module, batch, 0)
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -324,7 +324,7 @@ def check_prompts(
         raise UserError(f"{context}: {err}") from None
 
 
-def warn_of_unmatchable_stops(stop: list[str], tokenizer: CharTokenizer) -> None:
+def warn_of_unmatchable_stops(stop: list[str] | str, tokenizer: CharTokenizer) -> None:
     """A stop string with a character the model never writes can never end a sample: most likely a slip (a
     Chinese stop string for an English model)."""
     if isinstance(stop, str):  # refused by GenerationConfig, with an example: no word on its characters first

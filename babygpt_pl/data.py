@@ -235,7 +235,7 @@ class CiDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # A tensor with elements is the model summary's example input (BabyGPTModule.setup), which Lightning passes
         # through this hook too; the training loader's placeholders are empty.
-        if self.trainer is None or self.trainer.predicting or isinstance(batch, torch.Tensor) and batch.numel():
+        if self.trainer is None or self.trainer.predicting or (isinstance(batch, torch.Tensor) and batch.numel()):
             return batch
         if self.trainer.training:
             # The index of the batch about to run; restored with the loop state on resume.
