@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
+from babygpt_pl.corpus import DEFAULT_NAME
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts, read_text, text_sha256
 from babygpt_pl.errors import Terminated, UserError, debugging, one_line, terminate_on_sigterm, warn
 from babygpt_pl.files import check_folder_writable, check_writable
@@ -568,6 +569,16 @@ class BabyGPTCLI(LightningCLI):
         """validate/test draw the validation windows that training did (the same loss for the same weights):
         data settings left out take the checkpoint's values (one given, even at its default, is used)."""
         data = self.config[self.config.subcommand].data
+        trained_on = self._trained_on()
+        if self.config.subcommand in ("validate", "test") and trained_on and not self._given("data.path"):
+            # Not the default data/ci.txt, which for a model trained on another text would be built (an 85 MB
+            # fetch) only to be refused for its vocabulary.
+            if not os.path.exists(trained_on) and Path(trained_on).name != DEFAULT_NAME:
+                raise UserError(
+                    f"checkpoint {self.config[self.config.subcommand].ckpt_path} was trained on {trained_on}, "
+                    "which is not there: pass --data.path to that text"
+                )
+            data.path = trained_on
         defaults = inspect.signature(CiDataModule).parameters
         saved = {k: v for k, v in self._saved_data_settings().items() if k in defaults}
         for key, value in saved.items():
@@ -689,6 +700,13 @@ class BabyGPTCLI(LightningCLI):
         data = config.data
         if data.source and os.path.exists(data.path):
             warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
+        trained_on = self._trained_on() if fitting else None
+        if trained_on and not os.path.exists(data.path) and os.path.normpath(trained_on) != os.path.normpath(data.path):
+            # Before data/ci.txt would be built, only for the resume to be refused as another text.
+            raise UserError(
+                f"checkpoint {config.ckpt_path} was trained on {trained_on}, and this run's data.path {data.path} "
+                f"does not exist: resume with --data.path {trained_on}"
+            )
         settings = ("batch_size", "block_size", "train_ratio", "val_batches", "seed", "source")
         probe = CiDataModule(data.path, **{k: data[k] for k in settings})
         tokenizer = probe.build_tokenizer()
@@ -728,6 +746,10 @@ class BabyGPTCLI(LightningCLI):
                 raise
             # The user typed no prompt: say which ones these are, and how to give others.
             raise UserError(f"the default prompts ({', '.join(prompts)}): {err}; or give --data.prompts") from None
+
+    def _trained_on(self) -> str | None:
+        """The text's path as training was given it (none in a checkpoint from before it was saved)."""
+        return self.checkpoint.get(CiDataModule.__qualname__, {}).get("path")
 
     def _saved_data_settings(self) -> dict:
         """The data settings the checkpoint was trained with (none in one from before they were saved)."""

@@ -188,7 +188,9 @@ class CiDataModule(L.LightningDataModule):
         return {name: getattr(self, name) for name in names}
 
     def state_dict(self) -> dict:
-        return {"settings": self.settings()} if self.text_sha256 else {}
+        # The path as given (relative to where training ran) is where validate and test look for the text first;
+        # the settings' sha256 still decides whether a text is the one trained on.
+        return {"settings": self.settings(), "path": str(self.path)} if self.text_sha256 else {}
 
     def setup(self, stage: str) -> None:
         if stage == "predict" or self.train_data is not None:

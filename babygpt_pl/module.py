@@ -180,7 +180,9 @@ class BabyGPTModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         _, loss = self.model(x, y)
-        self.val_loss.update(loss, weight=y.numel())
+        # One value per token, not weight=y.numel(): torchmetrics' nan_strategy="disable" replaces the weight with
+        # 1 (torchmetrics#3434), which made a short batch (a DDP rank's last) count as much as a full one.
+        self.val_loss.update(loss.expand(y.numel()))
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")

@@ -114,6 +114,12 @@ def test_the_progress_bar_names_the_last_step_not_an_epoch() -> None:
     assert bar._get_train_description(current_epoch=0) == "Training to step 5000"
 
 
+def test_the_progress_bar_counts_every_batch_of_an_accumulated_step() -> None:
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=20, accumulate_grad_batches=4, num_training_batches=float("inf"))
+    assert bar.total_train_batches == 80  # the bar advances per batch: 20 would overrun at 80/20
+
+
 class RecordedBar(ProgressBar):
     """Records the training bar's (completed, total) as training ends."""
 

@@ -291,6 +291,19 @@ def test_on_after_batch_transfer(dm: CiDataModule) -> None:
     assert dm.on_after_batch_transfer(["春江"], 0) == ["春江"]
 
 
+def test_dropout_masks_differ_between_ranks_and_repeat_for_a_rank(dm: CiDataModule) -> None:
+    placeholder = next(iter(dm.train_dataloader()))
+
+    def draws_after_the_hook(rank: int) -> torch.Tensor:
+        dm.trainer = fake_trainer(training=True, ready=5, rank=rank)
+        dm.on_after_batch_transfer(placeholder, 0)
+        return torch.rand(8)  # the generator dropout draws from
+
+    rank0 = draws_after_the_hook(0)
+    assert not torch.equal(draws_after_the_hook(1), rank0)  # else every DDP rank drops the same units
+    assert torch.equal(draws_after_the_hook(0), rank0)
+
+
 def test_the_model_summarys_example_input_passes_the_batch_hook_unchanged(dm: CiDataModule) -> None:
     dm.trainer = fake_trainer(training=True, ready=5)
     example = torch.zeros(1, dm.block_size, dtype=torch.long)  # what BabyGPTModule.setup gives the summary

@@ -988,3 +988,39 @@ def test_prompts_the_corpus_cannot_encode_stop_fit_before_training(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["en.txt"]  # no checkpoint, config or wandb run
     assert run_main(monkeypatch, tmp_path, *args, "--data.prompts=春", "--generation.oov=drop") == 2
     assert "against en.txt: prompt '春' is empty (after the oov policy)" in capsys.readouterr().err
+
+
+def trained_on(tmp_path: Path, text_path: str) -> Path:
+    """A tiny checkpoint that says it was trained on ``text_path`` (a file that is not there)."""
+    english = tmp_path / "en.txt"
+    english.write_text("the quick brown fox jumps over the lazy dog\n" * 20, encoding="utf-8")
+    ckpt = tiny_checkpoint(tmp_path, english)
+    english.unlink()
+    saved = torch.load(ckpt, weights_only=True)
+    saved[CiDataModule.__qualname__] = {"settings": {"text_sha256": "0" * 64}, "path": text_path}
+    torch.save(saved, ckpt)
+    return ckpt
+
+
+def test_validate_looks_for_the_text_trained_on_not_the_default_corpus(tmp_path, monkeypatch, capsys) -> None:
+    """Not data/ci.txt, built (an 85 MB fetch) only to be refused for its vocabulary."""
+    ckpt = trained_on(tmp_path, "gone.txt")
+    assert run_main(monkeypatch, tmp_path, "validate", f"--ckpt_path={ckpt}") == 2
+    assert (
+        one_error_line(capsys)
+        == f"error: checkpoint {ckpt} was trained on gone.txt, which is not there: pass --data.path to that text"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
+
+
+def test_a_resume_without_the_text_trained_on_names_it_before_building_the_default(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    ckpt = trained_on(tmp_path, "gone.txt")
+    model = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+    assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *model) == 2
+    assert one_error_line(capsys) == (
+        f"error: checkpoint {ckpt} was trained on gone.txt, and this run's data.path data/ci.txt does not exist: "
+        "resume with --data.path gone.txt"
+    )
+    assert not (tmp_path / "data").exists()

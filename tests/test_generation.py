@@ -446,6 +446,13 @@ def test_sample_next_greedy_and_top_k_top_p_support() -> None:
     assert {0, 1, 2, 4} <= set(everything.tolist())
 
 
+def test_top_p_keeps_the_smallest_prefix_whose_mass_reaches_it_exactly() -> None:
+    tied = torch.tensor([[0.0, 0.0, -30.0]]).repeat(400, 1)  # probabilities .5, .5 and ~0
+    g = torch.Generator().manual_seed(0)
+    assert len(set(sample_next(tied, Sampling(temperature=1.0, top_p=0.5), g).tolist())) == 1
+    assert set(sample_next(tied, Sampling(temperature=1.0, top_p=0.51), g).tolist()) == {0, 1}
+
+
 @pytest.mark.parametrize(
     "sampling",
     [Sampling(), Sampling(temperature=0), Sampling(temperature=1e-30), Sampling(0.7, top_k=3, top_p=0.8)]

@@ -258,6 +258,15 @@ def test_flops_per_token() -> None:
     assert f16 > 6 * 2 * 12 * 32 * 32  # at least the blocks' matmuls
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_flops_per_token_counts_every_matmul_weight_once_and_no_lookup(tie: bool) -> None:
+    """6 FLOPs per weight of the blocks, final LayerNorm and head, tied or not: embeddings are lookups."""
+    model = tiny_model(tie_weights=tie)
+    c = model.config
+    matmul_weights = sum(p.numel() for m in (model.blocks, model.ln_f, model.head) for p in m.parameters())
+    assert model.flops_per_token(8) == 6 * matmul_weights + 12 * c.n_layer * c.n_embed * 8
+
+
 # --- Linear.split ------------------------------------------------------------------------------------------------
 
 

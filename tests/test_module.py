@@ -84,6 +84,17 @@ def test_a_nan_validation_loss_is_reported_as_nan_without_a_warning() -> None:
     assert torch.isnan(module.val_loss.compute())  # not dropped: the mean of the other batches would hide it
 
 
+def test_val_loss_is_the_mean_over_tokens_when_batches_differ_in_size() -> None:
+    """A DDP rank's last validation batch can be short: each batch weighs by its tokens, not 1."""
+    module = make().eval()  # no dropout
+    torch.manual_seed(1)
+    x = torch.randint(len(VOCAB), (6, 16))
+    y = torch.randint(len(VOCAB), (6, 16))
+    module.validation_step((x[:4], y[:4]), 0)
+    module.validation_step((x[4:], y[4:]), 1)
+    assert module.val_loss.compute().item() == pytest.approx(module(x, y)[1].item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_weight_decay_groups(tie: bool) -> None:
     module = make(tie_weights=tie, weight_decay=0.1)
