@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,20 @@ from babygpt_pl.module import gpt_config
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely (tensors and plain types only) or explain in one line why it can't be used."""
     file = Path(path)
-    if file.is_dir():
-        raise UserError(f"checkpoint {path} is a directory: pass --ckpt_path to a file in it, e.g. {file}/last.ckpt")
-    if not file.exists():
-        raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
-    if not file.is_file():
-        raise UserError(f"checkpoint {path} is not a regular file: pass --ckpt_path to a file written by `babygpt fit`")
+    try:
+        if file.is_dir():
+            raise UserError(
+                f"checkpoint {path} is a directory: pass --ckpt_path to a file in it, e.g. {file}/last.ckpt"
+            )
+        if not file.exists():
+            raise UserError(f"checkpoint {path} not found: pass --ckpt_path to a file written by `babygpt fit`")
+        if not file.is_file():
+            raise UserError(
+                f"checkpoint {path} is not a regular file: pass --ckpt_path to a file written by `babygpt fit`"
+            )
+        file.open("rb").close()  # else torch.load's refusal would read as a damaged file
+    except OSError as err:  # a folder on the way, or the file, that this user may not read
+        raise UserError(f"checkpoint {path} cannot be read ({err.strerror}): check its permissions") from None
     if bad := _failed_checksum(file):
         raise UserError(
             f"checkpoint {path} is damaged: its {bad} does not match the checksum written with it; use another "
@@ -109,10 +119,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if isinstance(err, RuntimeError) and not any(s in str(err) for s in ("inline_container", "StreamWriter")):
                 raise
             reason = getattr(err, "strerror", None) or "the write failed: is the disk full?"
-            raise UserError(
-                f"could not write checkpoint {path} ({reason}; no file was half-written): free some space, or pass "
-                "another --checkpoint.dirpath"
-            ) from None
+            full = isinstance(err, RuntimeError) or err.errno in (errno.ENOSPC, errno.EDQUOT)
+            fix = (
+                "free some space, or pass another --checkpoint.dirpath" if full else "pass another --checkpoint.dirpath"
+            )
+            raise UserError(f"could not write checkpoint {path} ({reason}; no file was half-written): {fix}") from None
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -127,6 +138,28 @@ class LatestCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         # ModelCheckpoint's own key, so that checkpoints written with it resume this callback's state too.
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A resumed run writes beside its checkpoint (cli.py). Where that folder was copied or moved, Lightning
+        # keeps none of the record of its best checkpoints (it compares absolute folders): the old best would never
+        # be deleted, and the first validation would be the best whatever its loss. When every file of the record
+        # is here, under its name, the record is this folder's.
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+
+            def here(path: str) -> str:
+                return os.path.join(self.dirpath, os.path.relpath(path, old)) if path else path
+
+            recorded = [*state_dict.get("best_k_models", {}), state_dict.get("last_model_path")]
+            if all(os.path.isfile(here(p)) for p in recorded if p):
+                paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+                state_dict = {
+                    **state_dict,
+                    **{key: here(state_dict.get(key, "")) for key in paths},
+                    "dirpath": self.dirpath,
+                    "best_k_models": {here(p): score for p, score in state_dict.get("best_k_models", {}).items()},
+                }
+        super().load_state_dict(state_dict)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -205,6 +205,26 @@ def check_checkpoint_options(checkpoint) -> None:
             "checkpoint.save_last link makes last.ckpt a link to the best checkpoint, without the steps after it: "
             "use true (last.ckpt holds the newest weights) or false"
         )
+    # Training is one endless epoch, checkpointed after each validation (trainer.val_check_interval).
+    at_validations = "checkpoints are saved after each validation (set trainer.val_check_interval)"
+    if checkpoint.save_on_train_epoch_end:
+        raise UserError(
+            "checkpoint.save_on_train_epoch_end true would save nothing until training ends, as its one epoch "
+            f"never ends: drop it; {at_validations}"
+        )
+    if (checkpoint.every_n_epochs or 0) > 1:
+        raise UserError(
+            f"checkpoint.every_n_epochs {checkpoint.every_n_epochs} would never save a best checkpoint, as "
+            f"training's one epoch never ends: drop it; {at_validations}"
+        )
+    for option in ("every_n_train_steps", "train_time_interval"):
+        if checkpoint[option]:
+            # Lightning saves these at a training batch's end, before that step's validation, under the previous
+            # validation's score: a "best" file of later weights than its loss (also in the name, monitor or not).
+            raise UserError(
+                f"checkpoint.{option} {checkpoint[option]} ranks and names a checkpoint by the validation before "
+                f"its weights, not theirs: drop it; {at_validations}, and --checkpoint.save_top_k -1 keeps them all"
+            )
     name = checkpoint.filename or ""
     if os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
         raise UserError(
@@ -725,6 +745,13 @@ class BabyGPTCLI(LightningCLI):
             )
         if self.subcommand == "fit" and self.checkpoint:
             self._check_data_settings(probe.settings())
+        trained_text = self._saved_data_settings().get("text_sha256", probe.text_sha256)
+        if self.subcommand in ("validate", "test") and trained_text != probe.text_sha256:
+            # Allowed, as other data settings are (same characters, another text): its loss is not the logged one.
+            warn(
+                f"{data.path} is not the text the checkpoint was trained on (same characters, other text): the loss "
+                "differs from its logged val_loss"
+            )
         if self.subcommand in ("fit", "validate") and _logs_samples(logger):  # validation logs samples; test not
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file)
@@ -766,6 +793,13 @@ class BabyGPTCLI(LightningCLI):
                 f"checkpoint {self.config.fit.ckpt_path} was trained with {', '.join(wrong)}; resume with the data "
                 "it was trained on, or drop --ckpt_path to start a new run"
             )
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":  # still "last": there was no last.ckpt, so a new run (said above)
+            # Lightning would resume from any other last*.ckpt it finds (last-backup.ckpt), none of it checked.
+            kwargs["ckpt_path"] = None
+        return kwargs
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

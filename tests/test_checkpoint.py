@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +32,7 @@ class WorseningModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path: Path, **trainer_args) -> LatestCheckpoint:
+def fit(tmp_path: Path, ckpt_path: Path | None = None, **trainer_args) -> LatestCheckpoint:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(48, 2)), batch_size=4)
     checkpoint = LatestCheckpoint(dirpath=tmp_path, filename="best-{step}", monitor="val_loss", save_last=True)
     trainer = L.Trainer(
@@ -42,7 +43,7 @@ def fit(tmp_path: Path, **trainer_args) -> LatestCheckpoint:
         enable_model_summary=False,
         **trainer_args,
     )
-    trainer.fit(WorseningModel(), loader, loader)
+    trainer.fit(WorseningModel(), loader, loader, ckpt_path=ckpt_path)
     return checkpoint
 
 
@@ -65,6 +66,15 @@ def test_validation_at_epoch_end_keeps_the_best_and_the_last(tmp_path: Path) -> 
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 36
 
 
+def test_a_run_resumed_in_a_copied_folder_keeps_its_record_of_the_best(tmp_path: Path) -> None:
+    fit(tmp_path / "run", max_steps=8, val_check_interval=4)  # the best: step 4
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    checkpoint = fit(tmp_path / "copy", tmp_path / "copy" / "last.ckpt", max_steps=12, val_check_interval=4)
+    # Lightning alone took step 12 for the best (it forgot step 4's score) and left step 4's file behind.
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["best-step=4.ckpt", "last.ckpt"]
+    assert checkpoint.best_model_path == str(tmp_path / "copy" / "best-step=4.ckpt")
+
+
 def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path: Path) -> None:
     ours = LatestCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True)
     assert ours.state_key == ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True).state_key
@@ -75,7 +85,9 @@ def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path:
     [
         # What torch.save raised on a full 3 MB tmpfs:
         (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3125632 vs 3125524"), "disk full"),
-        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device.*: free some space"),
+        # A folder made read-only during the run: no word of space.
+        (PermissionError(errno.EACCES, "Permission denied"), r"Permission denied; no file was half-written\): pass"),
     ],
 )
 def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_file(tmp_path: Path, monkeypatch, failure, reason):

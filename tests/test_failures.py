@@ -89,6 +89,29 @@ def checkpoint(tmp_path: Path, corpus: Path) -> Path:
     return path
 
 
+def test_a_checkpoint_this_user_may_not_read_is_said_so(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    """Not "truncated, damaged" nor a traceback (what a non-root user saw for a mode-000 file or folder)."""
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(UserError) as info:
+        check_checkpoint(checkpoint)
+    assert str(info.value) == f"checkpoint {checkpoint} cannot be read (Permission denied): check its permissions"
+
+
+def test_validate_on_another_text_of_the_same_characters_warns(tmp_path, monkeypatch, capsys, checkpoint, corpus):
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(reversed(corpus.read_text(encoding="utf-8").splitlines())), encoding="utf-8")
+    args = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    for text, warned in ((corpus, False), (other, True)):
+        monkeypatch.chdir(tmp_path)
+        main(["validate", f"--ckpt_path={checkpoint}", f"--data.path={text}", *args])
+        err = capsys.readouterr().err
+        assert (f"warning: {text} is not the text the checkpoint was trained on" in err) is warned, err
+
+
 def test_checkpoint_errors(tmp_path: Path, checkpoint: Path) -> None:
     assert check_checkpoint(checkpoint)["hyper_parameters"]["vocab"]
     with pytest.raises(UserError, match="nope.ckpt not found"):
@@ -449,6 +472,9 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         (["--checkpoint.filename=last"], "checkpoint.filename last is the name of the newest checkpoint: choose"),
         (["--checkpoint.filename=best.ckpt"], "checkpoint.filename best.ckpt: leave out the .ckpt, which is added"),
         (["--checkpoint.save_last=link"], "checkpoint.save_last link makes last.ckpt a link to the best checkpoint"),
+        (["--checkpoint.save_on_train_epoch_end=true"], "checkpoint.save_on_train_epoch_end true would save nothing"),
+        (["--checkpoint.every_n_epochs=2"], "checkpoint.every_n_epochs 2 would never save a best checkpoint"),
+        (["--checkpoint.every_n_train_steps=3"], "checkpoint.every_n_train_steps 3 ranks and names a checkpoint by"),
         (["--checkpoint.filename=../best"], "checkpoint.filename ../best leaves the checkpoint folder: give a file"),
         (["--checkpoint.filename=/tmp/best"], "checkpoint.filename /tmp/best leaves the checkpoint folder: give a"),
         (
@@ -882,8 +908,11 @@ def test_an_online_run_without_a_wandb_login_is_one_line(tmp_path, corpus) -> No
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_fit_with_ckpt_path_last_and_none_yet_is_a_new_run(tmp_path, monkeypatch, capsys, corpus) -> None:
+def test_fit_with_ckpt_path_last_and_none_yet_is_a_new_run(tmp_path, monkeypatch, capsys, corpus, checkpoint) -> None:
     monkeypatch.chdir(tmp_path)
+    # Not a resume from another last*.ckpt there, as Lightning would (this one, of another shape, would crash it).
+    (tmp_path / "checkpoints").mkdir()
+    checkpoint.rename(tmp_path / "checkpoints" / "last-backup.ckpt")
     args = ["--trainer.max_steps=1", "--trainer.logger=false", "--ckpt_path=last"]
     main(["fit", f"--data.path={corpus}", *SMALL, *args])
     err = capsys.readouterr().err
