@@ -754,7 +754,7 @@ class BabyGPTCLI(LightningCLI):
             )
         if self.subcommand in ("fit", "validate") and _logs_samples(logger):  # validation logs samples; test not
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
-            prompts = read_prompts(data.prompts, data.prompts_file)
+            prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation
             check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
             warn_of_unmatchable_stops(config.generation.stop, tokenizer)
 

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from babygpt_pl.errors import UserError, one_line, warn
-from babygpt_pl.files import check_writable, write_atomic
+from babygpt_pl.files import check_writable, in_place, write_atomic
 
 PACKAGE = "chinese-poetry@2.0.1"
 # npm's `integrity` for the published tarball: "sha512-" + base64 of the tarball's sha512 digest.
@@ -186,7 +186,13 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
             f"{PACKAGE}`) and pass the .tgz, or leave the source unset to fetch it with npm"
         )
     out_path = Path(out_path)
+    if in_place(out_path):  # read back below and by training: a pipe or /dev/stdout would give nothing, or block
+        raise UserError(
+            f"{option} {out_path} is not a regular file: give the path of a file to write, e.g. data/ci.txt"
+        )
     check_writable(out_path, option, DEFAULT_NAME)  # before the fetch and build, not after
+    if source is not None and out_path.is_file() and Path(source).is_file() and out_path.samefile(source):
+        raise UserError(f"{option} {out_path} is the source itself, which it would replace: choose another file")
     if source is None:
         with tempfile.TemporaryDirectory(prefix="babygpt-npm-") as tmp:
             source_path = _npm_pack(Path(tmp))

@@ -9,6 +9,7 @@ once from ``seed``, so every validation of every run sees the same text.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,20 +25,26 @@ from babygpt_pl.tokenizer import CharTokenizer
 DEFAULT_PROMPTS = ["春江", "往事"]
 
 
-def read_text(path: str | Path, what: str = "corpus file", option: str = "--data.path") -> str:
+def read_text(path: str | Path, what: str = "corpus file", option: str = "--data.path", reread: bool = False) -> str:
     """The whole file as text; a clear error, naming ``what`` and the ``option`` to fix, if it is missing,
-    empty or not UTF-8."""
+    unreadable, empty or not UTF-8, or, where it is read again later (``reread``), a pipe that would be empty then."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a directory: pass {option} to a UTF-8 text file")
-    if not path.exists():
-        raise UserError(f"{what} {path} not found: pass {option} to an existing UTF-8 text file")
-    raw = path.read_bytes()
+    try:
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a directory: pass {option} to a UTF-8 text file")
+        if not path.exists():
+            raise UserError(f"{what} {path} not found: pass {option} to an existing UTF-8 text file")
+        if reread and not path.is_file():  # checked without opening it: a FIFO with no writer would block
+            raise UserError(f"{what} {path} is not a regular file, and it is read more than once: save it to a file")
+        raw = path.read_bytes()
+    except OSError as err:  # no permission, a name too long, an unreadable device
+        raise UserError(f"{what} {path} cannot be read ({err.strerror}): pass {option} to a readable file") from None
     try:
         text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors write one) is not text
     except UnicodeDecodeError as err:
+        at = err.start + (3 if raw.startswith(codecs.BOM_UTF8) else 0)  # the decoder counts from after the mark
         raise UserError(
-            f"{what} {path} is not UTF-8: invalid byte 0x{raw[err.start]:02x} at byte offset {err.start}; "
+            f"{what} {path} is not UTF-8: invalid byte 0x{raw[at]:02x} at byte offset {at}; "
             f"convert it (e.g. iconv -t UTF-8) or pass another {option}"
         ) from None
     if not text:
@@ -55,12 +62,13 @@ def as_prompt_list(prompts: list[str] | str | None) -> list[str]:
     return DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
 
 
-def read_prompts(prompts: list[str] | str | None, prompts_file: str | None) -> list[str]:
-    """What predict and the logged samples continue: the lines of ``prompts_file`` if set, else ``prompts``."""
+def read_prompts(prompts: list[str] | str | None, prompts_file: str | None, reread: bool = False) -> list[str]:
+    """What predict and the logged samples continue: the lines of ``prompts_file`` if set, else ``prompts``
+    (``reread``: the file will be read again, as at each validation)."""
     if prompts_file is None:
         prompts = as_prompt_list(prompts)
     else:
-        text = read_text(prompts_file, "prompts file", "--data.prompts_file")
+        text = read_text(prompts_file, "prompts file", "--data.prompts_file", reread)
         # Lines end at \n alone (and a \r before it): splitlines() also split at form feeds, U+2028 and the like.
         prompts = [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
         if not prompts:
@@ -169,7 +177,7 @@ class CiDataModule(L.LightningDataModule):
         return self._read()[1]
 
     def _read(self) -> tuple[str, CharTokenizer]:
-        text = read_text(self.path)
+        text = read_text(self.path, reread=True)  # by the CLI's check, then by setup
         split = int(self.train_ratio * len(text))
         for name, size in (("training", split), ("validation", len(text) - split)):
             if size < self.block_size + 1:

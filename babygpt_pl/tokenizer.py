@@ -63,4 +63,7 @@ class CharTokenizer:
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids)
+        if any(i < 0 for i in ids):  # a list index would count it from the end: another character, silently
+            raise ValueError(f"token ids are 0..{len(self.vocab) - 1}, got {min(ids)}")
         return "".join(self.vocab[i] for i in ids)

@@ -303,3 +303,13 @@ def test_real_tarball_reproduces_published_corpus(tmp_path: Path) -> None:
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ci.txt"
     if shared.is_file():
         assert out.read_bytes() == shared.read_bytes()
+
+
+def test_the_output_must_be_a_file_to_write_not_a_pipe_nor_the_source(tmp_path: Path) -> None:
+    source = make_tarball(tmp_path)
+    with pytest.raises(UserError, match="--out /dev/null is not a regular file: give the path of a file to write"):
+        corpus.build_ci(source, "/dev/null")  # (the summary read back from a pipe blocked)
+    before = source.read_bytes()
+    with pytest.raises(UserError, match=f"--out {source} is the source itself, which it would replace"):
+        corpus.build_ci(source, source)
+    assert source.read_bytes() == before

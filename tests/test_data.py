@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,6 +186,34 @@ def test_non_utf8_file_names_the_offset(tmp_path: Path) -> None:
     assert "UTF-8" in message
     assert "byte offset 6" in message
     assert f"0x{'明'.encode('gbk')[0]:02x}" in message
+
+
+def test_after_a_byte_order_mark_the_bad_byte_is_named_at_its_offset_in_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + b"abc" + b"\xe9" + b"abc")  # the decoder counts from after the mark
+    with pytest.raises(UserError, match="invalid byte 0xe9 at byte offset 6;"):
+        read_text(p)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    p = tmp_path / "text.txt"
+    p.write_text("春江", encoding="utf-8")
+
+    def denied(self) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(UserError, match=rf"^corpus file {p} cannot be read \(Permission denied\): pass --data.path"):
+        read_text(p)
+
+
+def test_a_text_read_twice_must_be_a_file_not_a_pipe(tmp_path: Path) -> None:
+    """Training reads the corpus twice (the CLI's check, then setup): a pipe would be empty the second time, and
+    a FIFO with no writer would block the first."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is not a regular file, and it is read more than once: save it to a file"):
+        make(fifo).setup("fit")
 
 
 @pytest.mark.parametrize("ratio, split", [(0.9, "validation"), (0.1, "training")])

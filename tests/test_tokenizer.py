@@ -111,3 +111,8 @@ def test_require_known_names_every_unknown_character_of_all_the_text() -> None:
     tok.require_known("春江往事")
     with pytest.raises(UserError, match=r"2 character\(s\) not in the model's vocabulary: 'ZX'"):
         tok.require_known("往事Z" + "春江X")
+
+
+def test_decode_refuses_a_negative_id() -> None:
+    with pytest.raises(ValueError, match="token ids are 0..2, got -1"):
+        CharTokenizer.from_text("abc").decode([0, -1])  # a list index would give "c"
