@@ -183,8 +183,8 @@ def format_completion(completion: dict) -> str:
 
 
 class PredictionPrinter(BasePredictionWriter):
-    """Prints each prompt's continuation as it is generated, and writes them all as JSON lines at the end
-    (to ``generation.output`` when it is set)."""
+    """Prints every prompt's continuation once its batch (all the prompts: one batch) is generated, and writes them
+    all as JSON lines at the end (to ``generation.output`` when it is set). chat streams; predict does not."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")

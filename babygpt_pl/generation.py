@@ -71,7 +71,8 @@ class GenerationConfig:
         cuda_graph: on a CUDA device, replay each decode step from a CUDA graph (ignored on a CPU).
         compile: on a CUDA device, also fuse the graph's kernels with torch.compile: faster per token, after
             a compilation of tens of seconds on the first call. Worth it for long or many generations.
-        output: also write one JSON line per sample (prompt, text, tokens, seconds, tokens/s) to this file.
+        output: also write one JSON line per sample (prompt, text, tokens, seconds, sample, stopped,
+            tokens_per_s) to this file.
     """
 
     max_new_tokens: int = 100
@@ -368,9 +369,9 @@ def _cpu_decode_layout(model: BabyGPT, new_tokens: int, batch: int = 1) -> Itera
     - every Linear splits its few-row products across the threads (:meth:`babygpt_pl.model.Linear.split`);
     - the widening weights (more outputs than inputs: QKV, MLP up, head) are read from column-major copies
       (:meth:`babygpt_pl.model.Linear.column_major_weight`), for a stream of at least :data:`_LAYOUT_MIN_TOKENS`.
-    Together a batch-1 decode step ran 1.55x faster (README, "Performance"; bench_generate.py's decode_plain
-    rows). From :data:`_PACK_MIN_ROWS` rows and :data:`_LAYOUT_MIN_TOKENS` new tokens every Linear multiplies
-    with a oneDNN copy of its weight instead (:meth:`babygpt_pl.model.Linear.pack`), where oneDNN is available
+    Together a batch-1 decode step ran 1.55x faster in a timing of single steps (README, "Performance"; whole
+    generations, bench_generate.py's decode_plain rows: 1.42x). From :data:`_PACK_MIN_ROWS` rows and
+    :data:`_LAYOUT_MIN_TOKENS` new tokens every Linear multiplies with a oneDNN copy of its weight instead (:meth:`babygpt_pl.model.Linear.pack`), where oneDNN is available
     and the weights are fp32 without autocast. Products may differ in the last bits. Until the stream ends, every
     forward of the model without a gradient reads those copies, made when it started. Not for two threads
     decoding one model at once: they share its Linears.

@@ -48,7 +48,8 @@ class BabyGPTModule(L.LightningModule):
             (:class:`~babygpt_pl.optim.MuonAdamW`).
         muon_lr: peak learning rate of the Muon matrices (the same schedule as lr).
         lr_schedule: "constant" (the tutorial) or "cosine" (decays to min_lr at trainer.max_steps).
-        warmup_steps: linear warm-up from 0 to lr over this many steps (either schedule).
+        warmup_steps: linear warm-up to lr over this many steps, from lr/warmup_steps at the first (either
+            schedule).
         min_lr: the floor of the cosine schedule.
         compile: torch.compile the model's forward for training (keeps the checkpoint's parameter names).
         compile_mode: torch.compile's mode: "default", or "reduce-overhead" (CUDA graphs: the step no longer
