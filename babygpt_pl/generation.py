@@ -371,10 +371,10 @@ def _cpu_decode_layout(model: BabyGPT, new_tokens: int, batch: int = 1) -> Itera
       (:meth:`babygpt_pl.model.Linear.column_major_weight`), for a stream of at least :data:`_LAYOUT_MIN_TOKENS`.
     Together a batch-1 decode step ran 1.55x faster in a timing of single steps (README, "Performance"; whole
     generations, bench_generate.py's decode_plain rows: 1.42x). From :data:`_PACK_MIN_ROWS` rows and
-    :data:`_LAYOUT_MIN_TOKENS` new tokens every Linear multiplies with a oneDNN copy of its weight instead (:meth:`babygpt_pl.model.Linear.pack`), where oneDNN is available
-    and the weights are fp32 without autocast. Products may differ in the last bits. Until the stream ends, every
-    forward of the model without a gradient reads those copies, made when it started. Not for two threads
-    decoding one model at once: they share its Linears.
+    :data:`_LAYOUT_MIN_TOKENS` new tokens every Linear multiplies with a oneDNN copy of its weight instead
+    (:meth:`babygpt_pl.model.Linear.pack`), where oneDNN is available and the weights are fp32 without autocast.
+    Products may differ in the last bits. Until the stream ends, every forward of the model without a gradient reads
+    those copies, made when it started. Not for two threads decoding one model at once: they share its Linears.
     """
     p = next(model.parameters())
     if p.device.type != "cpu":
