@@ -118,8 +118,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             # inline_container.cc:…] . unexpected pos …" or "PytorchStreamWriter failed writing file …".
             if isinstance(err, RuntimeError) and not any(s in str(err) for s in ("inline_container", "StreamWriter")):
                 raise
-            reason = getattr(err, "strerror", None) or "the write failed: is the disk full?"
             full = isinstance(err, RuntimeError) or err.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = getattr(err, "strerror", None) or ("the write failed: is the disk full?" if full else str(err))
             fix = (
                 "free some space, or pass another --checkpoint.dirpath" if full else "pass another --checkpoint.dirpath"
             )
@@ -147,8 +147,8 @@ class LatestCheckpoint(ModelCheckpoint):
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
 
-            def here(path: str) -> str:
-                return os.path.join(self.dirpath, os.path.relpath(path, old)) if path else path
+            def here(path: str) -> str:  # a path under the old folder, in this one
+                return os.path.join(self.dirpath, os.path.relpath(path, old)) if path.startswith(old + os.sep) else path
 
             recorded = [*state_dict.get("best_k_models", {}), state_dict.get("last_model_path")]
             if all(os.path.isfile(here(p)) for p in recorded if p):

@@ -589,17 +589,19 @@ class BabyGPTCLI(LightningCLI):
         """validate/test draw the validation windows that training did (the same loss for the same weights):
         data settings left out take the checkpoint's values (one given, even at its default, is used)."""
         data = self.config[self.config.subcommand].data
+        defaults = inspect.signature(CiDataModule).parameters
         trained_on = self._trained_on()
-        if self.config.subcommand in ("validate", "test") and trained_on and not self._given("data.path"):
+        left_out = not self._given("data.path") and _plain(data.path) == _plain(defaults["path"].default)
+        if self.config.subcommand in ("validate", "test") and trained_on and left_out:
             # Not the default data/ci.txt, which for a model trained on another text would be built (an 85 MB
-            # fetch) only to be refused for its vocabulary.
-            if not os.path.exists(trained_on) and Path(trained_on).name != DEFAULT_NAME:
+            # fetch) only to be refused for its vocabulary. The published corpus, gone, is built where it was.
+            if os.path.exists(trained_on):
+                data.path = trained_on
+            elif Path(trained_on).name != DEFAULT_NAME:
                 raise UserError(
                     f"checkpoint {self.config[self.config.subcommand].ckpt_path} was trained on {trained_on}, "
                     "which is not there: pass --data.path to that text"
                 )
-            data.path = trained_on
-        defaults = inspect.signature(CiDataModule).parameters
         saved = {k: v for k, v in self._saved_data_settings().items() if k in defaults}
         for key, value in saved.items():
             if not self._given(f"data.{key}") and _plain(data[key]) == _plain(defaults[key].default):
@@ -721,11 +723,13 @@ class BabyGPTCLI(LightningCLI):
         if data.source and os.path.exists(data.path):
             warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
         trained_on = self._trained_on() if fitting else None
-        if trained_on and not os.path.exists(data.path) and os.path.normpath(trained_on) != os.path.normpath(data.path):
-            # Before data/ci.txt would be built, only for the resume to be refused as another text.
+        if trained_on and Path(trained_on).name != DEFAULT_NAME and not os.path.exists(data.path):
+            # Before data/ci.txt would be built, only for the resume to be refused as another text (a model of the
+            # published corpus resumes on it, built anew wherever it is asked for).
+            fix = f"resume with --data.path {trained_on}" if os.path.exists(trained_on) else "pass --data.path to it"
             raise UserError(
                 f"checkpoint {config.ckpt_path} was trained on {trained_on}, and this run's data.path {data.path} "
-                f"does not exist: resume with --data.path {trained_on}"
+                f"does not exist: {fix}"
             )
         settings = ("batch_size", "block_size", "train_ratio", "val_batches", "seed", "source")
         probe = CiDataModule(data.path, **{k: data[k] for k in settings})

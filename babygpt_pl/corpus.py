@@ -186,11 +186,12 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
             f"{PACKAGE}`) and pass the .tgz, or leave the source unset to fetch it with npm"
         )
     out_path = Path(out_path)
+    check_writable(out_path, option, DEFAULT_NAME)  # before the fetch and build, not after
     if in_place(out_path):  # read back below and by training: a pipe or /dev/stdout would give nothing, or block
         raise UserError(
-            f"{option} {out_path} is not a regular file: give the path of a file to write, e.g. data/ci.txt"
+            f"{option} {out_path} is a pipe, a device or this command's own output: give the path of a file to "
+            "write, e.g. data/ci.txt"
         )
-    check_writable(out_path, option, DEFAULT_NAME)  # before the fetch and build, not after
     if source is not None and out_path.is_file() and Path(source).is_file() and out_path.samefile(source):
         raise UserError(f"{option} {out_path} is the source itself, which it would replace: choose another file")
     if source is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -212,8 +213,18 @@ def test_a_text_read_twice_must_be_a_file_not_a_pipe(tmp_path: Path) -> None:
     a FIFO with no writer would block the first."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(UserError, match="is not a regular file, and it is read more than once: save it to a file"):
-        make(fifo).setup("fit")
+
+    def blocked(signum, frame):
+        raise AssertionError("opened the FIFO, which blocks without a writer")
+
+    signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UserError, match="is not a regular file, and it is read more than once: save it to a file"):
+            make(fifo).setup("fit")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("ratio, split", [(0.9, "validation"), (0.1, "training")])

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from babygpt_pl import cli as cli_module
+from babygpt_pl import data as data_module
 from babygpt_pl.checkpoint import check_checkpoint
 from babygpt_pl.cli import main
 from babygpt_pl.data import CiDataModule
@@ -1042,6 +1043,34 @@ def test_validate_looks_for_the_text_trained_on_not_the_default_corpus(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
 
 
+def test_validate_takes_the_trained_on_text_only_where_none_is_set_and_it_is_there(tmp_path, monkeypatch, capsys):
+    """A data config file's path is the user's; a published corpus that is gone is looked for where it is asked."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ci.txt").write_text("other characters entirely\n" * 40, encoding="utf-8")
+    own = tmp_path / "own.txt"
+    own.write_text("the lazy dog\n" * 40, encoding="utf-8")
+    (tmp_path / "data.yaml").write_text(f"path: {own}\n", encoding="utf-8")
+    for text_path, args, used in (
+        ("gone.txt", ["--data=data.yaml"], own),
+        (str(tmp_path / "elsewhere" / "ci.txt"), [], Path("data/ci.txt")),
+    ):
+        ckpt = trained_on(tmp_path, text_path)
+        assert run_main(monkeypatch, tmp_path, "validate", f"--ckpt_path={ckpt}", *args) == 2
+        assert f"differs from that of {used} (" in one_error_line(capsys)  # (the test checkpoint's own vocabulary)
+
+
+def test_a_resume_of_the_published_corpus_builds_it_where_this_run_asks(tmp_path, monkeypatch, capsys) -> None:
+    ckpt = trained_on(tmp_path, "/elsewhere/data/ci.txt")
+
+    def build(path, source=None):
+        raise UserError(f"would build {path}")
+
+    monkeypatch.setattr(data_module, "ensure_corpus", build)
+    model = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+    assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *model) == 2
+    assert one_error_line(capsys) == "error: would build data/ci.txt"
+
+
 def test_a_resume_without_the_text_trained_on_names_it_before_building_the_default(
     tmp_path, monkeypatch, capsys
 ) -> None:
@@ -1050,6 +1079,6 @@ def test_a_resume_without_the_text_trained_on_names_it_before_building_the_defau
     assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *model) == 2
     assert one_error_line(capsys) == (
         f"error: checkpoint {ckpt} was trained on gone.txt, and this run's data.path data/ci.txt does not exist: "
-        "resume with --data.path gone.txt"
+        "pass --data.path to it"
     )
     assert not (tmp_path / "data").exists()
