@@ -259,6 +259,20 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
     assert trainer.limit_val_batches == 0  # no validation on the way out
 
 
+def test_a_second_ctrl_c_interrupts_at_once_and_the_handlers_are_restored_after() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    stop = GracefulStop()
+    stop.on_train_start(None, None)
+    try:
+        signal.raise_signal(signal.SIGINT)  # the first: noted, training goes on to the step's end
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second: no waiting
+    finally:
+        stop.on_train_end(None, None)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out" / "samples.jsonl"
     module.generation = GenerationConfig(max_new_tokens=6, temperature=0, num_samples=2, output=str(out))

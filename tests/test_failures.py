@@ -423,6 +423,17 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
     assert shown in line and "would be ignored" in line
 
 
+def test_a_union_error_names_each_accepted_value_once() -> None:
+    """trainer.precision's union repeats 64, 32 and 16 (as ints and as strings)."""
+    message = (
+        'Parser key "trainer.precision": Does not validate against any of the Union subtypes Subtypes: '
+        "[typing.Literal[64, 32, 16], typing.Literal['64', '32', '16', 'bf16'], <class 'NoneType'>] Errors: - x "
+        "Given value type: <class 'str'> Given value: bf17"
+    )
+    expected = "trainer.precision: bf17 is not accepted; give 64, 32, 16, bf16 or null"
+    assert cli_module.short_union_error(message) == expected
+
+
 def test_a_union_error_of_other_types_is_kept_whole() -> None:
     message = (
         'Parser key "trainer.logger": Does not validate against any of the Union subtypes Subtypes: '
@@ -500,6 +511,15 @@ def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpu
     assert expected in one_error_line(capsys)
     assert not (tmp_path / "checkpoints").exists()
     assert not (tmp_path / "outputs").exists()  # no saved config, no wandb run
+
+
+@pytest.mark.parametrize(("accumulate", "warned"), [(1, True), (4, False)])
+def test_the_short_run_warning_counts_validation_in_batches(capsys, accumulate: int, warned: bool) -> None:
+    """val_check_interval counts batches, max_steps optimizer steps: 3 steps of 4 batches do reach batch 10."""
+    trainer = SimpleNamespace(val_check_interval=10, max_steps=3, accumulate_grad_batches=accumulate)
+    trainer.limit_val_batches = None
+    cli_module.warn_of_a_short_run(trainer, warmup_steps=0)
+    assert ("will not validate" in capsys.readouterr().err) is warned
 
 
 def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
@@ -640,10 +660,38 @@ def test_a_misspelt_key_in_a_config_file_names_the_file(tmp_path, monkeypatch, c
     )
 
 
-def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
+@pytest.mark.parametrize("flag", ["--config", "-c"])
+def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus, flag) -> None:
     (tmp_path / "bad.yaml").write_text("trainer:\n  max_steps: [10\n", encoding="utf-8")
-    assert run_main(monkeypatch, tmp_path, "fit", "--config", "bad.yaml", f"--data.path={corpus}") == 2
+    assert run_main(monkeypatch, tmp_path, "fit", flag, "bad.yaml", f"--data.path={corpus}") == 2
     assert "config file bad.yaml is not valid YAML at line 3" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "setting", "value"),
+    [
+        (["--trainer.gradient_clip_val=0"], "trainer.gradient_clip_val", 0),  # 0: no clipping
+        (["--checkpoint.every_n_epochs=1"], "checkpoint.every_n_epochs", 1),
+        (["--checkpoint.monitor=null"], "checkpoint.monitor", None),
+        (["--checkpoint.filename=best-{epoch}-{step}"], "checkpoint.filename", "best-{epoch}-{step}"),
+        (["--config={trainer: {max_steps: 3}}"], "trainer.max_steps", 3),  # inline YAML, not a file
+        (["-c", "three.yaml", "--model.lr=0.001"], "trainer.max_steps", 3),
+    ],
+)
+def test_the_edges_of_what_is_refused_are_accepted(tmp_path, monkeypatch, corpus, extra, setting, value) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "three.yaml").write_text("trainer:\n  max_steps: 3\n", encoding="utf-8")
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
+    cli = cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false", *extra])
+    assert cli.config.fit[setting] == value
+
+
+def test_validate_ignores_a_training_only_setting_of_a_shared_config(tmp_path, monkeypatch, checkpoint, corpus):
+    """limit_train_batches 0 would train nothing, which is refused in fit; validate trains nothing anyway."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
+    args = ["validate", f"--ckpt_path={checkpoint}", f"--data.path={corpus}", "--trainer.limit_train_batches=0"]
+    assert cli_module.BabyGPTCLI(args=args).config.validate.trainer.limit_train_batches == 0
 
 
 def test_validate_on_a_corpus_with_another_vocabulary(tmp_path, monkeypatch, capsys, checkpoint) -> None:
@@ -813,6 +861,7 @@ def test_a_config_file_that_is_not_settings_is_named(tmp_path, monkeypatch, caps
     [
         ("--checkpoint.dirpath=afile/ck", "--checkpoint.dirpath afile/ck: afile is a file, not a folder"),
         ("--trainer.logger.init_args.save_dir=afile/out", "--trainer.logger.init_args.save_dir afile/out: afile is"),
+        ("--trainer.logger.init_args.dir=afile/out", "--trainer.logger.init_args.dir afile/out: afile is a file"),
         ("--trainer.default_root_dir=afile/r", "--trainer.default_root_dir afile/r: afile is a file, not a folder"),
     ],
 )
@@ -936,12 +985,17 @@ def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, ch
     assert cli.model.hparams.n_layer == 1
 
 
-def test_ckpt_path_last_is_checked_like_a_file(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
-    (tmp_path / "checkpoints").mkdir()
-    checkpoint.rename(tmp_path / "checkpoints" / "last.ckpt")
+@pytest.mark.parametrize("folder", [None, "run_y"])
+def test_ckpt_path_last_is_checked_like_a_file(tmp_path, monkeypatch, capsys, checkpoint, corpus, folder) -> None:
+    """In the checkpoint folder of this run: --checkpoint.dirpath's, if given (not checkpoints/, whose absence would
+    make this a new run that replaces run_y/last.ckpt)."""
+    (tmp_path / (folder or "checkpoints")).mkdir()
+    checkpoint.rename(tmp_path / (folder or "checkpoints") / "last.ckpt")
     args = ["fit", f"--data.path={corpus}", "--ckpt_path=last", "--model.block_size=16", "--model.n_embed=32"]
+    args += [f"--checkpoint.dirpath={folder}"] if folder else []
     assert run_main(monkeypatch, tmp_path, *args) == 2
-    assert "checkpoint checkpoints/last.ckpt has a different model: n_embed=16 (this run: 32)" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert f"checkpoint {folder or 'checkpoints'}/last.ckpt has a different model: n_embed=16 (this run: 32)" in line
 
 
 @pytest.mark.parametrize("command", ["validate", "predict"])

@@ -104,11 +104,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 
 
-def test_dev_stdout_redirected_to_a_file_is_appended_to_not_replaced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_dev_stdout_redirected_to_a_file_is_appended_to_not_replaced(tmp_path: Path, stream: str) -> None:
     out = tmp_path / "out.txt"
-    code = "from babygpt_pl.files import write_atomic as w; print('text', flush=True); w('/dev/stdout', b'jsonl\\n')"
+    code = (
+        f"import sys; from babygpt_pl.files import write_atomic as w; print('text', file=sys.{stream}, flush=True); "
+        f"w('/dev/{stream}', b'jsonl\\n')"
+    )
     with out.open("w") as f:
-        subprocess.run([sys.executable, "-c", code], stdout=f, check=True)
+        subprocess.run([sys.executable, "-c", code], check=True, **{stream: f})
     assert out.read_text() == "text\njsonl\n"
 
 
