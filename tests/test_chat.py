@@ -188,6 +188,19 @@ def test_num_samples_is_refused_not_ignored(model: BabyGPT) -> None:
         run(model, "春江\n", GenerationConfig(max_new_tokens=3, num_samples=2))
 
 
+def test_output_to_a_pipe_gets_each_answer_once(model: BabyGPT, tmp_path: Path) -> None:
+    """A pipe is written in place: the whole file anew after each answer would repeat the earlier ones."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that opening it for writing does not block
+    try:
+        run(model, "春江\n往事\n", GenerationConfig(max_new_tokens=3, temperature=0, output=str(fifo)))
+        records = [json.loads(line) for line in os.read(reader, 100_000).decode().splitlines()]
+    finally:
+        os.close(reader)
+    assert [r["prompt"] for r in records] == ["春江", "往事"]
+
+
 def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:
     out_file = tmp_path / "chat.jsonl"
     run(model, "春江\n往事\n", GenerationConfig(max_new_tokens=3, temperature=0, output=str(out_file)))
