@@ -14,12 +14,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProgressBar, ThroughputMonitor
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from babygpt_pl.files import jsonl, write_atomic
 from babygpt_pl.generation import complete
+from babygpt_pl.module import first_wandb
 
 
 def batch_size(batch: Any) -> int:
@@ -116,7 +116,7 @@ class TokenThroughput(ThroughputMonitor):
             metrics = {
                 f"{RunningStage.VALIDATING.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()
             }
-            trainer._logger_connector.log_metrics(metrics, step=trainer.global_step)
+            trainer._logger_connector.log_metrics(metrics)  # at the step of val_loss
         super().on_validation_end(trainer, pl_module)
 
     # The library starts its totals (train/time, batches, samples, lengths) at 0 in every fit, so a resumed run's
@@ -275,25 +275,25 @@ def _validates_at_this_batch(trainer: L.Trainer) -> bool:
 
 
 class SampleTable(Callback):
-    """After each validation, generate from the data module's prompts and log the text to wandb as a table,
-    so runs can be compared by eye. (Lightning has no sample logger; WandbLogger.log_text makes the table.)"""
-
-    def __init__(self, max_new_tokens: int = 60) -> None:
-        self.max_new_tokens = max_new_tokens
+    """After each validation, generate from the data module's prompts with the run's generation settings and log
+    the text to wandb as a table, so runs can be compared by eye. (Lightning has no sample logger;
+    WandbLogger.log_text makes the table.)"""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = trainer.logger
-        if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(logger, WandbLogger):
+        logger = first_wandb(trainer.loggers)
+        if trainer.sanity_checking or not trainer.is_global_zero or logger is None:
             return
         # Not compiled: a few short samples would wait tens of seconds for it (and force_eager below would keep a
         # decoder uncompiled under the compiled one's name).
-        config = replace(pl_module.generation, max_new_tokens=self.max_new_tokens, num_samples=1, compile=False)
+        config = replace(pl_module.generation, compile=False)
         was_training = pl_module.model.training
         pl_module.model.eval()
         # A model compiled for training (model.compile) would compile its forward again for every prefill shape
-        # and cached step of the samples: tens of seconds per graph on a CPU, for 60 characters.
+        # and cached step of the samples: tens of seconds per graph on a CPU, for a hundred characters.
         with torch.compiler.set_stance("force_eager"):
             completions = complete(pl_module.model, pl_module.tokenizer, trainer.datamodule.load_prompts(), config)
         pl_module.model.train(was_training)
-        rows = [[trainer.global_step, c.prompt, c.prompt + c.text] for c in completions]
-        logger.log_text("samples", columns=["step", "prompt", "text"], data=rows, step=trainer.global_step)
+        rows = [[trainer.global_step, c.prompt, c.sample + 1, c.prompt + c.text] for c in completions]
+        # At the step Lightning logs val_loss at (its count of steps before this one), so the two line up.
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        logger.log_text("samples", columns=["step", "prompt", "sample", "text"], data=rows, step=step)

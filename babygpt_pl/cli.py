@@ -70,6 +70,9 @@ _FIT_ONLY_CKPT = ("hpc", "registry")
 _SECTIONS = ("trainer", "model", "data", "generation", "checkpoint")
 
 
+DEFAULT_LOGGER_DIR = "outputs"
+
+
 def trainer_defaults() -> dict:
     """Trainer settings the configs may override; fresh callback objects for each CLI run."""
     return {
@@ -84,7 +87,7 @@ def trainer_defaults() -> dict:
             "class_path": "lightning.pytorch.loggers.WandbLogger",
             # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
             # --trainer.logger.init_args.offline false logs online.
-            "init_args": {"project": "babygpt", "offline": True, "save_dir": "outputs"},
+            "init_args": {"project": "babygpt", "offline": True, "save_dir": DEFAULT_LOGGER_DIR},
         },
         "callbacks": [LearningRateMonitor(logging_interval="step"), TokenThroughput(), GracefulStop(), SampleTable()],
     }
@@ -326,11 +329,16 @@ def spare_wandb_warnings(logger: WandbLogger) -> None:
         os.makedirs(logger.save_dir, exist_ok=True)
 
 
-def _logs_samples(logger) -> bool:
-    """Whether validation logs generated samples: SampleTable writes them to the trainer's (first) logger, if it is
-    a WandbLogger."""
-    first = logger[0] if isinstance(logger, list) and logger else logger
-    return str(getattr(first, "class_path", "")).endswith("WandbLogger")
+def _set(args, values: dict) -> None:
+    """dict.update for jsonargparse's Namespace, whose update() takes one value and its key."""
+    for key, value in values.items():
+        args[key] = value
+
+
+def _wandb_loggers(logger) -> list:
+    """The WandbLogger settings among the trainer's logger settings (one, or a list)."""
+    loggers = logger if isinstance(logger, list) else [logger]
+    return [lg for lg in loggers if str(getattr(lg, "class_path", "")).endswith("WandbLogger")]
 
 
 def check_prompts(
@@ -685,6 +693,11 @@ class BabyGPTCLI(LightningCLI):
             config.trainer.enable_model_summary = False
             self.save_config_callback = None  # nothing to record: predict trains nothing
             return
+        if config.generation.output:
+            warn(
+                f"generation.output {config.generation.output} is not written: predict and chat write it; fit and "
+                "validate log their samples to wandb (the samples table)"
+            )
         if self.subcommand != "fit":
             self.save_config_callback = None  # outputs/config.yaml stays that of the training run
         if config.trainer.enable_progress_bar is not False:
@@ -695,29 +708,10 @@ class BabyGPTCLI(LightningCLI):
         check_output_folders(config, checkpoints=fitting)
         if fitting:
             check_checkpoint_options(config.checkpoint)
-        if not config.trainer.logger:  # LearningRateMonitor refuses to run without a logger
-            callbacks = self.trainer_defaults["callbacks"]
+        if config.trainer.logger in (False, []):  # LearningRateMonitor refuses to run without a logger (None:
+            callbacks = self.trainer_defaults["callbacks"]  # Lightning's default logger)
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        logger, changed = config.trainer.logger, {}
-        wandb = getattr(logger, "class_path", "").endswith("WandbLogger")
-        run_id = self.checkpoint.get("wandb_run_id") if fitting else None  # validate/test: a run of their own
-        if run_id and wandb and not logger.init_args.get("id"):
-            # Resuming from a checkpoint of a wandb run: log into that same run. (validate would put its loss at
-            # step 0 of the training run's curves.)
-            changed.update(id=run_id, resume="allow")
-        own_folder = self._given("trainer.logger.init_args.save_dir") or self._given("trainer.logger.init_args.dir")
-        if wandb and self._given("trainer.default_root_dir") and not own_folder:
-            # Lightning's folder for a run's files, which a logger's own save_dir (outputs, the default's) overrides.
-            changed["save_dir"] = config.trainer.default_root_dir
-        if wandb and os.environ.get("WANDB_MODE") == "disabled":
-            # Lightning's offline logger sets WANDB_MODE=dryrun over the user's "disabled"; wandb.init's mode wins.
-            changed["mode"] = "disabled"
-        if changed:
-            # Only for this run's logger: the saved config.yaml keeps the settings as given (a new run started from
-            # it gets a new wandb run), restored in after_instantiate_classes.
-            self._given_logger_args = (logger.init_args, {k: logger.init_args.get(k) for k in changed})
-            for key, value in changed.items():
-                logger.init_args[key] = value
+        self._given_logger_args = self._adjust_wandb_loggers(config, fitting)
         # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
         data = config.data
         if data.source and os.path.exists(data.path):
@@ -756,7 +750,8 @@ class BabyGPTCLI(LightningCLI):
                 f"{data.path} is not the text the checkpoint was trained on (same characters, other text): the loss "
                 "differs from its logged val_loss"
             )
-        if self.subcommand in ("fit", "validate") and _logs_samples(logger):  # validation logs samples; test not
+        # Validation logs samples (SampleTable, to wandb); test does not.
+        if self.subcommand in ("fit", "validate") and _wandb_loggers(config.trainer.logger):
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation
             check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
@@ -777,6 +772,29 @@ class BabyGPTCLI(LightningCLI):
                 raise
             # The user typed no prompt: say which ones these are, and how to give others.
             raise UserError(f"the default prompts ({', '.join(prompts)}): {err}; or give --data.prompts") from None
+
+    def _adjust_wandb_loggers(self, config, fitting: bool) -> list[tuple[dict, dict]]:
+        """Set this run's wandb loggers (alone or in a list) up, and return what they were given, to restore in
+        after_instantiate_classes: the saved config.yaml keeps the settings as given (a new run started from it
+        gets a new wandb run)."""
+        given = []
+        for index, logger in enumerate(_wandb_loggers(config.trainer.logger)):
+            args, changed = logger.init_args, {}
+            run_id = self.checkpoint.get("wandb_run_id") if fitting and index == 0 else None  # (validate: its own)
+            if run_id and not args.get("id"):
+                # Resuming from a checkpoint of a wandb run (the first wandb logger's): log into that same run.
+                changed.update(id=run_id, resume="allow")
+            # Lightning's folder for a run's files, which a logger's own save_dir (outputs, the default's) overrides;
+            # "outputs" itself is no choice of the user's: every saved or printed config holds it.
+            own_folder = any(args.get(key) not in (None, DEFAULT_LOGGER_DIR) for key in ("save_dir", "dir"))
+            if self._given("trainer.default_root_dir") and not own_folder:
+                changed["save_dir"] = config.trainer.default_root_dir
+            if os.environ.get("WANDB_MODE") == "disabled":
+                # Lightning's offline logger sets WANDB_MODE=dryrun over the user's "disabled"; wandb.init's mode wins.
+                changed["mode"] = "disabled"
+            given.append((args, {k: args.get(k) for k in changed}))
+            _set(args, changed)
+        return given
 
     def _trained_on(self) -> str | None:
         """The text's path as training was given it (none in a checkpoint from before it was saved)."""
@@ -825,10 +843,8 @@ class BabyGPTCLI(LightningCLI):
             raise UserError(f"wandb: {err}{hint}") from err
 
     def after_instantiate_classes(self) -> None:
-        if given := getattr(self, "_given_logger_args", None):
-            args, saved = given
-            for key, value in saved.items():
-                args[key] = value
+        for args, saved in getattr(self, "_given_logger_args", []):
+            _set(args, saved)
         if self.subcommand == "fit":
             # Before the run writes its config and starts its wandb run; the warnings after every refusal.
             for callback in self.trainer.callbacks:

@@ -25,6 +25,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 FIT_METRICS = ("val_loss", "val_ppl", "train_loss")
 
 
+def first_wandb(loggers: list) -> WandbLogger | None:
+    """The run's wandb logger (the first, in a list of loggers): the samples' and the resumed run's."""
+    return next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
+
+
 def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
     """The model's GPTConfig from BabyGPTModule's hyper-parameters (a checkpoint's too): the vocabulary's size and
     the fields of the same names."""
@@ -175,8 +180,9 @@ class BabyGPTModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # never let weights that saw a NaN loss overwrite last.ckpt
-        if isinstance(self.logger, WandbLogger) and self.logger._experiment is not None:
-            checkpoint["wandb_run_id"] = self.logger.version  # so a resumed run continues the same wandb run
+        wandb = first_wandb(self.loggers)
+        if wandb is not None and wandb._experiment is not None:
+            checkpoint["wandb_run_id"] = wandb.version  # so a resumed run continues the same wandb run
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -179,7 +179,8 @@ def test_a_short_run_logs_tokens_per_second(module, tmp_path: Path) -> None:
 
 def test_validation_throughput_is_logged_once_per_validation_at_its_step_with_forward_flops(module, tmp_path) -> None:
     """The library logged validation batches at the count of validation batches so far (as steps, which wandb
-    drops as going back) and counted a training batch's forward-and-backward FLOPs for each."""
+    drops as going back) and counted a training batch's forward-and-backward FLOPs for each. (At first this logged
+    at global_step, one after val_loss's step.)"""
     module.flops_per_batch = 6000.0  # a training batch's forward and backward
     callback = TokenThroughput(window_size=2)
     trainer = fit_nine_steps(module, tmp_path, callback, val_check_interval=3, limit_val_batches=3)
@@ -189,7 +190,8 @@ def test_validation_throughput_is_logged_once_per_validation_at_its_step_with_fo
         return float(row[f"{stage}/device/flops_per_sec"]) / float(row[f"{stage}/device/items_per_sec"])
 
     val = [r for r in rows if r.get("validate/device/flops_per_sec")]
-    assert [int(r["step"]) for r in val] == [3, 6, 9]
+    # At val_loss's steps (Lightning's count of steps before the validation): one point per validation in a chart.
+    assert [int(r["step"]) for r in val] == [int(r["step"]) for r in rows if r.get("val_loss")] == [2, 5, 8]
     assert flops_per_token(val[0], "validate") == pytest.approx(6000 / 3 / 64)
     train = [r for r in rows if r.get("train/device/flops_per_sec")]
     assert flops_per_token(train[-1], "train") == pytest.approx(6000 / 64)
@@ -297,12 +299,19 @@ def test_predictions_are_printed_and_written_as_json_lines(module, tmp_path: Pat
 
 
 def sample_table_trainer(tmp_path: Path, monkeypatch, logged: list) -> SimpleNamespace:
-    """Just what SampleTable reads of a trainer, with a wandb logger whose tables land in ``logged``."""
+    """Just what SampleTable reads of a trainer after step 40, with a CSV logger and then a wandb logger whose tables
+    land in ``logged``."""
     logger = WandbLogger(offline=True, save_dir=str(tmp_path))
     monkeypatch.setattr(logger, "log_text", lambda key, columns, data, step: logged.append((key, columns, data, step)))
     datamodule = SimpleNamespace(load_prompts=lambda: ["春江", "往事"])
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=39))  # Lightning's step for val_loss
     return SimpleNamespace(
-        sanity_checking=False, is_global_zero=True, logger=logger, datamodule=datamodule, global_step=40
+        sanity_checking=False,
+        is_global_zero=True,
+        loggers=[CSVLogger(tmp_path), logger],
+        datamodule=datamodule,
+        global_step=40,
+        fit_loop=loop,
     )
 
 
@@ -310,12 +319,13 @@ def test_sample_table_logs_each_prompt_after_validation(module, tmp_path: Path, 
     logged = []
     trainer = sample_table_trainer(tmp_path, monkeypatch, logged)
     module.train()
-    SampleTable(max_new_tokens=5).on_validation_end(trainer, module)
+    module.generation = GenerationConfig(max_new_tokens=5, num_samples=2)  # the run's --generation settings
+    SampleTable().on_validation_end(trainer, module)
 
     [(key, columns, rows, step)] = logged
-    assert (key, columns, step) == ("samples", ["step", "prompt", "text"], 40)
-    assert [(r[0], r[1]) for r in rows] == [(40, "春江"), (40, "往事")]
-    assert all(r[2].startswith(r[1]) and len(r[2]) == len(r[1]) + 5 for r in rows)
+    assert (key, columns, step) == ("samples", ["step", "prompt", "sample", "text"], 39)  # val_loss's step
+    assert [tuple(r[:3]) for r in rows] == [(40, "春江", 1), (40, "春江", 2), (40, "往事", 1), (40, "往事", 2)]
+    assert all(r[3].startswith(r[1]) and len(r[3]) == len(r[1]) + 5 for r in rows)
     assert module.model.training  # generation ran in eval mode and left the model as it found it
 
     trainer.sanity_checking = True
@@ -332,12 +342,13 @@ def test_sample_table_does_not_compile_a_model_compiled_for_training(module, tmp
     module.model(x, x)
     traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert traced >= 1  # the training forward went through dynamo
-    module.generation = GenerationConfig(compile=True)  # predict's compiled decoder is not for a few samples either
+    # predict's compiled decoder is not for a few samples either
+    module.generation = GenerationConfig(max_new_tokens=5, compile=True)
     configs = []
     original = callbacks.complete
     monkeypatch.setattr(callbacks, "complete", lambda *args: configs.append(args[3]) or original(*args))
     logged = []
-    SampleTable(max_new_tokens=5).on_validation_end(sample_table_trainer(tmp_path, monkeypatch, logged), module)
+    SampleTable().on_validation_end(sample_table_trainer(tmp_path, monkeypatch, logged), module)
     assert len(logged) == 1
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == traced
     assert [c.compile for c in configs] == [False]

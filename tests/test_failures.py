@@ -15,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env, tiny_checkpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -24,7 +25,7 @@ from babygpt_pl.checkpoint import check_checkpoint
 from babygpt_pl.cli import main
 from babygpt_pl.data import CiDataModule
 from babygpt_pl.errors import UserError
-from babygpt_pl.module import BabyGPTModule
+from babygpt_pl.module import BabyGPTModule, first_wandb
 
 SMALL = [a for a in TINY if not a.startswith("--trainer.enable_progress_bar")]
 
@@ -983,6 +984,53 @@ def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, ch
     cli = cli_module.BabyGPTCLI(args=args)
     assert cli.model.hparams.compile is True
     assert cli.model.hparams.n_layer == 1
+
+
+LOGGERS = """trainer:
+  logger:
+    - class_path: lightning.pytorch.loggers.CSVLogger
+      init_args: {save_dir: csv}
+    - class_path: lightning.pytorch.loggers.WandbLogger
+      init_args: {project: babygpt, offline: true, save_dir: outputs}
+"""
+
+
+def test_the_wandb_settings_reach_a_wandb_logger_in_a_list_and_from_a_saved_config(
+    tmp_path, monkeypatch, checkpoint, corpus
+) -> None:
+    """Resume into the checkpoint's wandb run, WANDB_MODE=disabled and --trainer.default_root_dir, also where the
+    wandb logger is one of a list, and where the config says the default save_dir (as every saved config.yaml)."""
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["wandb_run_id"] = "abc123"
+    torch.save(saved, checkpoint)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loggers.yaml").write_text(LOGGERS, encoding="utf-8")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
+    shape = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+    args = ["fit", "--config=loggers.yaml", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *shape]
+    args += ["--data.batch_size=4", "--data.val_batches=1", "--trainer.default_root_dir=root"]
+    cli = cli_module.BabyGPTCLI(args=args)
+    wandb = first_wandb(cli.trainer.loggers)
+    assert wandb._wandb_init["id"] == "abc123" and wandb._wandb_init["mode"] == "disabled"
+    assert wandb.save_dir == "root"
+    assert cli.config.fit.trainer.logger[1].init_args.save_dir == "outputs"  # what config.yaml keeps: as given
+
+
+def test_lightnings_default_logger_keeps_the_learning_rate_monitor(tmp_path, monkeypatch, corpus) -> None:
+    """--trainer.logger null is Lightning's default logger, not none: the learning rates are logged to it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
+    for logger, monitored in (("null", True), ("false", False)):
+        cli = cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, f"--trainer.logger={logger}"])
+        assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks) is monitored
+
+
+def test_generation_output_in_fit_is_warned_as_not_written(tmp_path, monkeypatch, capsys, corpus) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
+    cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, "--generation.output=s.jsonl"])
+    assert "warning: generation.output s.jsonl is not written: predict and chat write it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("folder", [None, "run_y"])
