@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
@@ -826,7 +828,12 @@ class BabyGPTCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
-        except SIGTERMException:  # Lightning's answer to SIGTERM outside training: a SystemExit of code 0
+        except (Terminated, SIGTERMException):  # (Lightning's answer to SIGTERM outside training: an exit of code 0)
+            # Lightning ends the processes it started on a KeyboardInterrupt, not on these: the other ranks would
+            # wait at their next collective, then end in a traceback once this one is gone.
+            launcher = self.trainer.strategy.launcher
+            if isinstance(launcher, _SubprocessScriptLauncher):
+                launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
             raise Terminated from None
         except SystemExit as err:
             if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):

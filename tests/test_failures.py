@@ -17,6 +17,7 @@ import torch
 from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env, tiny_checkpoint
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from babygpt_pl import cli as cli_module
@@ -24,7 +25,7 @@ from babygpt_pl import data as data_module
 from babygpt_pl.checkpoint import check_checkpoint
 from babygpt_pl.cli import main
 from babygpt_pl.data import CiDataModule
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import Terminated, UserError
 from babygpt_pl.module import BabyGPTModule, first_wandb
 
 SMALL = [a for a in TINY if not a.startswith("--trainer.enable_progress_bar")]
@@ -1031,6 +1032,28 @@ def test_generation_output_in_fit_is_warned_as_not_written(tmp_path, monkeypatch
     monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
     cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, "--generation.output=s.jsonl"])
     assert "warning: generation.output s.jsonl is not written: predict and chat write it" in capsys.readouterr().err
+
+
+def test_sigterm_before_training_ends_the_other_ranks_as_well(tmp_path, monkeypatch, corpus) -> None:
+    """Under DDP the other ranks waited at their next collective, then printed a gloo traceback each (seen)."""
+    killed = []
+
+    class Launcher(_SubprocessScriptLauncher):
+        def __init__(self) -> None:  # (no processes: kill only records)
+            pass
+
+        def kill(self, signum: int) -> None:
+            killed.append(signum)
+
+    def terminated(self, subcommand: str) -> None:  # SIGTERM while Lightning sets the run up
+        self.trainer.strategy._launcher = Launcher()
+        raise Terminated
+
+    monkeypatch.setattr(LightningCLI, "_run_subcommand", terminated)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Terminated):
+        cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"])
+    assert killed == [signal.SIGKILL]
 
 
 @pytest.mark.parametrize("folder", [None, "run_y"])
