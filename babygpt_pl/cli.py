@@ -460,6 +460,16 @@ class KeepInputConfig(SaveConfigCallback):
     """Lightning's SaveConfigCallback, refusing to write the run's config over a --config file it was given
     (``--trainer.default_root_dir .`` without a logger would: the user's comments and layout lost)."""
 
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The model's settings reach the loggers as its hyper-parameters; the run's others too (data, trainer,
+        # checkpoint, generation, seed), so that runs of other batch sizes or lengths can be told apart in wandb.
+        # (Through the YAML that config.yaml holds: plain values, where the namespace holds objects such as paths.)
+        settings = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for key in ("model", "optimizer", "lr_scheduler"):  # (LightningCLI's own optimizer options, unused here:
+            settings.pop(key, None)  # their null would meet the model's optimizer in one flat wandb config)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(settings)
+
     def check_target(self, trainer: L.Trainer) -> None:
         """Called by the CLI once the trainer exists, before anything is written or a logger starts its run."""
         if not self.save_to_log_dir or trainer.log_dir is None:

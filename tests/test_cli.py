@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helper import TINY, babygpt
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,16 @@ def test_fit_twice_in_the_same_folder(trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert (run / "outputs" / "config.yaml").is_file()
     babygpt(run, "fit", "--data.path=corpus.txt", "--trainer.max_steps=10", *TINY)
+
+
+def test_the_loggers_get_the_runs_settings_besides_the_models(tmp_path: Path, corpus_text: str) -> None:
+    """So that runs of other batch sizes or lengths can be told apart (in wandb, as its run config)."""
+    (tmp_path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+    csv = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=csv"]
+    babygpt(tmp_path, "fit", "--data.path=corpus.txt", "--trainer.max_steps=2", *TINY, *csv, "--model.optimizer=muon")
+    logged = yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert logged["data"]["batch_size"] == 8 and logged["trainer"]["max_steps"] == 2
+    assert logged["n_layer"] == 2 and logged["optimizer"] == "muon"  # the model's, not LightningCLI's unused one
 
 
 def test_validate_reports_val_loss(trained: Path) -> None:
