@@ -488,6 +488,8 @@ class KeepInputConfig(SaveConfigCallback):
 class BabyGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.argv = sys.argv[1:] if args is None else list(args)  # what was given, for _given
+        # Per command, not per process: a CLI made after another in one process (tests) read its config files.
+        OneLineErrorParser.config_files = check_config_files(self.argv)
         super().__init__(
             BabyGPTModule,
             CiDataModule,
@@ -977,7 +979,6 @@ def _main(args: list[str] | None) -> None:
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)  # (added once: the same object)
     try:
-        OneLineErrorParser.config_files = check_config_files(argv)
         cli = BabyGPTCLI(args=args)
     except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:
