@@ -14,6 +14,7 @@ tokens (the tutorial's crop), so the two agree exactly inside the window and dif
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 import weakref
@@ -44,8 +45,8 @@ class Sampling:
             raise UserError(f"top_k must be >= 1 (or unset), got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1] (or unset), got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UserError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        if not 0 < self.repetition_penalty < math.inf:  # (NaN or inf would make the seen tokens' logits NaN)
+            raise UserError(f"repetition_penalty must be > 0 and finite (1 disables it), got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:
@@ -138,11 +139,16 @@ def sample_next(
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
         logits.masked_fill_(logits < kth, float("-inf"))
+    nucleus = sampling.top_p is not None and sampling.top_p < 1
+    if nucleus:
+        # The logits' order, not the probabilities': logits within ~3e-8 of the best all exp to 1, and a tiny top_p
+        # must keep argmax's choice (stable: the first of equal logits, as argmax).
+        order = logits.argsort(dim=-1, descending=True, stable=True)
     # Not normalised (the best token's is 1): the draw below scales by each row's total instead, one pass less.
     probs = logits.exp_()
-    if sampling.top_p is not None and sampling.top_p < 1:
+    if nucleus:
         probs.div_(probs.sum(dim=-1, keepdim=True))
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs = probs.gather(-1, order)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
@@ -658,7 +664,8 @@ def complete(
                 continue
             texts[row] += tokenizer.vocab[token]
             counts[row] += 1
-            hit = next((s for s in stop if texts[row].endswith(s)), None)
+            # The longest that ends here, whatever their order: with ["t", "pt"], "pt" is cut whole.
+            hit = max((s for s in stop if texts[row].endswith(s)), key=len, default=None)
             if hit:
                 texts[row] = texts[row][: -len(hit)]
                 done[row] = True

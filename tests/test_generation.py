@@ -359,6 +359,8 @@ def test_stream_accepts_tensor_prompts(model: BabyGPT) -> None:
         {"top_p": -0.2},
         {"repetition_penalty": 0.0},
         {"repetition_penalty": -1.0},
+        {"repetition_penalty": float("nan")},  # the seen tokens' logits would be NaN, and argmax would pick one
+        {"repetition_penalty": float("inf")},
     ],
 )
 def test_sampling_validation(kwargs: dict) -> None:
@@ -444,6 +446,11 @@ def test_sample_next_greedy_and_top_k_top_p_support() -> None:
     assert set(top_p.tolist()) == {1, 2}
     everything = sample_next(logits, Sampling(temperature=1.0), g)
     assert {0, 1, 2, 4} <= set(everything.tolist())
+
+
+def test_a_tiny_top_p_keeps_argmaxs_choice_where_two_logits_exp_to_the_same() -> None:
+    logits = torch.tensor([[0.1, 0.1 + 1.5e-8, -1.0]])  # both best ones exp to exactly 1 after the max is taken
+    assert sample_next(logits, Sampling(temperature=1.0, top_p=1e-6)).tolist() == sample_next(logits, GREEDY).tolist()
 
 
 def test_top_p_keeps_the_smallest_prefix_whose_mass_reaches_it_exactly() -> None:
@@ -569,6 +576,16 @@ def test_complete_first_stop_string_wins(
     (result,) = complete(model, tokenizer, ["a"], GenerationConfig(max_new_tokens=20, stop=["de", "bc"]))
     assert result.text == "xyza"
     assert result.stopped
+
+
+@pytest.mark.parametrize("stop", [["c", "bc"], ["bc", "c"]])
+def test_of_stop_strings_ending_together_the_longest_is_cut(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch, stop: list[str]
+) -> None:
+    """Whatever their order: with ["c", "bc"] the text once kept the "b" of "bc"."""
+    monkeypatch.setattr(generation, "stream", fake_stream("xyzabcdef", tokenizer))
+    (result,) = complete(model, tokenizer, ["a"], GenerationConfig(max_new_tokens=20, stop=stop))
+    assert result.text == "xyza"
 
 
 def test_complete_num_samples(model: BabyGPT, tokenizer: CharTokenizer) -> None:
