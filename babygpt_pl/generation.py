@@ -467,6 +467,10 @@ def stream(
     window = model.config.block_size
     device = next(model.parameters()).device
     rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
+    vocab = model.config.vocab_size
+    if (bad := next((t for row in rows for t in row if not 0 <= t < vocab), None)) is not None:
+        # Else an IndexError deep in the embedding, or, up to the padded vocabulary, a row silently read.
+        raise UserError(f"token ids are 0..{vocab - 1} for this model, got {bad}")
     tokens, valid = _left_pad(rows, device)  # the context a prefill reads (new tokens join it at a prefill)
     decoder = graphed_decoder(model, len(rows), sampling, compile) if use_cache and cuda_graph else None
     seen = None

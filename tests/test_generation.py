@@ -453,6 +453,13 @@ def test_a_tiny_top_p_keeps_argmaxs_choice_where_two_logits_exp_to_the_same() ->
     assert sample_next(logits, Sampling(temperature=1.0, top_p=1e-6)).tolist() == sample_next(logits, GREEDY).tolist()
 
 
+@pytest.mark.parametrize("bad", [-1, len(VOCAB)])
+def test_generate_names_a_token_id_outside_the_vocabulary(model: BabyGPT, bad: int) -> None:
+    """-1 was an IndexError in the embedding; an id up to the padded vocabulary was read without a word."""
+    with pytest.raises(UserError, match=f"token ids are 0..{len(VOCAB) - 1} for this model, got {bad}"):
+        generate(model, torch.tensor([[0, bad]]), 2)
+
+
 def test_top_p_keeps_the_smallest_prefix_whose_mass_reaches_it_exactly() -> None:
     tied = torch.tensor([[0.0, 0.0, -30.0]]).repeat(400, 1)  # probabilities .5, .5 and ~0
     g = torch.Generator().manual_seed(0)
