@@ -188,8 +188,7 @@ def check_trainer_settings(trainer, subcommand: str) -> None:
 def check_output_folders(config, checkpoints: bool) -> None:
     """The folders of the loggers (and of the checkpoints, when ``checkpoints``) must take files before the run
     starts: else the first save, after all the training before it, would end the run in a traceback."""
-    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
-    for logger in loggers:
+    for logger in _logger_settings(config.trainer.logger):
         for key in ("save_dir", "dir"):  # (dir: WandbLogger's other name for it)
             if folder := getattr(logger, "init_args", {}).get(key):
                 check_folder_writable(folder, f"--trainer.logger.init_args.{key}")
@@ -337,10 +336,14 @@ def _set(args, values: dict) -> None:
         args[key] = value
 
 
+def _logger_settings(logger) -> list:
+    """The trainer's logger settings as a list (one logger, a list of them, or none: true, false or null)."""
+    return logger if isinstance(logger, list) else [logger]
+
+
 def _wandb_loggers(logger) -> list:
-    """The WandbLogger settings among the trainer's logger settings (one, or a list)."""
-    loggers = logger if isinstance(logger, list) else [logger]
-    return [lg for lg in loggers if str(getattr(lg, "class_path", "")).endswith("WandbLogger")]
+    """The WandbLogger settings among the trainer's logger settings."""
+    return [lg for lg in _logger_settings(logger) if str(getattr(lg, "class_path", "")).endswith("WandbLogger")]
 
 
 def check_prompts(
@@ -812,11 +815,15 @@ class BabyGPTCLI(LightningCLI):
 
     def _trained_on(self) -> str | None:
         """The text's path as training was given it (none in a checkpoint from before it was saved)."""
-        return self.checkpoint.get(CiDataModule.__qualname__, {}).get("path")
+        return self._saved_data().get("path")
 
     def _saved_data_settings(self) -> dict:
         """The data settings the checkpoint was trained with (none in one from before they were saved)."""
-        return self.checkpoint.get(CiDataModule.__qualname__, {}).get("settings", {})
+        return self._saved_data().get("settings", {})
+
+    def _saved_data(self) -> dict:
+        """What the data module saved in the checkpoint (CiDataModule.state_dict)."""
+        return self.checkpoint.get(CiDataModule.__qualname__, {})
 
     def _check_data_settings(self, now: dict) -> None:
         """A resumed run draws the windows the uninterrupted run would have, from the same text and settings."""

@@ -29,6 +29,8 @@ from babygpt_pl.errors import Terminated, UserError
 from babygpt_pl.module import BabyGPTModule, first_wandb
 
 SMALL = [a for a in TINY if not a.startswith("--trainer.enable_progress_bar")]
+RESUME = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
+TRAINED_DATA = ["--data.batch_size=4", "--data.val_batches=1", "--trainer.max_steps=4"]  # as the fixture trained
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: str) -> int:
@@ -36,6 +38,12 @@ def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: str) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
     return exit_info.value.code
+
+
+def set_up(monkeypatch: pytest.MonkeyPatch, *args: str) -> cli_module.BabyGPTCLI:
+    """The CLI of ``args`` with every check run and every object made, but no training."""
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
+    return cli_module.BabyGPTCLI(args=list(args))
 
 
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
@@ -683,17 +691,15 @@ def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpu
 def test_the_edges_of_what_is_refused_are_accepted(tmp_path, monkeypatch, corpus, extra, setting, value) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "three.yaml").write_text("trainer:\n  max_steps: 3\n", encoding="utf-8")
-    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
-    cli = cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false", *extra])
+    cli = set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false", *extra)
     assert cli.config.fit[setting] == value
 
 
 def test_validate_ignores_a_training_only_setting_of_a_shared_config(tmp_path, monkeypatch, checkpoint, corpus):
     """limit_train_batches 0 would train nothing, which is refused in fit; validate trains nothing anyway."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
     args = ["validate", f"--ckpt_path={checkpoint}", f"--data.path={corpus}", "--trainer.limit_train_batches=0"]
-    assert cli_module.BabyGPTCLI(args=args).config.validate.trainer.limit_train_batches == 0
+    assert set_up(monkeypatch, *args).config.validate.trainer.limit_train_batches == 0
 
 
 def test_validate_on_a_corpus_with_another_vocabulary(tmp_path, monkeypatch, capsys, checkpoint) -> None:
@@ -976,13 +982,9 @@ def test_fit_with_ckpt_path_last_and_none_yet_is_a_new_run(tmp_path, monkeypatch
 def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, checkpoint, corpus) -> None:
     """compile is how a run executes, not what it trains: unlike the training settings, it is not the checkpoint's."""
     monkeypatch.chdir(tmp_path)
-    shape = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
-    data = ["--data.batch_size=4", "--data.val_batches=1"]
     # min_lr is not used by the checkpoint's constant schedule: a change to it is no reason to refuse.
-    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *shape, *data, "--model.min_lr=1e-4"]
-    args.append("--model.compile=true")
-    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
-    cli = cli_module.BabyGPTCLI(args=args)
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *RESUME, *TRAINED_DATA, "--model.min_lr=1e-4"]
+    cli = set_up(monkeypatch, *args, "--model.compile=true")
     assert cli.model.hparams.compile is True
     assert cli.model.hparams.n_layer == 1
 
@@ -1007,11 +1009,8 @@ def test_the_wandb_settings_reach_a_wandb_logger_in_a_list_and_from_a_saved_conf
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loggers.yaml").write_text(LOGGERS, encoding="utf-8")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)  # no training
-    shape = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
-    args = ["fit", "--config=loggers.yaml", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *shape]
-    args += ["--data.batch_size=4", "--data.val_batches=1", "--trainer.default_root_dir=root"]
-    cli = cli_module.BabyGPTCLI(args=args)
+    args = ["fit", "--config=loggers.yaml", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *RESUME]
+    cli = set_up(monkeypatch, *args, *TRAINED_DATA, "--trainer.default_root_dir=root")
     wandb = first_wandb(cli.trainer.loggers)
     assert wandb._wandb_init["id"] == "abc123" and wandb._wandb_init["mode"] == "disabled"
     assert wandb.save_dir == "root"
@@ -1021,16 +1020,14 @@ def test_the_wandb_settings_reach_a_wandb_logger_in_a_list_and_from_a_saved_conf
 def test_lightnings_default_logger_keeps_the_learning_rate_monitor(tmp_path, monkeypatch, corpus) -> None:
     """--trainer.logger null is Lightning's default logger, not none: the learning rates are logged to it."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
     for logger, monitored in (("null", True), ("false", False)):
-        cli = cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, f"--trainer.logger={logger}"])
+        cli = set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, f"--trainer.logger={logger}")
         assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks) is monitored
 
 
 def test_generation_output_in_fit_is_warned_as_not_written(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_module.BabyGPTCLI, "_run_subcommand", lambda self, subcommand: None)
-    cli_module.BabyGPTCLI(args=["fit", f"--data.path={corpus}", *SMALL, "--generation.output=s.jsonl"])
+    set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, "--generation.output=s.jsonl")
     assert "warning: generation.output s.jsonl is not written: predict and chat write it" in capsys.readouterr().err
 
 
@@ -1101,10 +1098,6 @@ def test_validate_with_another_optimizer_setting_runs(tmp_path, monkeypatch, cap
         ]
     )
     assert "val_loss" in capsys.readouterr().out
-
-
-RESUME = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
-TRAINED_DATA = ["--data.batch_size=4", "--data.val_batches=1", "--trainer.max_steps=4"]  # as the fixture trained
 
 
 def test_a_resume_with_nothing_left_to_train_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
@@ -1191,8 +1184,7 @@ def test_a_resume_of_the_published_corpus_builds_it_where_this_run_asks(tmp_path
         raise UserError(f"would build {path}")
 
     monkeypatch.setattr(data_module, "ensure_corpus", build)
-    model = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
-    assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *model) == 2
+    assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *RESUME) == 2
     assert one_error_line(capsys) == "error: would build data/ci.txt"
 
 
@@ -1200,8 +1192,7 @@ def test_a_resume_without_the_text_trained_on_names_it_before_building_the_defau
     tmp_path, monkeypatch, capsys
 ) -> None:
     ckpt = trained_on(tmp_path, "gone.txt")
-    model = ["--model.block_size=16", "--model.n_embed=16", "--model.n_head=2", "--model.n_layer=1"]
-    assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *model) == 2
+    assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *RESUME) == 2
     assert one_error_line(capsys) == (
         f"error: checkpoint {ckpt} was trained on gone.txt, and this run's data.path data/ci.txt does not exist: "
         "pass --data.path to it"
