@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProg
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from babygpt_pl.checkpoint import LAST_FILE
 from babygpt_pl.files import jsonl, write_atomic
 from babygpt_pl.generation import complete
 from babygpt_pl.module import first_wandb
@@ -241,7 +242,7 @@ class GracefulStop(Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
-        path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / "last.ckpt"
+        path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / LAST_FILE
         trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it
         trainer.should_stop = True
         if not _validates_at_this_batch(trainer):

@@ -126,6 +126,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise UserError(f"could not write checkpoint {path} ({reason}; no file was half-written): {fix}") from None
 
 
+# The file a resume or predict takes by default: ModelCheckpoint's newest-weights checkpoint.
+LAST_FILE = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+
+
 class LatestCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose ``last.ckpt`` holds the newest weights after every validation and at the end.
 

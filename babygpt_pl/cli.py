@@ -34,7 +34,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
-from babygpt_pl.checkpoint import AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
+from babygpt_pl.checkpoint import LAST_FILE, AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.corpus import DEFAULT_NAME
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts, read_text, text_sha256
 from babygpt_pl.errors import Terminated, UserError, debugging, one_line, terminate_on_sigterm, warn
@@ -84,7 +84,7 @@ def trainer_defaults() -> dict:
         "log_every_n_steps": 10,
         # Where config.yaml goes without a logger (with one, its save_dir): not the working folder, where it would
         # replace the user's own config.yaml, even the one this run reads.
-        "default_root_dir": "outputs",
+        "default_root_dir": DEFAULT_LOGGER_DIR,
         "logger": {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
             # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
@@ -116,8 +116,8 @@ class Trainer(L.Trainer):
         (`babygpt chat` has loaded its --ckpt_path by then, from the one read that also checked the file)."""
         if ckpt_path is not None:
             load_weights(model, ckpt_path)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        refused = chat_loop(model.model.to(device), model.tokenizer, model.generation)
+        # The device --trainer.accelerator/devices chose, as predict runs on (a GPU's presence alone does not).
+        refused = chat_loop(model.model.to(self.strategy.root_device), model.tokenizer, model.generation)
         if refused and not sys.stdin.isatty():  # a script's input: its exit status must tell that prompts failed
             raise UserError(f"{refused} prompt(s) of the input were refused (see the errors above); fix them")
 
@@ -270,7 +270,7 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
     """A new run writes its own last.ckpt over an earlier run's, and its best checkpoint beside the earlier
     best (ModelCheckpoint knows only the files it wrote): say so before, while that run can still be resumed."""
     earlier = sorted(p.name for p in Path(folder).glob("*.ckpt"))
-    if "last.ckpt" in earlier:
+    if LAST_FILE in earlier:
         warn(
             f"{folder} holds {', '.join(earlier)} from an earlier run: this new run overwrites last.ckpt and keeps "
             "its own best checkpoint beside the others (to continue that run instead, pass --ckpt_path last)"
@@ -282,7 +282,7 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
 def warn_of_a_replaced_last(folder: str, resumed: str) -> None:
     """A resumed run writes its last.ckpt over the one in its folder, which may be newer than the checkpoint it
     resumes (say, a best checkpoint): say so before, while that file can still be copied away."""
-    last = os.path.join(folder, "last.ckpt")
+    last = os.path.join(folder, LAST_FILE)
     if os.path.isfile(last) and not same_file(last, resumed):
         warn(
             f"{last} is not the checkpoint this run resumes ({resumed}): this run overwrites it (to keep it, copy "
@@ -331,7 +331,7 @@ def spare_wandb_warnings(logger: WandbLogger) -> None:
 
 
 def _set(args, values: dict) -> None:
-    """dict.update for jsonargparse's Namespace, whose update() takes one value and its key."""
+    """Set each of ``values`` in a logger's init_args, a jsonargparse Namespace or a plain dict alike."""
     for key, value in values.items():
         args[key] = value
 
@@ -599,7 +599,7 @@ class BabyGPTCLI(LightningCLI):
             )
         if path != "last":
             return path
-        last = os.path.join(config.checkpoint.dirpath or "checkpoints", "last.ckpt")
+        last = os.path.join(config.checkpoint.dirpath or CHECKPOINT_DEFAULTS["checkpoint.dirpath"], LAST_FILE)
         if os.path.isfile(last):
             config.ckpt_path = last
             return last

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_CI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ci.txt"
-
 STANZAS = [
     "浣溪沙 晏殊\n一曲新词酒一杯。去年天气旧亭台。夕阳西下几时回。\n无可奈何花落去，似曾相识燕归来。小园香径独徘徊。",
     "水调歌头 苏轼\n明月几时有，把酒问青天。不知天上宫阙，今夕是何年。\n我欲乘风归去，又恐琼楼玉宇，高处不胜寒。",

@@ -150,6 +150,16 @@ def test_the_chat_command_reads_its_checkpoint_once(tmp_path: Path, corpus: Path
         assert torch.equal(value, saved[f"model.{key}"]), key  # the checkpoint's weights, not the module's init
 
 
+def test_chat_runs_on_the_accelerator_asked_for(tmp_path: Path, corpus: Path, monkeypatch) -> None:
+    ckpt = tiny_checkpoint(tmp_path, corpus)
+    devices = []
+    monkeypatch.setattr(cli_module, "chat_loop", lambda model, *args: devices.append(model.head.weight.device) or 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, where the user asks for the CPU
+    monkeypatch.chdir(tmp_path)
+    cli_module.main(["chat", f"--ckpt_path={ckpt}", "--trainer.accelerator=cpu"])
+    assert devices == [torch.device("cpu")]
+
+
 @pytest.mark.slow
 def test_chat_in_a_terminal(tmp_path: Path, corpus: Path) -> None:
     """`babygpt chat` under a pseudo-terminal: type a prompt, see it answered, an empty line leaves (Ctrl-D is the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import warnings
 import weakref
 
@@ -280,7 +281,7 @@ def test_cpu_decoding_of_a_model_made_under_inference_mode() -> None:
     assert torch.equal(first, again) and model.head.weight.is_inference()
 
 
-def test_cache_and_no_cache_differ_only_after_the_window(model: BabyGPT) -> None:
+def test_cache_and_no_cache_agree_through_the_window_of_a_long_generation(model: BabyGPT) -> None:
     prompt = torch.tensor([[3]])
     n = 3 * BLOCK
     cached = generate(model, prompt, n, temperature=0, use_cache=True)
@@ -395,12 +396,6 @@ def test_sampling_valid_edges() -> None:
     for seed in (0, 2**32 - 1):  # the 32 bits torch's CPU generator keeps
         torch.Generator().manual_seed(GenerationConfig(seed=seed).seed)
     Sampling(temperature=torch.finfo(torch.float32).max)
-
-
-@pytest.mark.parametrize("kwargs", [{"max_new_tokens": -1}, {"num_samples": 0}])
-def test_generation_config_validation(kwargs: dict) -> None:
-    with pytest.raises(UserError):
-        GenerationConfig(**kwargs)
 
 
 def test_generation_config_sampling() -> None:
@@ -568,12 +563,12 @@ def test_complete_without_stop_runs_to_max_new_tokens(
     model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(generation, "stream", fake_stream("abc\n\ndef", tokenizer))
+    monkeypatch.setattr(generation.time, "perf_counter", itertools.count(10.0, 2.0).__next__)  # the batch: 2 s
     (result,) = complete(model, tokenizer, ["ab"], GenerationConfig(max_new_tokens=6, stop=["zz"]))
     assert result.text == "abc\n\nd"
     assert result.stopped is False
     assert result.tokens == 6
-    assert result.seconds >= 0
-    assert result.tokens_per_s == (6 / result.seconds if result.seconds > 0 else 0.0)
+    assert (result.seconds, result.tokens_per_s) == (2.0, 3.0)
 
 
 def test_complete_first_stop_string_wins(
