@@ -10,22 +10,17 @@ babygpt chat --ckpt_path checkpoints/last.ckpt                               # i
 from __future__ import annotations
 
 import errno
-import glob
 import inspect
-import itertools
 import logging
 import os
-import re
 import signal
 import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -35,12 +30,28 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
 from babygpt_pl.chat import chat_loop, load_weights
 from babygpt_pl.checkpoint import LAST_FILE, AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
+from babygpt_pl.checks import (
+    check_accelerator,
+    check_checkpoint_options,
+    check_not_an_input,
+    check_not_the_trained_text,
+    check_output_folders,
+    check_prompts,
+    check_trainer_settings,
+    same_file,
+    warn_of_a_replaced_last,
+    warn_of_a_short_run,
+    warn_of_earlier_checkpoints,
+    warn_of_unmatchable_stops,
+)
 from babygpt_pl.corpus import DEFAULT_NAME
-from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts, read_text, text_sha256
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
 from babygpt_pl.errors import Terminated, UserError, debugging, one_line, terminate_on_sigterm, warn
-from babygpt_pl.files import check_folder_writable, check_writable
+from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
-from babygpt_pl.module import FIT_METRICS, BabyGPTModule
+from babygpt_pl.loggers import set_init_args, spare_wandb_warnings, wandb_loggers
+from babygpt_pl.module import BabyGPTModule
+from babygpt_pl.parser import OneLineErrorParser, check_config_files, construction_error, holds_key, raised_in
 from babygpt_pl.tokenizer import CharTokenizer
 
 # The model settings that decide the shapes of the weights.
@@ -68,8 +79,6 @@ _RUNTIME = ("compile", "compile_mode")
 _BEFORE = {"optimizer": "adamw"}
 # ckpt_path values Lightning resolves itself during fit (a SLURM requeue's checkpoint, a model registry's).
 _FIT_ONLY_CKPT = ("hpc", "registry")
-# The sections of a config file: each is a mapping of settings.
-_SECTIONS = ("trainer", "model", "data", "generation", "checkpoint")
 
 
 DEFAULT_LOGGER_DIR = "outputs"
@@ -122,276 +131,6 @@ class Trainer(L.Trainer):
             raise UserError(f"{refused} prompt(s) of the input were refused (see the errors above); fix them")
 
 
-def check_accelerator(trainer) -> None:
-    """A device asked for that this machine lacks: Lightning's "No supported gpu backend found!" names no fix, and
-    for a TPU it suggests installing torch_xla. And fp16 AMP on a CPU, which Lightning swaps for bf16 silently."""
-    accelerator = str(trainer.accelerator)
-    gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
-    if accelerator in ("gpu", "cuda") and not gpu:
-        raise UserError(
-            f"trainer.accelerator is {accelerator} but this machine has no CUDA GPU: pass --trainer.accelerator cpu "
-            "(DDP then runs over gloo)"
-        )
-    if accelerator in AcceleratorRegistry and not AcceleratorRegistry[accelerator]["accelerator"].is_available():
-        raise UserError(f"trainer.accelerator is {accelerator}, not on this machine: use --trainer.accelerator cpu")
-    on_cpu = accelerator == "cpu" or (
-        accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    )
-    if on_cpu and str(trainer.precision) in ("16", "16-mixed"):
-        raise UserError(
-            f"trainer.precision {trainer.precision} (fp16 mixed precision) does not run on a CPU: pass "
-            "--trainer.precision bf16-mixed, or 32-true"
-        )
-
-
-def check_trainer_settings(trainer, subcommand: str) -> None:
-    """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
-    fitting = subcommand == "fit"
-    every = trainer.val_check_interval
-    if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
-        raise UserError(f"trainer.val_check_interval must be a positive number of steps, got {every}")
-    accumulate, clip = trainer.accumulate_grad_batches, trainer.gradient_clip_val
-    if accumulate is not None and accumulate < 1:  # Lightning: a ZeroDivisionError at the first step
-        raise UserError(f"trainer.accumulate_grad_batches must be >= 1 (1: no accumulation), got {accumulate}")
-    if fitting and isinstance(every, int) and accumulate and every % accumulate:
-        # Lightning counts val_check_interval in batches: validation, and the checkpoints saved after it, would fall
-        # inside an optimizer step, without the gradient accumulated so far; a run resumed from them would differ.
-        lower, higher = every // accumulate * accumulate, (every // accumulate + 1) * accumulate
-        raise UserError(
-            f"trainer.val_check_interval ({every} batches) must be a multiple of trainer.accumulate_grad_batches "
-            f"({accumulate}): its checkpoints would fall inside an optimizer step; use {lower or higher}"
-            + (f" or {higher}" if lower else "")
-        )
-    if clip is not None and clip < 0:  # a negative norm limit flips the gradients: the loss would climb
-        raise UserError(f"trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
-    if str(trainer.devices) == "0":  # Lightning's error names no fix
-        raise UserError("trainer.devices must be a count of devices, a list of ids, -1 (all) or auto, got 0")
-    if fitting and trainer.limit_train_batches == 0:  # Lightning would end the run at once, silently
-        raise UserError("trainer.limit_train_batches is 0: this run would train nothing; drop it")
-    if fitting and trainer.enable_checkpointing is False:  # Lightning's error names no fix
-        raise UserError(
-            "trainer.enable_checkpointing false: babygpt always adds its checkpoint callback; to save no checkpoint "
-            "pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
-        )
-    if fitting and trainer.max_epochs not in (None, -1):  # Lightning would train on, and stop only at max_steps
-        raise UserError(
-            f"trainer.max_epochs {trainer.max_epochs}: the training windows are an endless stream, so an epoch never "
-            "ends; give the length as --trainer.max_steps (or --trainer.max_time)"
-        )
-    if fitting and trainer.max_steps == 0:
-        raise UserError("trainer.max_steps is 0: this run would train nothing; give the steps to train (-1: no limit)")
-    limit = {"validate": "limit_val_batches", "test": "limit_test_batches"}.get(subcommand)
-    if limit and trainer[limit] == 0:  # Lightning would report nothing and exit 0
-        raise UserError(f"trainer.{limit} is 0: this {subcommand} would evaluate nothing; drop it")
-
-
-def check_output_folders(config, checkpoints: bool) -> None:
-    """The folders of the loggers (and of the checkpoints, when ``checkpoints``) must take files before the run
-    starts: else the first save, after all the training before it, would end the run in a traceback."""
-    for logger in _logger_settings(config.trainer.logger):
-        for key in ("save_dir", "dir"):  # (dir: WandbLogger's other name for it)
-            if folder := getattr(logger, "init_args", {}).get(key):
-                check_folder_writable(folder, f"--trainer.logger.init_args.{key}")
-    if config.trainer.default_root_dir:  # the default logger's, and the checkpoints' without a dirpath
-        check_folder_writable(config.trainer.default_root_dir, "--trainer.default_root_dir")
-    if checkpoints and config.checkpoint.dirpath:  # (None: Lightning's folder under the logger's, checked above)
-        check_folder_writable(config.checkpoint.dirpath, "--checkpoint.dirpath")
-
-
-def check_checkpoint_options(checkpoint) -> None:
-    """A misspelt metric in --checkpoint.monitor would end the run at its first validation, after all the training
-    before it (and one in --checkpoint.filename would silently be written as 0). A filename that leaves the
-    checkpoint folder (``../best``, ``/tmp/best``) would write over a file there without a word, ``last`` would
-    write the best and the newest checkpoint to one file, and ``save_last: link`` would lose the steps after the
-    best checkpoint from last.ckpt."""
-    if checkpoint.save_last == "link":
-        raise UserError(
-            "checkpoint.save_last link makes last.ckpt a link to the best checkpoint, without the steps after it: "
-            "use true (last.ckpt holds the newest weights) or false"
-        )
-    # Training is one endless epoch, checkpointed after each validation (trainer.val_check_interval).
-    at_validations = "checkpoints are saved after each validation (set trainer.val_check_interval)"
-    if checkpoint.save_on_train_epoch_end:
-        raise UserError(
-            "checkpoint.save_on_train_epoch_end true would save nothing until training ends, as its one epoch "
-            f"never ends: drop it; {at_validations}"
-        )
-    if (checkpoint.every_n_epochs or 0) > 1:
-        raise UserError(
-            f"checkpoint.every_n_epochs {checkpoint.every_n_epochs} would never save a best checkpoint, as "
-            f"training's one epoch never ends: drop it; {at_validations}"
-        )
-    for option in ("every_n_train_steps", "train_time_interval"):
-        if checkpoint[option]:
-            # Lightning saves these at a training batch's end, before that step's validation, under the previous
-            # validation's score: a "best" file of later weights than its loss (also in the name, monitor or not).
-            raise UserError(
-                f"checkpoint.{option} {checkpoint[option]} ranks and names a checkpoint by the validation before "
-                f"its weights, not theirs: drop it; {at_validations}, and --checkpoint.save_top_k -1 keeps them all"
-            )
-    name = checkpoint.filename or ""
-    if os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
-        raise UserError(
-            f"checkpoint.filename {name} leaves the checkpoint folder: give a file name, e.g. best-{{step}}, and "
-            "the folder with --checkpoint.dirpath"
-        )
-    if name.endswith(".ckpt"):  # Lightning adds it: best.ckpt.ckpt
-        raise UserError(f"checkpoint.filename {name}: leave out the .ckpt, which is added")
-    if name == LatestCheckpoint.CHECKPOINT_NAME_LAST:  # the best checkpoint and the newest would share one file
-        raise UserError(f"checkpoint.filename {name} is the name of the newest checkpoint: choose another, e.g. best")
-    names = ", ".join(FIT_METRICS)
-    if checkpoint.monitor is not None and checkpoint.monitor not in FIT_METRICS:
-        raise UserError(f"checkpoint.monitor {checkpoint.monitor} is not a metric babygpt logs: use one of {names}")
-    for metric in re.findall(r"\{([^{}:]+)", name):
-        if metric not in (*FIT_METRICS, "epoch", "step"):
-            raise UserError(
-                f"checkpoint.filename {name} names {{{metric}}}, which babygpt does not log: use "
-                f"{{epoch}}, {{step}} or one of {names}"
-            )
-
-
-def warn_of_a_short_run(trainer, warmup_steps: int) -> None:
-    """Warnings, not errors: a short smoke run of a long config is a normal thing to do."""
-    every, steps = trainer.val_check_interval, trainer.max_steps
-    batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
-    if isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
-        warn(
-            f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will not "
-            "validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)"
-        )
-    if 0 <= steps < warmup_steps:
-        warn(
-            f"model.warmup_steps ({warmup_steps}) is more than trainer.max_steps ({steps}): the learning rate "
-            "never reaches model.lr"
-        )
-
-
-def warn_of_earlier_checkpoints(folder: str) -> None:
-    """A new run writes its own last.ckpt over an earlier run's, and its best checkpoint beside the earlier
-    best (ModelCheckpoint knows only the files it wrote): say so before, while that run can still be resumed."""
-    earlier = sorted(p.name for p in Path(folder).glob("*.ckpt"))
-    if LAST_FILE in earlier:
-        warn(
-            f"{folder} holds {', '.join(earlier)} from an earlier run: this new run overwrites last.ckpt and keeps "
-            "its own best checkpoint beside the others (to continue that run instead, pass --ckpt_path last)"
-        )
-    elif earlier:
-        warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
-
-
-def warn_of_a_replaced_last(folder: str, resumed: str) -> None:
-    """A resumed run writes its last.ckpt over the one in its folder, which may be newer than the checkpoint it
-    resumes (say, a best checkpoint): say so before, while that file can still be copied away."""
-    last = os.path.join(folder, LAST_FILE)
-    if os.path.isfile(last) and not same_file(last, resumed):
-        warn(
-            f"{last} is not the checkpoint this run resumes ({resumed}): this run overwrites it (to keep it, copy "
-            "it away first or pass another --checkpoint.dirpath)"
-        )
-
-
-def same_file(a: str | None, b: str | None) -> bool:
-    """Whether two paths name one regular file. Regular files only: in a terminal /dev/stdin and /dev/stdout are
-    one device, and rightly so."""
-    return bool(a and b) and os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b)
-
-
-def check_not_an_input(output: str, *inputs: str | None) -> None:
-    """--generation.output must not replace a file the run was given (the checkpoint: the model would be lost)."""
-    for path in inputs:
-        if same_file(output, path):
-            raise UserError(
-                f"--generation.output {output} is {path}, an input of this run (the checkpoint, a config, the prompts "
-                "file or the corpus): choose another file"
-            )
-
-
-def check_not_the_trained_text(output: str, sha256: str | None) -> None:
-    """--generation.output must not replace the text the model was trained on, wherever it is: predict and chat
-    take no corpus, so --data.path need not name it."""
-    if not sha256 or not os.path.isfile(output):
-        return
-    try:
-        text = read_text(output)
-    except UserError:  # empty or not UTF-8: not the corpus
-        return
-    if text_sha256(text) == sha256:
-        raise UserError(f"--generation.output {output} holds the text this model was trained on: choose another file")
-
-
-def spare_wandb_warnings(logger: WandbLogger) -> None:
-    """Two warnings wandb prints for Lightning's WandbLogger that the user can do nothing about."""
-    # Lightning hands wandb.init `anonymous` even when unset, which wandb >= 0.23 warns of (wandb#10909).
-    if logger._wandb_init.get("anonymous") is None:
-        logger._wandb_init.pop("anonymous", None)
-    # wandb looks for a git repository from its folder, and warns "git root outputs does not exist" before
-    # creating it: the first run in a fresh clone.
-    if logger.save_dir:
-        os.makedirs(logger.save_dir, exist_ok=True)
-
-
-def _set(args, values: dict) -> None:
-    """Set each of ``values`` in a logger's init_args, a jsonargparse Namespace or a plain dict alike."""
-    for key, value in values.items():
-        args[key] = value
-
-
-def _logger_settings(logger) -> list:
-    """The trainer's logger settings as a list (one logger, a list of them, or none: true, false or null)."""
-    return logger if isinstance(logger, list) else [logger]
-
-
-def _wandb_loggers(logger) -> list:
-    """The WandbLogger settings among the trainer's logger settings."""
-    return [lg for lg in _logger_settings(logger) if str(getattr(lg, "class_path", "")).endswith("WandbLogger")]
-
-
-def check_prompts(
-    tokenizer: CharTokenizer, prompts: list[str], oov: str, window: int, corpus: str, option: str
-) -> None:
-    """Before training: the prompts of the samples logged at each validation (set by ``option``) must encode as
-    generation will encode them, or the first validation would stop the run."""
-    try:
-        encode_prompts(tokenizer, prompts, window, oov, warn=lambda _: None)
-    except UserError as err:
-        context = f"{option}, the prompts of the samples logged at each validation, against {corpus}"
-        raise UserError(f"{context}: {err}") from None
-
-
-def warn_of_unmatchable_stops(stop: list[str] | str, tokenizer: CharTokenizer) -> None:
-    """A stop string with a character the model never writes can never end a sample: most likely a slip (a
-    Chinese stop string for an English model)."""
-    if isinstance(stop, str):  # refused by GenerationConfig, with an example: no word on its characters first
-        return
-    if never := [s for s in stop if tokenizer.unknown(s)]:
-        warn(f"generation.stop {never} holds characters outside the model's vocabulary: it can never match")
-
-
-def _raised_in(err: BaseException, module: str) -> bool:
-    """Whether ``err`` went through a frame of a file named ``module``."""
-    tb = err.__traceback__
-    while tb is not None:
-        if module in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def construction_error(err: ValueError) -> str | None:
-    """What went wrong where jsonargparse could make no class a setting names (a logger, a callback): the class
-    and its own error, in one line. Its message is the union's types and the whole namespace, with the cause
-    (a missing package, a refused combination of arguments) chained below; None for any other error."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = err
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    paths = [m[1] for e in chain if (m := re.search(r"class_path[ =]'([^']+)'", str(e)))]
-    if not paths or len(chain) == 1:
-        return None
-    return f"{paths[0]} could not be made: {one_line(chain[-1]).rstrip('.')}; fix or drop its settings"
-
-
 def _differences(saved: dict, now, keys, prefix: str = "") -> list[str]:
     """``{prefix}{key}=saved (this run: now)`` for each of ``keys`` that ``saved`` holds with another value."""
     return [
@@ -404,59 +143,6 @@ def _differences(saved: dict, now, keys, prefix: str = "") -> list[str]:
 def _plain(value):
     """A setting as compared and shown: YAML gives lists where the defaults are tuples."""
     return list(value) if isinstance(value, (list, tuple)) else value
-
-
-_UNION_ERROR = re.compile(
-    r'^Parser key "(?P<key>[^"]+)": Does not validate against any of the Union subtypes Subtypes: \[(?P<types>.*)\] '
-    r"Errors: .* Given value: (?P<value>.*)$"
-)
-_PLAIN_TYPE = re.compile(r"typing\.Literal\[(?P<values>[^\]]*)\]|<class '(?P<cls>int|float|str|bool|NoneType)'>")
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "NoneType": "null"}
-
-
-def short_union_error(message: str) -> str:
-    """jsonargparse's error for a value that no type of a union takes, as the key, the value and what it may be.
-
-    Its own lists every type and one error per type: 600 characters for ``--trainer.precision bf17``. Only unions
-    of literal values and plain types are shortened; any other message is returned as it is.
-    """
-    match = _UNION_ERROR.match(message)
-    if match is None:
-        return message
-    accepted: list[str] = []
-    rest = match["types"]
-    for part in _PLAIN_TYPE.finditer(match["types"]):
-        rest = rest.replace(part[0], "", 1)
-        if part["values"] is not None:
-            accepted += [v.strip().strip("'\"") for v in part["values"].split(",")]
-        else:
-            accepted.append(_TYPE_NAMES[part["cls"]])
-    if rest.replace(",", "").strip():
-        return message  # a type this cannot name briefly (a class path, a list): keep everything
-    *most, last = dict.fromkeys(accepted)
-    choices = f"{', '.join(most)} or {last}" if most else last
-    return f"{match['key']}: {match['value']} is not accepted; give {choices}"
-
-
-class OneLineErrorParser(LightningArgumentParser):
-    """Reports a bad option or config file in one line (the project's rule for errors), not after a ~100-line
-    usage dump; JSONARGPARSE_DEBUG or --debug (``verbose``, set by main) still shows everything."""
-
-    verbose = False
-    config_files: dict[str, dict] = {}  # the --config files' settings (set by main), to name the file of a bad key
-
-    def error(self, message: str, ex: Exception | None = None):
-        # exit_on_error=False: an inner parser jsonargparse made to try one type of a union, expecting a raise.
-        if not self.exit_on_error or self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
-            return super().error(message, ex)
-        command = self.prog.replace(" [options]", "")
-        message = short_union_error(one_line(message))
-        if unknown := re.search(r"Subcommand '(\w+)' does not accept option '([^']+)'", message):
-            command = f"{command} {unknown[1]}"  # (the top parser's message: its --help lists no options)
-            if files := [path for path, content in self.config_files.items() if _holds_key(content, unknown[2])]:
-                message = f"config file {files[0]} sets {unknown[2]}, which is not an option: check its spelling"
-        print(f"error: {message} (see {command} --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 class KeepInputConfig(SaveConfigCallback):
@@ -657,7 +343,7 @@ class BabyGPTCLI(LightningCLI):
         the parsed config cannot tell such a value from one left out."""
         flag = f"--{dotted}"
         on_the_line = any(arg == flag or arg.startswith(f"{flag}=") for arg in self.argv)
-        return on_the_line or any(_holds_key(c, dotted) for c in OneLineErrorParser.config_files.values())
+        return on_the_line or any(holds_key(c, dotted) for c in OneLineErrorParser.config_files.values())
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         if not self._get(self.config_init, "trainer", {}).get("plugins"):
@@ -666,7 +352,7 @@ class BabyGPTCLI(LightningCLI):
             return super().instantiate_trainer(**kwargs)
         # TypeError: e.g. --trainer.devices x on a CPU
         except (ValueError, TypeError, ImportError, MisconfigurationException) as err:
-            if not _raised_in(err, "accelerator_connector"):
+            if not raised_in(err, "accelerator_connector"):
                 raise
             # Lightning refusing the accelerator, strategy, devices or precision asked for: a setting to fix.
             raise UserError(f"the trainer settings were refused: {one_line(err)}") from err
@@ -768,7 +454,7 @@ class BabyGPTCLI(LightningCLI):
                 "differs from its logged val_loss"
             )
         # Validation logs samples (SampleTable, to wandb); test does not.
-        if self.subcommand in ("fit", "validate") and _wandb_loggers(config.trainer.logger):
+        if self.subcommand in ("fit", "validate") and wandb_loggers(config.trainer.logger):
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation
             check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
@@ -795,7 +481,7 @@ class BabyGPTCLI(LightningCLI):
         after_instantiate_classes: the saved config.yaml keeps the settings as given (a new run started from it
         gets a new wandb run)."""
         given = []
-        for index, logger in enumerate(_wandb_loggers(config.trainer.logger)):
+        for index, logger in enumerate(wandb_loggers(config.trainer.logger)):
             args, changed = logger.init_args, {}
             run_id = self.checkpoint.get("wandb_run_id") if fitting and index == 0 else None  # (validate: its own)
             if run_id and not args.get("id"):
@@ -810,7 +496,7 @@ class BabyGPTCLI(LightningCLI):
                 # Lightning's offline logger sets WANDB_MODE=dryrun over the user's "disabled"; wandb.init's mode wins.
                 changed["mode"] = "disabled"
             given.append((args, {k: args.get(k) for k in changed}))
-            _set(args, changed)
+            set_init_args(args, changed)
         return given
 
     def _trained_on(self) -> str | None:
@@ -870,7 +556,7 @@ class BabyGPTCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         for args, saved in getattr(self, "_given_logger_args", []):
-            _set(args, saved)
+            set_init_args(args, saved)
         if self.subcommand == "fit":
             # Before the run writes its config and starts its wandb run; the warnings after every refusal.
             for callback in self.trainer.callbacks:
@@ -898,57 +584,6 @@ class BabyGPTCLI(LightningCLI):
                     "--trainer.num_nodes 1"
                 )
             self.trainer.callbacks.insert(0, PredictionPrinter())
-
-
-def _holds_key(settings: dict, dotted: str) -> bool:
-    """Whether nested ``settings`` set ``dotted`` (e.g. "model.n_layer")."""
-    for part in dotted.split("."):
-        if not isinstance(settings, dict) or part not in settings:
-            return False
-        settings = settings[part]
-    return True
-
-
-def check_config_files(argv: list[str]) -> dict[str, dict]:
-    """Name the file of a YAML syntax error (the parser would say only "<unicode string>", line N), and of a
-    file or section that is not a mapping of settings (the parser would say "Unexpected config" or worse).
-    Returns each file's settings."""
-    settings = {}
-    for flag, value in itertools.pairwise([*argv, ""]):
-        path = value if flag in ("-c", "--config") else flag.removeprefix("--config=")
-        if path == flag:
-            continue  # not a --config option
-        if not path:
-            raise UserError("--config needs the path of a YAML file, e.g. --config configs/cpu.yaml")
-        if not os.path.isfile(path):
-            if set("{}:\n") & set(path) and not os.path.isdir(path):
-                continue  # a YAML string given inline, which the parser reads itself
-            shipped = ", ".join(sorted(glob.glob("configs/*.yaml"))) or "configs/*.yaml in the babygpt checkout"
-            problem = "is a folder" if os.path.isdir(path) else "does not exist"
-            raise UserError(f"config file {path} {problem}; pass a YAML file, e.g. one of {shipped}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                content = yaml.safe_load(f)
-        except OSError as err:
-            raise UserError(f"config file {path} cannot be read: {err.strerror}; check its permissions") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            where = getattr(err, "problem_mark", None)
-            line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            problem = getattr(err, "problem", None) or err
-            raise UserError(f"config file {path} is not valid YAML{line}: {problem}; fix the file") from None
-        if not isinstance(content, dict):
-            raise UserError(
-                f"config file {path} holds {'nothing' if content is None else repr(content)[:60]}, not settings: "
-                "write sections such as `trainer:` and `model:` with `key: value` lines under them"
-            )
-        for section in _SECTIONS:
-            if section in content and not isinstance(content[section], dict):
-                raise UserError(
-                    f"config file {path}: `{section}:` holds {content[section]!r}, not settings; give it "
-                    f"`key: value` lines (e.g. see `babygpt fit --print_config`), or leave it out"
-                )
-        settings[path] = content
-    return settings
 
 
 def _no_tips(record: logging.LogRecord) -> bool:

@@ -9,7 +9,6 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -433,26 +432,6 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
     assert shown in line and "would be ignored" in line
 
 
-def test_a_union_error_names_each_accepted_value_once() -> None:
-    """trainer.precision's union repeats 64, 32 and 16 (as ints and as strings)."""
-    message = (
-        'Parser key "trainer.precision": Does not validate against any of the Union subtypes Subtypes: '
-        "[typing.Literal[64, 32, 16], typing.Literal['64', '32', '16', 'bf16'], <class 'NoneType'>] Errors: - x "
-        "Given value type: <class 'str'> Given value: bf17"
-    )
-    expected = "trainer.precision: bf17 is not accepted; give 64, 32, 16, bf16 or null"
-    assert cli_module.short_union_error(message) == expected
-
-
-def test_a_union_error_of_other_types_is_kept_whole() -> None:
-    message = (
-        'Parser key "trainer.logger": Does not validate against any of the Union subtypes Subtypes: '
-        "[<class 'lightning.pytorch.loggers.logger.Logger'>, <class 'bool'>] Errors: - x Given value type: "
-        "<class 'str'> Given value: 5"
-    )
-    assert cli_module.short_union_error(message) == message
-
-
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -521,15 +500,6 @@ def test_bad_training_settings_are_one_line(tmp_path, monkeypatch, capsys, corpu
     assert expected in one_error_line(capsys)
     assert not (tmp_path / "checkpoints").exists()
     assert not (tmp_path / "outputs").exists()  # no saved config, no wandb run
-
-
-@pytest.mark.parametrize(("accumulate", "warned"), [(1, True), (4, False)])
-def test_the_short_run_warning_counts_validation_in_batches(capsys, accumulate: int, warned: bool) -> None:
-    """val_check_interval counts batches, max_steps optimizer steps: 3 steps of 4 batches do reach batch 10."""
-    trainer = SimpleNamespace(val_check_interval=10, max_steps=3, accumulate_grad_batches=accumulate)
-    trainer.limit_val_batches = None
-    cli_module.warn_of_a_short_run(trainer, warmup_steps=0)
-    assert ("will not validate" in capsys.readouterr().err) is warned
 
 
 def test_a_run_shorter_than_its_validation_interval_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
@@ -646,16 +616,6 @@ def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypa
     # Without a checkpoint folder Lightning picks one under the logger's: nothing to say of checkpoints/.
     main([*args, "--checkpoint.dirpath=null"])
     assert "earlier run" not in capsys.readouterr().err
-
-
-def test_fp16_mixed_precision_is_refused_on_a_cpu_not_on_a_mac_gpu(monkeypatch) -> None:
-    trainer = SimpleNamespace(accelerator="auto", precision="16-mixed")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    with pytest.raises(UserError, match="does not run on a CPU"):
-        cli_module.check_accelerator(trainer)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # auto picks MPS, where fp16 AMP runs
-    cli_module.check_accelerator(trainer)
 
 
 def test_a_misspelt_key_in_a_config_file_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:

@@ -1,0 +1,25 @@
+"""The command line's one-line errors (babygpt_pl/parser.py); through the CLI: test_failures.py."""
+
+from __future__ import annotations
+
+from babygpt_pl.parser import short_union_error
+
+
+def test_a_union_error_names_each_accepted_value_once() -> None:
+    """trainer.precision's union repeats 64, 32 and 16 (as ints and as strings)."""
+    message = (
+        'Parser key "trainer.precision": Does not validate against any of the Union subtypes Subtypes: '
+        "[typing.Literal[64, 32, 16], typing.Literal['64', '32', '16', 'bf16'], <class 'NoneType'>] Errors: - x "
+        "Given value type: <class 'str'> Given value: bf17"
+    )
+    expected = "trainer.precision: bf17 is not accepted; give 64, 32, 16, bf16 or null"
+    assert short_union_error(message) == expected
+
+
+def test_a_union_error_of_other_types_is_kept_whole() -> None:
+    message = (
+        'Parser key "trainer.logger": Does not validate against any of the Union subtypes Subtypes: '
+        "[<class 'lightning.pytorch.loggers.logger.Logger'>, <class 'bool'>] Errors: - x Given value type: "
+        "<class 'str'> Given value: 5"
+    )
+    assert short_union_error(message) == message
