@@ -146,7 +146,8 @@ def _plain(value):
 
 
 class KeepInputConfig(SaveConfigCallback):
-    """Lightning's SaveConfigCallback, refusing to write the run's config over a --config file it was given
+    """Lightning's SaveConfigCallback that also logs the run's settings to every logger (Lightning logs only the
+    model's hyper-parameters), and refuses to write the run's config over a --config file it was given
     (``--trainer.default_root_dir .`` without a logger would: the user's comments and layout lost)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -394,7 +395,7 @@ class BabyGPTCLI(LightningCLI):
                 )
             config.trainer.logger = False
             config.trainer.enable_model_summary = False
-            self.save_config_callback = None  # nothing to record: predict trains nothing
+            self.save_config_callback = None  # nothing to record: predict and chat train nothing
             return
         if config.generation.output:
             warn(

@@ -147,7 +147,9 @@ class BabyGPTModule(L.LightningModule):
         # and Lightning reads the logged loss later.
         loss = loss.clone()
         self.log("train_loss", loss, prog_bar=True)
-        # Remember the first step whose loss was not finite, on the device: no host sync in the hot loop.
+        # Remember the first step whose loss was not finite, on the device: no host sync in the hot loop. (Lightning's
+        # EarlyStopping(check_finite=True) looks only at a monitored metric, at validation: up to val_check_interval
+        # steps late.)
         step = torch.full((), self.global_step, device=loss.device)  # a fill kernel, not a host-to-device copy
         self._first_bad_step = torch.where(
             ~torch.isfinite(loss) & (self._first_bad_step < 0), step, self._first_bad_step
