@@ -129,14 +129,17 @@ class RecordedBar(ProgressBar):
         super().on_train_end(trainer, pl_module)
 
 
+class Endless(torch.utils.data.IterableDataset):
+    """As babygpt's training data: one epoch without end."""
+
+    def __iter__(self):
+        while True:
+            x = torch.randint(len(VOCAB), (4, 16))
+            yield x, x
+
+
 def test_the_progress_bar_counts_to_max_steps_also_after_a_resume(module, tmp_path: Path) -> None:
     """The bar counts the epoch's batches from 0, also in a resumed run, whose total was the steps left (9/3)."""
-
-    class Endless(torch.utils.data.IterableDataset):  # as babygpt's training data: one epoch without end
-        def __iter__(self):
-            while True:
-                x = torch.randint(len(VOCAB), (4, 16))
-                yield x, x
 
     loader = torch.utils.data.DataLoader(Endless(), batch_size=None)
 
@@ -199,12 +202,6 @@ def test_validation_throughput_is_logged_once_per_validation_at_its_step_with_fo
 
 def test_throughput_totals_go_on_after_a_resume(module, tmp_path: Path) -> None:
     """train/samples and train/time continue from the checkpoint's totals, not from 0 (wandb curves would jump)."""
-
-    class Endless(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            while True:
-                x = torch.randint(len(VOCAB), (4, 16))
-                yield x, x
 
     def fit(max_steps: int, name: str, ckpt_path: Path | None = None) -> list[dict]:
         trainer = L.Trainer(

@@ -113,3 +113,19 @@ def test_a_checkpoint_write_keeps_other_errors_as_they_are(tmp_path: Path, monke
     monkeypatch.setattr(torch, "save", fails)
     with pytest.raises(RuntimeError, match="a bug"):
         AtomicCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f) -> None:
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # a kill in the middle of torch.save
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert torch.load(path, weights_only=True)["step"] == 1

@@ -61,9 +61,8 @@ def test_fit_twice_in_the_same_folder(trained: Path, tmp_path: Path) -> None:
     babygpt(run, "fit", "--data.path=corpus.txt", "--trainer.max_steps=10", *TINY)
 
 
-def test_the_loggers_get_the_runs_settings_besides_the_models(tmp_path: Path, corpus_text: str) -> None:
+def test_the_loggers_get_the_runs_settings_besides_the_models(tmp_path: Path, corpus: Path) -> None:
     """So that runs of other batch sizes or lengths can be told apart (in wandb, as its run config)."""
-    (tmp_path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
     csv = ["--trainer.logger=CSVLogger", "--trainer.logger.init_args.save_dir=csv"]
     babygpt(tmp_path, "fit", "--data.path=corpus.txt", "--trainer.max_steps=2", *TINY, *csv, "--model.optimizer=muon")
     logged = yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text())
@@ -94,10 +93,9 @@ def test_predict_without_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [f"error: {NO_MODEL}"]
 
 
-def test_compiled_run_round_trips_through_its_checkpoint(tmp_path: Path, corpus_text: str) -> None:
+def test_compiled_run_round_trips_through_its_checkpoint(tmp_path: Path, corpus: Path) -> None:
     """A fit with model.compile (inductor, on the CPU here) saves the eager parameter names; predict loads it
     without compiling, and fit resumes it compiled."""
-    (tmp_path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
     fit = ("fit", "--data.path=corpus.txt", "--model.compile=true", *TINY)
     babygpt(tmp_path, *fit, "--trainer.max_steps=3")
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")

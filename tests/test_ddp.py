@@ -14,8 +14,7 @@ pytestmark = pytest.mark.slow
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 
 
-def test_two_process_ddp_trains_logs_checkpoints_and_resumes(tmp_path: Path, corpus_text: str) -> None:
-    (tmp_path / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+def test_two_process_ddp_trains_logs_checkpoints_and_resumes(tmp_path: Path, corpus: Path) -> None:
     common = ["fit", "--data.path=corpus.txt", *TINY, *DDP, "--trainer.logger=CSVLogger"]
     common += ["--trainer.logger.init_args.save_dir=logs", "--trainer.log_every_n_steps=1"]
     result = babygpt(tmp_path, *common, "--trainer.max_steps=10")

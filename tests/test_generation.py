@@ -10,6 +10,7 @@ import weakref
 
 import pytest
 import torch
+from gpt_helper import randomize_weights
 
 from babygpt_pl import generation
 from babygpt_pl.errors import Terminated, UserError
@@ -41,14 +42,7 @@ def make_model(seed: int = 0, tie_weights: bool = False) -> BabyGPT:
     config = GPTConfig(
         vocab_size=V, block_size=BLOCK, n_embed=32, n_head=4, n_layer=2, dropout=0.0, tie_weights=tie_weights
     )
-    model = BabyGPT(config)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        model.head.bias[:V] = torch.randn(V, generator=g)
-    return model.eval()
+    return randomize_weights(BabyGPT(config), seed + 1).eval()
 
 
 def constant_model(bias: torch.Tensor) -> BabyGPT:

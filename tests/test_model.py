@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from gpt_helper import randomize_weights
 from torch import nn
 from torch.nn import functional as F
 
@@ -36,16 +37,6 @@ def tiny_config(**overrides) -> GPTConfig:
 def tiny_model(seed: int = 0, **overrides) -> BabyGPT:
     torch.manual_seed(seed)
     return BabyGPT(tiny_config(**overrides)).eval()
-
-
-def randomize_head(model: BabyGPT, seed: int = 1) -> None:
-    """Larger real head weights, so that logits differ clearly between positions (the init makes them ~0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        model.head.bias[: model.config.vocab_size] = torch.randn(model.config.vocab_size, generator=g)
 
 
 # --- GPTConfig ---------------------------------------------------------------------------------------------------
@@ -96,7 +87,7 @@ def test_forward_shapes_without_targets() -> None:
 
 def test_last_only_gives_the_last_positions_logits() -> None:
     model = tiny_model()
-    randomize_head(model)
+    randomize_weights(model)
     idx = torch.randint(VOCAB, (3, 7))
     full, _ = model(idx)
     last, _ = model(idx, last_only=True)
@@ -116,7 +107,7 @@ def test_forward_shapes_with_targets_and_initial_loss() -> None:
 
 def test_padded_vocab_loss_matches_unpadded_cross_entropy() -> None:
     model = tiny_model(pad_vocab_to=64)
-    randomize_head(model)
+    randomize_weights(model)
     assert model.head.weight.shape[0] == 64
     idx = torch.randint(VOCAB, (2, BLOCK))
     targets = torch.randint(VOCAB, (2, BLOCK))
@@ -133,7 +124,7 @@ def test_padded_vocab_loss_matches_unpadded_cross_entropy() -> None:
 def test_chunked_cross_entropy_matches_the_plain_loss_and_gradients(tie: bool, monkeypatch) -> None:
     monkeypatch.setattr(ChunkedCrossEntropy, "CHUNK", 7)  # several chunks, the last one partial
     model = tiny_model(pad_vocab_to=64, tie_weights=tie).double()
-    randomize_head(model)
+    randomize_weights(model)
     idx, targets = torch.randint(VOCAB, (3, BLOCK)), torch.randint(VOCAB, (3, BLOCK))
     _, fused = model(idx, targets)
     fused.backward()
@@ -398,7 +389,7 @@ def test_kv_cache_shapes() -> None:
 @pytest.mark.parametrize("chunks", [[5, 4, 1], [1] * 10, [10], [3, 7, 6]])
 def test_kv_cache_chunked_prefill_matches_full_forward(chunks: list[int]) -> None:
     model = tiny_model()
-    randomize_head(model)
+    randomize_weights(model)
     total = sum(chunks)
     idx = torch.randint(VOCAB, (2, total))
     with torch.no_grad():
@@ -419,7 +410,7 @@ def test_decode_step_matches_full_forward(additive: bool) -> None:
     """The fixed-shape step (every cache slot, a mask, garbage in the slots not yet written) gives the logits of
     a full forward at every position, with a boolean mask or its additive float form."""
     model = tiny_model()
-    randomize_head(model)
+    randomize_weights(model)
     idx = torch.randint(VOCAB, (2, BLOCK))
     with torch.no_grad():
         full, _ = model(idx)

@@ -13,8 +13,6 @@ import torch
 import yaml
 from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env
 
-from babygpt_pl.checkpoint import AtomicCheckpointIO
-
 pytestmark = pytest.mark.slow
 
 N = 10  # steps before the kill; the runs go to 2N
@@ -30,6 +28,11 @@ RUN = [
     *TINY[:6],
     "--trainer.enable_progress_bar=false",
 ]
+
+
+def fit_args(max_steps: int) -> list[str]:
+    """RUN, to ``max_steps``."""
+    return [*RUN[:2], f"--trainer.max_steps={max_steps}", *RUN[3:]]
 
 
 def csv_logger(folder: str) -> list[str]:
@@ -136,9 +139,7 @@ def test_signal_saves_a_resumable_checkpoint(run_dir, signum: int) -> None:
     run = run_dir("run")
     marker = run / "started"
     args = [
-        *RUN[:2],
-        "--trainer.max_steps=100000",
-        *RUN[3:],
+        *fit_args(100000),
         "--trainer.callbacks+=signals_helper.MarkStep",
         "--trainer.callbacks.init_args.step=3",
         f"--trainer.callbacks.init_args.path={marker}",
@@ -156,15 +157,15 @@ def test_signal_saves_a_resumable_checkpoint(run_dir, signum: int) -> None:
     assert step >= 3
     assert f"stopped by a signal at step {step}" in err
     assert "weights_only" not in err  # Lightning's note on how it saved, noise before our line
-    babygpt(run, *RUN[:2], f"--trainer.max_steps={step + 2}", *RUN[3:], "--ckpt_path=checkpoints/last.ckpt")
+    babygpt(run, *fit_args(step + 2), "--ckpt_path=checkpoints/last.ckpt")
     assert last(run)["global_step"] == step + 2
 
 
 def test_resume_continues_the_same_wandb_run(run_dir) -> None:
     run = run_dir("run")
-    babygpt(run, *RUN[:2], f"--trainer.max_steps={N}", *RUN[3:])
+    babygpt(run, *fit_args(N))
     run_id = last(run)["wandb_run_id"]
-    babygpt(run, *RUN[:2], f"--trainer.max_steps={N + 2}", *RUN[3:], "--ckpt_path=checkpoints/last.ckpt")
+    babygpt(run, *fit_args(N + 2), "--ckpt_path=checkpoints/last.ckpt")
     assert last(run)["wandb_run_id"] == run_id
     assert len(list((run / "outputs" / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
     # The saved config is the settings as given: a new run started from it must not log into this wandb run.
@@ -184,9 +185,7 @@ def test_fit_offline_never_waits_for_the_network(run_dir) -> None:
     # A closed port on loopback: anything that tried to reach wandb's server would hang until its timeout.
     result = babygpt(
         run,
-        *RUN[:2],
-        "--trainer.max_steps=3",
-        *RUN[3:],
+        *fit_args(3),
         WANDB_BASE_URL="http://127.0.0.1:9",
         WANDB_MODE=None,
         WANDB_SILENT=None,
@@ -200,26 +199,10 @@ def test_wandb_mode_disabled_is_obeyed_and_default_root_dir_takes_the_run_config
     """Lightning's offline logger set WANDB_MODE=dryrun over the user's own setting, so it wrote a run anyway; and
     the default logger's own save_dir (outputs) overrode Lightning's default_root_dir: root/ stayed empty."""
     run = run_dir("run")
-    args = [*RUN[:2], "--trainer.max_steps=3", *RUN[3:], "--trainer.default_root_dir=root"]
+    args = [*fit_args(3), "--trainer.default_root_dir=root"]
     babygpt(run, *args, WANDB_MODE="disabled")
     assert not (run / "outputs").exists() and not (run / "root" / "wandb").exists()
     assert last(run)["global_step"] == 3
     saved = yaml.safe_load((run / "root" / "config.yaml").read_text(encoding="utf-8"))
     logger = saved["trainer"]["logger"]["init_args"]  # the settings as given, not this run's changes
     assert logger["mode"] is None and logger["save_dir"] == "outputs"
-
-
-def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
-
-    def dies_halfway(obj, f) -> None:
-        f.write(b"PK\x03\x04 half a zip")
-        raise KeyboardInterrupt  # a kill in the middle of torch.save
-
-    monkeypatch.setattr(torch, "save", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
-    assert torch.load(path, weights_only=True)["step"] == 1
