@@ -253,8 +253,18 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
                     "nothing is left to train; raise --trainer.max_steps to train on"
                 )
+            fast = self.config.fit.trainer.fast_dev_run
+            if fast and (1 if fast is True else int(fast)) <= done:  # Lightning: max_steps, from step 0
+                raise UserError(
+                    f"--trainer.fast_dev_run runs {1 if fast is True else int(fast)} step(s) from step 0, and "
+                    f"checkpoint {path} has already trained {done}: nothing would train; drop --ckpt_path for a "
+                    "smoke run"
+                )
             if not self._given("checkpoint.dirpath"):  # the resumed run's own folder, not another run's
-                self.config.fit.checkpoint.dirpath = os.path.dirname(path) or "."
+                # A link's target's: the best-checkpoint record and last.ckpt are there (a link's folder would
+                # drop the record without a word, and keep a worse checkpoint as the best).
+                real = os.path.realpath(path) if os.path.islink(path) else path
+                self.config.fit.checkpoint.dirpath = os.path.dirname(real) or "."
         self._take_checkpoint_hparams()
 
     def _take_checkpoint_hparams(self) -> None:
@@ -420,11 +430,11 @@ class BabyGPTCLI(LightningCLI):
         data = config.data
         if data.source and os.path.exists(data.path):
             warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
-        trained_on = self._trained_on() if fitting else None
+        trained_on = self._trained_on()
         if trained_on and Path(trained_on).name != DEFAULT_NAME and not os.path.exists(data.path):
-            # Before data/ci.txt would be built, only for the resume to be refused as another text (a model of the
-            # published corpus resumes on it, built anew wherever it is asked for).
-            fix = f"resume with --data.path {trained_on}" if os.path.exists(trained_on) else "pass --data.path to it"
+            # Before data/ci.txt would be built, only to be refused as another text (a model of the published corpus
+            # takes it, built anew wherever it is asked for).
+            fix = f"pass --data.path {trained_on}" if os.path.exists(trained_on) else "pass --data.path to it"
             raise UserError(
                 f"checkpoint {config.ckpt_path} was trained on {trained_on}, and this run's data.path {data.path} "
                 f"does not exist: {fix}"
@@ -436,9 +446,11 @@ class BabyGPTCLI(LightningCLI):
         if config.model.vocab is None:
             config.model.vocab = vocab
         elif config.model.vocab != vocab and self.checkpoint:
+            missing = len(set(config.model.vocab) - set(vocab))
+            fix = f"pass --data.path {trained_on}" if trained_on else "use the corpus it was trained on"
             raise UserError(
-                f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) differs from that of "
-                f"{data.path} ({len(vocab)} characters): use the corpus it was trained on"
+                f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) is not that of {data.path} "
+                f"({len(vocab)} characters; {missing} of the checkpoint's are not in it): {fix}"
             )
         elif config.model.vocab != vocab:
             raise UserError(
@@ -512,6 +524,18 @@ class BabyGPTCLI(LightningCLI):
         """What the data module saved in the checkpoint (CiDataModule.state_dict)."""
         return self.checkpoint.get(CiDataModule.__qualname__, {})
 
+    def _warn_of_other_batches(self) -> None:
+        """A resume may change the processes or the accumulation (a run moved to other GPUs), but then the batches
+        of each step, and the windows each rank draws, are not those of the run it continues."""
+        trainer = self.trainer
+        now = {"accumulate_grad_batches": trainer.accumulate_grad_batches, "world_size": trainer.world_size}
+        saved = self._saved_data().get("trainer", {})
+        if other := _differences(saved, now, list(saved), prefix="trainer."):
+            warn(
+                f"checkpoint {self.config.fit.ckpt_path} was trained with {', '.join(other)}: each step now "
+                "averages other batches than the uninterrupted run's (and the first step may average fewer)"
+            )
+
     def _check_data_settings(self, now: dict) -> None:
         """A resumed run draws the windows the uninterrupted run would have, from the same text and settings."""
         saved = self._saved_data_settings()
@@ -569,8 +593,10 @@ class BabyGPTCLI(LightningCLI):
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
                 if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath)
-            elif config.checkpoint.dirpath:
-                warn_of_a_replaced_last(config.checkpoint.dirpath, config.ckpt_path)
+            else:
+                self._warn_of_other_batches()
+                if config.checkpoint.dirpath:
+                    warn_of_a_replaced_last(config.checkpoint.dirpath, config.ckpt_path)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 spare_wandb_warnings(logger)

@@ -198,7 +198,16 @@ class CiDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         # The path as given (relative to where training ran) is where validate and test look for the text first;
         # the settings' sha256 still decides whether a text is the one trained on.
-        return {"settings": self.settings(), "path": str(self.path)} if self.text_sha256 else {}
+        if not self.text_sha256:
+            return {}
+        saved = {"settings": self.settings(), "path": str(self.path)}
+        if self.trainer is not None:  # the batches of an optimizer step: warned of on a resume that changes them
+            trainer = self.trainer
+            saved["trainer"] = {
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "world_size": trainer.world_size,
+            }
+        return saved
 
     def setup(self, stage: str) -> None:
         if stage == "predict" or self.train_data is not None:

@@ -1085,6 +1085,43 @@ def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch, capsys, checkp
     assert shown in line and "resume with the data it was trained on" in line
 
 
+def test_a_resume_through_a_link_keeps_the_folder_of_the_checkpoint(tmp_path, monkeypatch, checkpoint, corpus):
+    """Its best-checkpoint record and last.ckpt are there; the link's folder would drop the record silently."""
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "last.ckpt"
+    link.symlink_to(checkpoint)
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={link}", *RESUME, *TRAINED_DATA, "--trainer.logger=false"]
+    assert set_up(monkeypatch, *args).config.fit.checkpoint.dirpath == str(tmp_path)
+
+
+def test_a_fast_dev_run_from_a_checkpoint_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    """Lightning's fast_dev_run stops at step 1, which the checkpoint (step 2) is past: an exit 0, nothing done."""
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *RESUME, *TRAINED_DATA]
+    assert run_main(monkeypatch, tmp_path, *args, "--trainer.fast_dev_run=true") == 2
+    assert one_error_line(capsys) == (
+        f"error: --trainer.fast_dev_run runs 1 step(s) from step 0, and checkpoint {checkpoint} has already trained "
+        "2: nothing would train; drop --ckpt_path for a smoke run"
+    )
+
+
+def test_a_resume_with_other_batches_per_step_is_warned(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
+    args = [
+        "fit",
+        f"--data.path={corpus}",
+        f"--ckpt_path={checkpoint}",
+        *RESUME,
+        *TRAINED_DATA,
+        "--trainer.logger=false",
+    ]
+    set_up(monkeypatch, *args)
+    assert "each step now averages" not in capsys.readouterr().err
+    set_up(monkeypatch, *args, "--trainer.accumulate_grad_batches=2")
+    assert (
+        f"warning: checkpoint {checkpoint} was trained with trainer.accumulate_grad_batches=1 (this run: 2): each "
+        "step now averages other batches than the uninterrupted run's (and the first step may average fewer)"
+    ) in capsys.readouterr().err
+
+
 def test_prompts_the_corpus_cannot_encode_stop_fit_before_training(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "en.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 50, encoding="utf-8")
     args = ["fit", "--data.path=en.txt", "--data.source=elsewhere.tgz", *SMALL]
@@ -1134,7 +1171,20 @@ def test_validate_takes_the_trained_on_text_only_where_none_is_set_and_it_is_the
     ):
         ckpt = trained_on(tmp_path, text_path)
         assert run_main(monkeypatch, tmp_path, "validate", f"--ckpt_path={ckpt}", *args) == 2
-        assert f"differs from that of {used} (" in one_error_line(capsys)  # (the test checkpoint's own vocabulary)
+        assert f"is not that of {used} (" in one_error_line(capsys)  # (the test checkpoint's own vocabulary)
+
+
+def test_validate_of_a_config_naming_the_default_corpus_names_the_text_trained_on(tmp_path, monkeypatch, capsys):
+    """configs/cpu.yaml names data/ci.txt: for a model of another text, say which before building ci.txt."""
+    ckpt = trained_on(tmp_path, "small.txt")
+    (tmp_path / "small.txt").write_text("the lazy dog\n" * 40, encoding="utf-8")
+    (tmp_path / "run.yaml").write_text("data:\n  path: data/ci.txt\n", encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "validate", "--config=run.yaml", f"--ckpt_path={ckpt}") == 2
+    assert one_error_line(capsys) == (
+        f"error: checkpoint {ckpt} was trained on small.txt, and this run's data.path data/ci.txt does not exist: "
+        "pass --data.path small.txt"
+    )
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_resume_of_the_published_corpus_builds_it_where_this_run_asks(tmp_path, monkeypatch, capsys) -> None:
