@@ -18,6 +18,8 @@ from babygpt_pl.files import atomic_writer
 from babygpt_pl.model import BabyGPT
 from babygpt_pl.module import gpt_config
 
+_USE_ANOTHER = "use another checkpoint (e.g. a best-*.ckpt beside it), or train again"
+
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely (tensors and plain types only) or explain in one line why it can't be used."""
@@ -38,8 +40,7 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} cannot be read ({err.strerror}): check its permissions") from None
     if bad := _failed_checksum(file):
         raise UserError(
-            f"checkpoint {path} is damaged: its {bad} does not match the checksum written with it; use another "
-            "checkpoint (e.g. a best-*.ckpt beside it), or train again"
+            f"checkpoint {path} is damaged: its {bad} does not match the checksum written with it; {_USE_ANOTHER}"
         )
     try:
         # Read whole, not memory-mapped: a mapped load reads the tensors only when they are used, so a damaged
@@ -54,10 +55,14 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
                 "(babygpt checkpoints hold only tensors and plain values)"
             ) from None
         raise UserError(
-            f"checkpoint {path} is truncated, damaged or not a PyTorch checkpoint ({type(err).__name__})"
+            f"checkpoint {path} is truncated, damaged or not a PyTorch checkpoint ({type(err).__name__}): "
+            + _USE_ANOTHER
         ) from None
     if not isinstance(ckpt, dict) or "vocab" not in ckpt.get("hyper_parameters", {}):
-        raise UserError(f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters)")
+        raise UserError(
+            f"checkpoint {path} is not a babygpt checkpoint (no vocabulary in its hyper-parameters): pass one "
+            "`babygpt fit` wrote"
+        )
     if not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"checkpoint {path} holds no weights (no state_dict): it is damaged; use one babygpt fit wrote")
     _check_weights(path, ckpt["state_dict"], ckpt["hyper_parameters"])
@@ -163,10 +168,32 @@ class LatestCheckpoint(ModelCheckpoint):
                     "dirpath": self.dirpath,
                     "best_k_models": {here(p): score for p, score in state_dict.get("best_k_models", {}).items()},
                 }
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            state_dict = self._trimmed_to_top_k(state_dict)
         super().load_state_dict(state_dict)
+
+    def _trimmed_to_top_k(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A run resumed with a smaller save_top_k keeps its best k. Lightning deletes a checkpoint only when the
+        record holds exactly k: with more, it would never delete one again, and the files would pile up. The
+        others are deleted at the resumed run's first validation, once it is under way."""
+        recorded, k = state_dict.get("best_k_models", {}), self.save_top_k
+        if k < 1 or len(recorded) <= k:
+            return state_dict
+        ranked = sorted(recorded.items(), key=lambda item: float(item[1]), reverse=self.mode == "max")
+        self._surplus = [path for path, _ in ranked[k:]]
+        kth_path, kth_value = ranked[k - 1]
+        return {
+            **state_dict,
+            "best_k_models": dict(ranked[:k]),
+            "kth_best_model_path": kth_path,
+            "kth_value": kth_value,
+        }
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            for path in self.__dict__.pop("_surplus", []):
+                self._remove_checkpoint(trainer, path)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_latest(trainer)
 

@@ -178,6 +178,19 @@ def warn_of_earlier_checkpoints(folder: str) -> None:
         warn(f"{folder} holds {', '.join(earlier)} from an earlier run: this new run keeps its checkpoints beside them")
 
 
+def warn_of_unfinished_writes(folder: str) -> None:
+    """A process killed (kill -9, a lost node) in the middle of a checkpoint save leaves its temp file behind:
+    hidden, so without a word they would pile up over repeated preemptions. Not deleted here: another run writing
+    in this folder may be in the middle of its own."""
+    unfinished = sorted(Path(folder).glob(".*.ckpt.*.tmp"))
+    if unfinished:
+        size = sum(p.stat().st_size for p in unfinished) / 2**20
+        warn(
+            f"{folder} holds {len(unfinished)} unfinished checkpoint write(s) of a killed run ({unfinished[0].name}"
+            f"{', …' if len(unfinished) > 1 else ''}; {size:.0f} MiB): delete them unless a run is saving there now"
+        )
+
+
 def warn_of_a_replaced_last(folder: str, resumed: str) -> None:
     """A resumed run writes its last.ckpt over the one in its folder, which may be newer than the checkpoint it
     resumes (say, a best checkpoint): say so before, while that file can still be copied away."""

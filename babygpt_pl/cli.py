@@ -42,6 +42,7 @@ from babygpt_pl.checks import (
     warn_of_a_replaced_last,
     warn_of_a_short_run,
     warn_of_earlier_checkpoints,
+    warn_of_unfinished_writes,
     warn_of_unmatchable_stops,
 )
 from babygpt_pl.corpus import DEFAULT_NAME
@@ -589,6 +590,8 @@ class BabyGPTCLI(LightningCLI):
                     callback.check_target(self.trainer)
             self.model.check_trainer(self.trainer)
             config = self.config.fit
+            if config.checkpoint.dirpath and os.path.isdir(config.checkpoint.dirpath):
+                warn_of_unfinished_writes(config.checkpoint.dirpath)
             if not self.checkpoint:
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
                 if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)

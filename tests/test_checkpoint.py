@@ -32,9 +32,11 @@ class WorseningModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path: Path, ckpt_path: Path | None = None, **trainer_args) -> LatestCheckpoint:
+def fit(tmp_path: Path, ckpt_path: Path | None = None, save_top_k: int = 1, **trainer_args) -> LatestCheckpoint:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(48, 2)), batch_size=4)
-    checkpoint = LatestCheckpoint(dirpath=tmp_path, filename="best-{step}", monitor="val_loss", save_last=True)
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path, filename="best-{step}", monitor="val_loss", save_last=True, save_top_k=save_top_k
+    )
     trainer = L.Trainer(
         callbacks=[checkpoint],
         limit_val_batches=1,
@@ -73,6 +75,15 @@ def test_a_run_resumed_in_a_copied_folder_keeps_its_record_of_the_best(tmp_path:
     # Lightning alone took step 12 for the best (it forgot step 4's score) and left step 4's file behind.
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["best-step=4.ckpt", "last.ckpt"]
     assert checkpoint.best_model_path == str(tmp_path / "copy" / "best-step=4.ckpt")
+
+
+def test_a_run_resumed_with_a_smaller_save_top_k_keeps_that_many(tmp_path: Path) -> None:
+    fit(tmp_path, max_steps=12, val_check_interval=4, save_top_k=-1)  # best-step=4, 8 and 12, best first
+    checkpoint = fit(tmp_path, tmp_path / "last.ckpt", max_steps=16, val_check_interval=4, save_top_k=2)
+    # Lightning alone kept all three, and every later best beside them.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=4.ckpt", "best-step=8.ckpt", "last.ckpt"]
+    assert sorted(checkpoint.best_k_models) == [str(tmp_path / f"best-step={s}.ckpt") for s in (4, 8)]
+    assert checkpoint.kth_best_model_path == str(tmp_path / "best-step=8.ckpt")
 
 
 def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path: Path) -> None:

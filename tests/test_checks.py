@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from babygpt_pl.checks import check_accelerator, warn_of_a_short_run
+from babygpt_pl.checks import check_accelerator, warn_of_a_short_run, warn_of_unfinished_writes
 from babygpt_pl.errors import UserError
 
 
@@ -28,3 +28,15 @@ def test_fp16_mixed_precision_is_refused_on_a_cpu_not_on_a_mac_gpu(monkeypatch) 
         check_accelerator(trainer)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # auto picks MPS, where fp16 AMP runs
     check_accelerator(trainer)
+
+
+def test_unfinished_checkpoint_writes_are_warned_of(tmp_path, capsys) -> None:
+    (tmp_path / "last.ckpt").write_bytes(b"whole")
+    warn_of_unfinished_writes(str(tmp_path))
+    assert capsys.readouterr().err == ""
+    (tmp_path / ".last.ckpt.ab12cd.tmp").write_bytes(bytes(2**20))  # a save killed halfway
+    warn_of_unfinished_writes(str(tmp_path))
+    assert capsys.readouterr().err == (
+        f"warning: {tmp_path} holds 1 unfinished checkpoint write(s) of a killed run (.last.ckpt.ab12cd.tmp; 1 MiB): "
+        "delete them unless a run is saving there now\n"
+    )
