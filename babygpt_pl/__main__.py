@@ -6,7 +6,7 @@ SIGTERM end the process without a word; ``babygpt_pl.cli.main`` handles both aft
 
 import sys
 
-from babygpt_pl.errors import Terminated, debugging, terminate_on_sigterm
+from babygpt_pl.errors import Terminated, debugging, exit_on_signal, terminate_on_sigterm
 
 
 def main() -> None:
@@ -16,9 +16,7 @@ def main() -> None:
         except (KeyboardInterrupt, Terminated) as err:
             if debugging(sys.argv):
                 raise
-            interrupted = isinstance(err, KeyboardInterrupt)
-            print("interrupted" if interrupted else "terminated", file=sys.stderr)
-            raise SystemExit(130 if interrupted else 143) from None
+            exit_on_signal(err)
         cli_main()
 
 

@@ -47,7 +47,7 @@ from babygpt_pl.checks import (
 )
 from babygpt_pl.corpus import DEFAULT_NAME
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
-from babygpt_pl.errors import Terminated, UserError, debugging, one_line, terminate_on_sigterm, warn
+from babygpt_pl.errors import Terminated, UserError, debugging, exit_on_signal, one_line, terminate_on_sigterm, warn
 from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
 from babygpt_pl.loggers import set_init_args, spare_wandb_warnings, wandb_loggers
@@ -657,16 +657,11 @@ def _main(args: list[str] | None) -> None:
             raise
         print("error:", one_line(err), file=sys.stderr)  # one line, whatever a library's message holds
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C while the command starts up (during training GracefulStop handles it)
+    # Ctrl-C while the command starts up, SIGTERM outside training (during it GracefulStop saves and stops).
+    except (KeyboardInterrupt, Terminated) as err:
         if debug:
             raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Terminated:  # SIGTERM outside training (during it GracefulStop saves and stops)
-        if debug:
-            raise
-        print("terminated", file=sys.stderr)
-        sys.exit(143)
+        exit_on_signal(err)
     except BrokenPipeError:  # stdout's reader has gone (`babygpt predict | head`): stop quietly, as `yes | head` does
         if debug:
             raise

@@ -30,7 +30,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from babygpt_pl.errors import UserError, one_line, warn
+from babygpt_pl.errors import UserError, exit_on_signal, one_line, warn
 from babygpt_pl.files import check_writable, in_place, write_atomic
 
 PACKAGE = "chinese-poetry@2.0.1"
@@ -243,9 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # the output is written atomically, and the fetch's temp folder removed
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as err:  # the output is written atomically, and the fetch's temp folder removed
+        exit_on_signal(err)
     data = out.read_bytes()
     print(out)
     print(f"sha256: {hashlib.sha256(data).hexdigest()}")

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import NoReturn
 
 
 def debugging(argv: list[str]) -> bool:
@@ -31,6 +32,14 @@ def warn(message: str) -> None:
     )
     if rank == "0":
         print(f"warning: {message}", file=sys.stderr)
+
+
+def exit_on_signal(err: BaseException) -> NoReturn:
+    """Exit as a shell reports a command ended by Ctrl-C (130) or SIGTERM (143), with one word on stderr: the
+    traceback of wherever the signal landed means nothing to the user."""
+    interrupted = isinstance(err, KeyboardInterrupt)
+    print("interrupted" if interrupted else "terminated", file=sys.stderr)
+    raise SystemExit(130 if interrupted else 143) from None
 
 
 class UserError(ValueError):
