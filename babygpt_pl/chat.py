@@ -8,6 +8,7 @@ from typing import TextIO
 import torch
 
 from babygpt_pl.checkpoint import check_checkpoint
+from babygpt_pl.data import require_utf8
 from babygpt_pl.errors import UserError
 from babygpt_pl.files import in_place, jsonl, write_atomic
 from babygpt_pl.generation import GenerationConfig, complete
@@ -31,10 +32,10 @@ def _read_prompt(stdin: TextIO, chrome: TextIO) -> str | None:
     return None
 
 
-def _require_utf8(prompt: str) -> None:
-    """Bytes that are not UTF-8 reach Python's stdin as lone surrogates ('\\udcff'): name the problem, not them."""
-    if any("\udc80" <= ch <= "\udcff" for ch in prompt):
-        raise UserError("this line is not UTF-8 text: type it again, or convert the piped file (e.g. iconv -t UTF-8)")
+def check_num_samples(num_samples: int) -> None:
+    """chat answers each prompt once: more samples of it are predict's."""
+    if num_samples != 1:
+        raise UserError("chat streams one answer per prompt: drop --generation.num_samples (predict takes it)")
 
 
 def chat_loop(
@@ -52,8 +53,7 @@ def chat_loop(
     too; from a pipe to ``stderr``, so that the piped output holds the answers alone.
     With ``config.output`` set, the file holds every answer so far as JSON lines (rewritten after each one).
     """
-    if config.num_samples != 1:
-        raise UserError("chat streams one answer per prompt: drop --generation.num_samples (predict takes it)")
+    check_num_samples(config.num_samples)
     model.eval()
     piped = not stdin.isatty()
     chrome = stderr if piped else stdout
@@ -63,9 +63,17 @@ def chat_loop(
         stream.write(text)
         stream.flush()
 
+    def save(answers: list[dict], saved: int) -> int:
+        """Write the answers not yet in ``config.output``: the whole file anew, or only the new lines where it is
+        written in place (a pipe). Returns how many it holds."""
+        if config.output and saved < len(answers):
+            records = answers[saved:] if in_place(config.output) else answers
+            write_atomic(config.output, jsonl(records), option="--generation.output")
+        return len(answers)
+
     say(chrome, BANNER + "\n")
     answers: list[dict] = []
-    refused = 0
+    refused = saved = 0
     while True:
         try:
             prompt = _read_prompt(stdin, chrome)
@@ -87,25 +95,23 @@ def chat_loop(
             stdout.flush()
 
         try:
-            _require_utf8(prompt)
+            require_utf8(prompt, "this line")
             [answer] = complete(
                 model, tokenizer, [prompt], config, on_text=show, warn=lambda m: say(stderr, f"\nwarning: {m}\n")
             )
-        except KeyboardInterrupt:
+            show(0, "")
+            answers.append(vars(answer))
+            saved = save(answers, saved)
+            stdout.write("\n")
+            say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
+        except KeyboardInterrupt:  # (after the answer, a write of the output cut short: it is made again below)
             stdout.write("\n" if shown else "")
             say(chrome, "[stopped]\n")
             continue
         except UserError as err:
             say(stderr, f"error: {err}\n")
             refused += 1
-            continue
-        show(0, "")
-        answers.append(vars(answer))
-        if config.output:  # the whole file anew, or only the new line where it is written in place (a pipe)
-            records = answers[-1:] if in_place(config.output) else answers
-            write_atomic(config.output, jsonl(records), option="--generation.output")
-        stdout.write("\n")
-        say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
+    save(answers, saved)
     return refused
 
 

@@ -28,7 +28,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
-from babygpt_pl.chat import chat_loop, load_weights
+from babygpt_pl.chat import chat_loop, check_num_samples, load_weights
 from babygpt_pl.checkpoint import LAST_FILE, AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.checks import (
     check_accelerator,
@@ -126,8 +126,11 @@ class Trainer(L.Trainer):
         (`babygpt chat` has loaded its --ckpt_path by then, from the one read that also checked the file)."""
         if ckpt_path is not None:
             load_weights(model, ckpt_path)
-        # The device --trainer.accelerator/devices chose, as predict runs on (a GPU's presence alone does not).
-        refused = chat_loop(model.model.to(self.strategy.root_device), model.tokenizer, model.generation)
+        # The device and precision the trainer settings chose, as predict runs with (a GPU's presence alone does not).
+        precision = self.precision_plugin
+        gpt = precision.convert_module(model.model).to(self.strategy.root_device)
+        with precision.predict_step_context():
+            refused = chat_loop(gpt, model.tokenizer, model.generation)
         if refused and not sys.stdin.isatty():  # a script's input: its exit status must tell that prompts failed
             raise UserError(f"{refused} prompt(s) of the input were refused (see the errors above); fix them")
 
@@ -385,6 +388,13 @@ class BabyGPTCLI(LightningCLI):
             raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
         check_accelerator(config.trainer)
         if self.subcommand in ("predict", "chat"):
+            if sys.stdout is None or (self.subcommand == "chat" and sys.stdin is None):  # e.g. `babygpt chat <&-`
+                raise UserError(
+                    f"{self.subcommand} needs its standard {'output' if sys.stdout is None else 'input'}, which is "
+                    "closed: run it in a terminal, or redirect it to or from a file"
+                )
+            if self.subcommand == "chat":  # before Lightning's set-up lines
+                check_num_samples(config.generation.num_samples)
             # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
             config.trainer.enable_progress_bar = False
             if config.generation.output:

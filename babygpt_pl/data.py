@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from babygpt_pl.corpus import ensure_corpus
-from babygpt_pl.errors import UserError, warn
+from babygpt_pl.errors import UserError, refuse_unquoted_items, warn
 from babygpt_pl.tokenizer import CharTokenizer
 
 DEFAULT_PROMPTS = ["春江", "往事"]
@@ -59,7 +59,19 @@ def text_sha256(text: str) -> str:
 
 def as_prompt_list(prompts: list[str] | str | None) -> list[str]:
     """The prompts setting as a list: None is the default prompts, a string is one prompt."""
-    return DEFAULT_PROMPTS if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(prompts, str):
+        refuse_unquoted_items(prompts, "data.prompts")
+        return [prompts]
+    return DEFAULT_PROMPTS if prompts is None else list(prompts)
+
+
+def require_utf8(text: str, what: str) -> None:
+    """Bytes that are not UTF-8 reach Python (stdin, the command line) as lone surrogates ('\\udcff'), which
+    encode to nothing: name the problem, not them."""
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        raise UserError(
+            f"{what} is not UTF-8 text: type it again, or convert the piped file or script (e.g. iconv -t UTF-8)"
+        )
 
 
 def read_prompts(prompts: list[str] | str | None, prompts_file: str | None, reread: bool = False) -> list[str]:
@@ -75,6 +87,8 @@ def read_prompts(prompts: list[str] | str | None, prompts_file: str | None, rere
             raise UserError(f"prompts file {prompts_file} has only blank lines: write one prompt per line")
     if not prompts:
         raise UserError("no prompt: give at least one non-empty prompt (data.prompts or data.prompts_file)")
+    for number, prompt in enumerate(prompts, 1):
+        require_utf8(prompt, f"prompt {number} of {len(prompts)}")
     if "" in prompts:
         raise UserError(
             f"prompt {prompts.index('') + 1} of {len(prompts)} is empty: remove it from data.prompts "

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
+import yaml
+
 
 def debugging(argv: list[str]) -> bool:
     """Whether the user asked for tracebacks (``--debug``, or jsonargparse's ``JSONARGPARSE_DEBUG``)."""
@@ -40,6 +42,22 @@ def exit_on_signal(err: BaseException) -> NoReturn:
     interrupted = isinstance(err, KeyboardInterrupt)
     print("interrupted" if interrupted else "terminated", file=sys.stderr)
     raise SystemExit(130 if interrupted else 143) from None
+
+
+def refuse_unquoted_items(value: str, option: str) -> None:
+    """A list of strings given with an item YAML reads as another type (``[春江, 2024]``: an int) reaches the
+    program as one string, the brackets included, since the option's type is ``list[str] | str``: say which item
+    to quote, rather than use that string (or call it "one string" with no word of why)."""
+    if not (value.startswith("[") and value.endswith("]")):
+        return
+    try:
+        items = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return
+    if isinstance(items, list) and (odd := [x for x in items if not isinstance(x, str)]):
+        raise UserError(
+            f'{option} {value}: {odd[0]!r} is not a string, so the list was read as one string; quote it ("{odd[0]}")'
+        )
 
 
 class UserError(ValueError):

@@ -46,7 +46,8 @@ def check_writable(path: str | Path, option: str, example: str = "samples.jsonl"
         if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: no permission to write to it; choose another path")
         return
-    check_folder_writable(path.parent, option, shown=path)  # atomic_writer creates the missing folders
+    # atomic_writer writes a symlink's target (and creates the missing folders): check the target's folder.
+    check_folder_writable(Path(os.path.realpath(path)).parent, option, shown=path)
 
 
 def check_folder_writable(folder: str | Path, option: str, shown: str | Path | None = None) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from babygpt_pl.errors import UserError
+from babygpt_pl.errors import UserError, refuse_unquoted_items
 from babygpt_pl.errors import warn as warn_user
 from babygpt_pl.model import BabyGPT, KVCache, Linear, packing_available
 from babygpt_pl.tokenizer import CharTokenizer, OOVPolicy
@@ -103,6 +103,7 @@ class GenerationConfig:
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise UserError(f"generation.seed must be from 0 to 2**32 - 1, got {self.seed}")
         if isinstance(self.stop, str):  # `"" in "。"` is True: the check below would name the wrong slip
+            refuse_unquoted_items(self.stop, "generation.stop")
             raise UserError(f"generation.stop must be a list of strings, e.g. [{self.stop!r}], not one string")
         if "" in self.stop:  # it would end every sample at once, so it could only be a slip
             raise UserError(f"generation.stop holds an empty string: {self.stop}; drop it")

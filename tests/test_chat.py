@@ -150,14 +150,46 @@ def test_the_chat_command_reads_its_checkpoint_once(tmp_path: Path, corpus: Path
         assert torch.equal(value, saved[f"model.{key}"]), key  # the checkpoint's weights, not the module's init
 
 
-def test_chat_runs_on_the_accelerator_asked_for(tmp_path: Path, corpus: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("precision", "dtype", "autocast"),
+    [("32-true", torch.float32, False), ("64-true", torch.float64, False), ("bf16-mixed", torch.float32, True)],
+)
+def test_chat_runs_on_the_accelerator_and_precision_asked_for(
+    tmp_path: Path, corpus: Path, monkeypatch, precision: str, dtype: torch.dtype, autocast: bool
+) -> None:
     ckpt = tiny_checkpoint(tmp_path, corpus)
-    devices = []
-    monkeypatch.setattr(cli_module, "chat_loop", lambda model, *args: devices.append(model.head.weight.device) or 0)
+    seen = []
+
+    def chat_loop(model, *args) -> int:
+        seen.append((model.head.weight.device, model.head.weight.dtype, torch.is_autocast_enabled("cpu")))
+        return 0
+
+    monkeypatch.setattr(cli_module, "chat_loop", chat_loop)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, where the user asks for the CPU
     monkeypatch.chdir(tmp_path)
-    cli_module.main(["chat", f"--ckpt_path={ckpt}", "--trainer.accelerator=cpu"])
-    assert devices == [torch.device("cpu")]
+    cli_module.main(["chat", f"--ckpt_path={ckpt}", "--trainer.accelerator=cpu", f"--trainer.precision={precision}"])
+    assert seen == [(torch.device("cpu"), dtype, autocast)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("closed", ["stdin", "stdout"])
+def test_chat_with_a_closed_standard_stream_says_so(tmp_path: Path, corpus: Path, closed: str) -> None:
+    ckpt = tiny_checkpoint(tmp_path, corpus)
+    fd = {"stdin": 0, "stdout": 1}[closed]
+    result = subprocess.run(
+        babygpt_cmd("chat", f"--ckpt_path={ckpt}"),
+        cwd=tmp_path,
+        env=babygpt_env(),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(fd),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: chat needs its standard {closed.replace('std', '').replace('in', 'input').replace('out', 'output')}, "
+        "which is closed: run it in a terminal, or redirect it to or from a file"
+    ]
 
 
 @pytest.mark.slow
@@ -193,9 +225,19 @@ def test_windows_line_ends_and_a_byte_order_mark_are_not_part_of_the_prompt(mode
     assert out == answers(model, ["春江"]) + answers(model, ["往事"])
 
 
-def test_num_samples_is_refused_not_ignored(model: BabyGPT) -> None:
+def test_num_samples_is_refused_not_ignored(model: BabyGPT, tmp_path: Path, corpus: Path, monkeypatch, capsys) -> None:
     with pytest.raises(UserError, match="chat streams one answer per prompt"):
         run(model, "春江\n", GenerationConfig(max_new_tokens=3, num_samples=2))
+    ckpt = tiny_checkpoint(tmp_path, corpus)
+    monkeypatch.chdir(tmp_path)
+    made = []  # the trainer prints its set-up lines (GPU available: …) as it is made: the refusal comes first
+    monkeypatch.setattr(cli_module.BabyGPTCLI, "instantiate_classes", lambda self: made.append(self))
+    with pytest.raises(SystemExit):
+        cli_module.main(["chat", f"--ckpt_path={ckpt}", "--generation.num_samples=2"])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: chat streams one answer per prompt: drop --generation.num_samples (predict takes it)"
+    ]
+    assert made == []
 
 
 def test_output_to_a_pipe_gets_each_answer_once(model: BabyGPT, tmp_path: Path) -> None:
@@ -209,6 +251,28 @@ def test_output_to_a_pipe_gets_each_answer_once(model: BabyGPT, tmp_path: Path) 
     finally:
         os.close(reader)
     assert [r["prompt"] for r in records] == ["春江", "往事"]
+
+
+@pytest.mark.parametrize("prompts", ["春江\n往事\n", "春江\n"])
+def test_ctrl_c_while_an_answer_is_saved_keeps_the_loop_and_the_answer(
+    model: BabyGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompts: str
+) -> None:
+    """The write of --generation.output is the slow part after an answer (synced to disk): a Ctrl-C there stops
+    that write, not the chat, and the answer is written with the next one or on leaving."""
+    real, writes = chat_module.write_atomic, []
+
+    def interrupted_once(*args, **kwargs):
+        writes.append(args[0])
+        if len(writes) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "write_atomic", interrupted_once)
+    out_file = tmp_path / "chat.jsonl"
+    _, err = run(model, prompts, GenerationConfig(max_new_tokens=3, temperature=0, output=str(out_file)))
+    assert "[stopped]" in err
+    records = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in records] == prompts.split()
 
 
 def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_text, seed_dropout, window_seed
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_prompts, read_text, seed_dropout, window_seed
 from babygpt_pl.errors import UserError
 
 POOL = "明月几时有把酒问青天不知上宫阙今夕是何年我欲乘风归去又恐琼楼玉宇高处胜寒"
@@ -393,3 +393,16 @@ def test_validation_windows_must_divide_among_the_ranks(dm: CiDataModule, ranks:
     else:
         with pytest.raises(UserError, match=f"among the {ranks} processes.*use --data.val_batches {fits}$"):
             dm.check_val_windows(ranks)
+
+
+def test_a_list_with_an_unquoted_number_is_refused_not_read_as_one_prompt() -> None:
+    """jsonargparse gives ``[春江, 2024]`` (an int in it, so no list[str]) as one string, brackets and all."""
+    with pytest.raises(UserError, match=r'data.prompts \[春江, 2024\]: 2024 is not a string, .*; quote it \("2024"\)'):
+        read_prompts("[春江, 2024]", None)
+    assert read_prompts("[春江", None) == ["[春江"]  # no list at all: one prompt, as given
+
+
+def test_a_prompt_that_is_not_utf8_is_refused() -> None:
+    """Bytes that are not UTF-8 on the command line reach Python as lone surrogates, which no file can hold."""
+    with pytest.raises(UserError, match="prompt 2 of 2 is not UTF-8 text"):
+        read_prompts(["春江", "春\udcff"], None)

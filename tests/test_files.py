@@ -123,3 +123,12 @@ def test_a_regular_file_under_dev_is_replaced_like_any_other() -> None:
         write_atomic(path, b"run 1\n")
         write_atomic(path, b"run 2\n")
         assert path.read_bytes() == b"run 2\n"
+
+
+def test_a_link_is_checked_where_it_points(tmp_path: Path) -> None:
+    """atomic_writer writes a link's target: a link into a folder that cannot be made fails now, not after the work."""
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(tmp_path / "a_file" / "out.jsonl")  # dangling: its folder is a file
+    with pytest.raises(UserError, match=f"--generation.output {link}: {tmp_path / 'a_file'} is a file, not a folder"):
+        check_writable(link, "--generation.output")

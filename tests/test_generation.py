@@ -372,6 +372,10 @@ def test_sampling_validation(kwargs: dict) -> None:
         ({"num_samples": 0}, "generation.num_samples must be >= 1, got 0"),
         ({"stop": ["\n\n", ""]}, "generation.stop holds an empty string"),  # it would end every sample at once
         ({"stop": "。"}, r"generation.stop must be a list of strings, e.g. \['。'\], not one string"),
+        (
+            {"stop": "[。, 1]"},
+            r"generation.stop \[。, 1\]: 1 is not a string, so the list was read as one string; quote",
+        ),
         ({"temperature": -1.0}, r"generation.temperature must be >= 0 \(0 is greedy\) and finite in fp32, got -1.0"),
         ({"temperature": 1e39}, r"generation.temperature must be >= 0 \(0 is greedy\) and finite in fp32, got 1e\+39"),
         ({"top_p": 1.5}, r"generation.top_p must be in \(0, 1\]"),
