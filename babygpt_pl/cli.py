@@ -47,7 +47,16 @@ from babygpt_pl.checks import (
 )
 from babygpt_pl.corpus import DEFAULT_NAME
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
-from babygpt_pl.errors import Terminated, UserError, debugging, exit_on_signal, one_line, terminate_on_sigterm, warn
+from babygpt_pl.errors import (
+    Terminated,
+    UserError,
+    debugging,
+    exit_on_signal,
+    one_line,
+    refuse_unquoted_items,
+    terminate_on_sigterm,
+    warn,
+)
 from babygpt_pl.files import check_writable
 from babygpt_pl.generation import GenerationConfig, encode_prompts
 from babygpt_pl.loggers import set_init_args, spare_wandb_warnings, wandb_loggers
@@ -159,8 +168,7 @@ class KeepInputConfig(SaveConfigCallback):
         # checkpoint, generation, seed), so that runs of other batch sizes or lengths can be told apart in wandb.
         # (Through the YAML that config.yaml holds: plain values, where the namespace holds objects such as paths.)
         settings = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        for key in ("model", "optimizer", "lr_scheduler"):  # (LightningCLI's own optimizer options, unused here:
-            settings.pop(key, None)  # their null would meet the model's optimizer in one flat wandb config)
+        settings.pop("model", None)
         for logger in trainer.loggers:
             logger.log_hyperparams(settings)
 
@@ -193,6 +201,9 @@ class BabyGPTCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_class=Trainer,
             trainer_defaults=trainer_defaults(),
+            # The model makes its own optimizers (model.optimizer, lr, the schedule): LightningCLI's --optimizer and
+            # --lr_scheduler would replace them all, with one line of Lightning's to say so.
+            auto_configure_optimizers=False,
             seed_everything_default=1337,
             args=args,
             run=run,
@@ -228,6 +239,8 @@ class BabyGPTCLI(LightningCLI):
         if subcommand != "fit" and self.checkpoint:
             self._check_model_options(path)
             self._default_to_trained_data()
+        if subcommand in ("fit", "validate", "test") and self.checkpoint:
+            self._default_to_trained_prompts()
         if subcommand == "fit" and self.checkpoint:
             if "optimizer_states" not in checkpoint:
                 raise UserError(
@@ -311,6 +324,20 @@ class BabyGPTCLI(LightningCLI):
         warn(f"--ckpt_path last: there is no {last} yet, so this is a new run")
         return path
 
+    def _default_to_trained_prompts(self) -> None:
+        """The samples logged at each validation continue training's prompts where none are given (its prompts
+        file where it is still there)."""
+        data = self.config[self.config.subcommand].data
+        saved = self._saved_data().get("samples")
+        if not saved or self._given("data.prompts") or self._given("data.prompts_file"):
+            return
+        if data.prompts is not None or data.prompts_file is not None:
+            return
+        if saved["prompts_file"] is None:
+            data.prompts = saved["prompts"]
+        elif os.path.isfile(saved["prompts_file"]):
+            data.prompts_file = saved["prompts_file"]
+
     def _default_to_trained_data(self) -> None:
         """validate/test draw the validation windows that training did (the same loss for the same weights):
         data settings left out take the checkpoint's values (one given, even at its default, is used)."""
@@ -384,40 +411,59 @@ class BabyGPTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if isinstance(config.generation.stop, str):  # one stop string: a list of one (the Python API refuses a str)
+            refuse_unquoted_items(config.generation.stop, "generation.stop")
+            config.generation.stop = [config.generation.stop]
         if self.subcommand != "fit" and not self.checkpoint:
             raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
         check_accelerator(config.trainer)
         if self.subcommand in ("predict", "chat"):
-            if sys.stdout is None or (self.subcommand == "chat" and sys.stdin is None):  # e.g. `babygpt chat <&-`
-                raise UserError(
-                    f"{self.subcommand} needs its standard {'output' if sys.stdout is None else 'input'}, which is "
-                    "closed: run it in a terminal, or redirect it to or from a file"
-                )
-            if self.subcommand == "chat":  # before Lightning's set-up lines
-                check_num_samples(config.generation.num_samples)
-            # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
-            config.trainer.enable_progress_bar = False
-            if config.generation.output:
-                check_writable(config.generation.output, "--generation.output")
-                # chat reads no prompts file, but one given is still the user's: never replace it either.
-                reads = [config.ckpt_path, *OneLineErrorParser.config_files, config.data.prompts_file, config.data.path]
-                check_not_an_input(config.generation.output, *reads)
-                check_not_the_trained_text(config.generation.output, self._saved_data_settings().get("text_sha256"))
-            tokenizer = CharTokenizer(self.checkpoint["hyper_parameters"]["vocab"])
-            warn_of_unmatchable_stops(config.generation.stop, tokenizer)
-            if self.subcommand == "predict":
-                self._check_prompts_encode(config, tokenizer)
-                if not self._given("trainer.devices"):  # (Lightning's auto: every GPU, each printing a share)
-                    config.trainer.devices = 1
-            elif as_prompt_list(config.data.prompts) != DEFAULT_PROMPTS or config.data.prompts_file is not None:
-                warn(
-                    "chat reads its prompts as you type them (or from a pipe: babygpt chat … < prompts.txt); "
-                    "--data.prompts and --data.prompts_file are not used"
-                )
-            config.trainer.logger = False
-            config.trainer.enable_model_summary = False
-            self.save_config_callback = None  # nothing to record: predict and chat train nothing
+            self._prepare_generation(config)
             return
+        self._prepare_run(config)
+        tokenizer = self._take_vocab(config)
+        # Validation logs samples (SampleTable, to wandb); test does not.
+        if self.subcommand in ("fit", "validate") and wandb_loggers(config.trainer.logger):
+            data = config.data
+            option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
+            prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation
+            check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
+            warn_of_unmatchable_stops(config.generation.stop, tokenizer)
+
+    def _prepare_generation(self, config) -> None:
+        """predict and chat: the output file, the prompts and the settings checked, Lightning's extras off."""
+        if sys.stdout is None or (self.subcommand == "chat" and sys.stdin is None):  # e.g. `babygpt chat <&-`
+            raise UserError(
+                f"{self.subcommand} needs its standard {'output' if sys.stdout is None else 'input'}, which is "
+                "closed: run it in a terminal, or redirect it to or from a file"
+            )
+        if self.subcommand == "chat":  # before Lightning's set-up lines
+            check_num_samples(config.generation.num_samples)
+        # stdout is the generated text only: a bar for one batch would end up in `babygpt predict > out.txt`.
+        config.trainer.enable_progress_bar = False
+        if config.generation.output:
+            check_writable(config.generation.output, "--generation.output")
+            # chat reads no prompts file, but one given is still the user's: never replace it either.
+            reads = [config.ckpt_path, *OneLineErrorParser.config_files, config.data.prompts_file, config.data.path]
+            check_not_an_input(config.generation.output, *reads)
+            check_not_the_trained_text(config.generation.output, self._saved_data_settings().get("text_sha256"))
+        tokenizer = CharTokenizer(self.checkpoint["hyper_parameters"]["vocab"])
+        warn_of_unmatchable_stops(config.generation.stop, tokenizer)
+        if self.subcommand == "predict":
+            self._check_prompts_encode(config, tokenizer)
+            if not self._given("trainer.devices"):  # (Lightning's auto: every GPU, each printing a share)
+                config.trainer.devices = 1
+        elif as_prompt_list(config.data.prompts) != DEFAULT_PROMPTS or config.data.prompts_file is not None:
+            warn(
+                "chat reads its prompts as you type them (or from a pipe: babygpt chat … < prompts.txt); "
+                "--data.prompts and --data.prompts_file are not used"
+            )
+        config.trainer.logger = False
+        config.trainer.enable_model_summary = False
+        self.save_config_callback = None  # nothing to record: predict and chat train nothing
+
+    def _prepare_run(self, config) -> None:
+        """fit, validate and test: their trainer, checkpoint and logger settings checked, the callbacks settled."""
         if config.generation.output:
             warn(
                 f"generation.output {config.generation.output} is not written: predict and chat write it; fit and "
@@ -437,7 +483,10 @@ class BabyGPTCLI(LightningCLI):
             callbacks = self.trainer_defaults["callbacks"]  # Lightning's default logger)
             callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         self._given_logger_args = self._adjust_wandb_loggers(config, fitting)
-        # The model's vocabulary is the corpus's: read it here, so it is saved with the model's hyper-parameters.
+
+    def _take_vocab(self, config) -> CharTokenizer:
+        """The model's vocabulary is the corpus's: read here, so that it is saved with the model's
+        hyper-parameters, and held to the checkpoint's (and a resume to its data settings)."""
         data = config.data
         if data.source and os.path.exists(data.path):
             warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
@@ -477,12 +526,7 @@ class BabyGPTCLI(LightningCLI):
                 f"{data.path} is not the text the checkpoint was trained on (same characters, other text): the loss "
                 "differs from its logged val_loss"
             )
-        # Validation logs samples (SampleTable, to wandb); test does not.
-        if self.subcommand in ("fit", "validate") and wandb_loggers(config.trainer.logger):
-            option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
-            prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation
-            check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
-            warn_of_unmatchable_stops(config.generation.stop, tokenizer)
+        return tokenizer
 
     def _check_prompts_encode(self, config, tokenizer: CharTokenizer) -> None:
         """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of

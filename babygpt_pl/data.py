@@ -215,6 +215,9 @@ class CiDataModule(L.LightningDataModule):
         if not self.text_sha256:
             return {}
         saved = {"settings": self.settings(), "path": str(self.path)}
+        # The samples' prompts: validate and a resume take them back where none are given (the default ones may
+        # not even be in the vocabulary of a model of another text).
+        saved["samples"] = {"prompts": self.prompts, "prompts_file": self.prompts_file}
         if self.trainer is not None:  # the batches of an optimizer step: warned of on a resume that changes them
             trainer = self.trainer
             saved["trainer"] = {

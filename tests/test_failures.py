@@ -99,6 +99,45 @@ def checkpoint(tmp_path: Path, corpus: Path) -> Path:
     return path
 
 
+def english_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny model of an English text, whose samples continued "the" and "once": (checkpoint, text)."""
+    text = tmp_path / "en.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. once upon a time.\n" * 40, encoding="utf-8")
+    data = CiDataModule(str(text), batch_size=4, block_size=16, val_batches=1, prompts=["the", "once"])
+    model = BabyGPTModule(vocab="".join(data.build_tokenizer().vocab), block_size=16, n_embed=16, n_head=2, n_layer=1)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, data)
+    trainer.save_checkpoint(tmp_path / "en.ckpt")
+    return tmp_path / "en.ckpt", text
+
+
+def test_validate_and_a_resume_take_the_prompts_training_sampled(tmp_path, monkeypatch) -> None:
+    """The default prompts (春江, 往事) are not in an English model's vocabulary: they were refused."""
+    ckpt, text = english_checkpoint(tmp_path)
+    data = [f"--data.path={text}", "--data.batch_size=4", "--data.val_batches=1"]
+    cli = set_up(monkeypatch, "validate", f"--ckpt_path={ckpt}", *data)
+    assert cli.config.validate.data.prompts == ["the", "once"]
+    cli = set_up(monkeypatch, "fit", f"--ckpt_path={ckpt}", *data, *RESUME, "--trainer.max_steps=4")
+    assert cli.config.fit.data.prompts == ["the", "once"]
+    cli = set_up(monkeypatch, "validate", f"--ckpt_path={ckpt}", *data, "--data.prompts=[a]")
+    assert cli.config.validate.data.prompts == ["a"]  # given: the user's
+
+
+def test_lightnings_own_optimizer_options_are_not_offered(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """--optimizer SGD replaced the model's optimizer, learning rate and schedule, exit 0."""
+    assert run_main(monkeypatch, tmp_path, "fit", f"--data.path={corpus}", *SMALL, "--optimizer=SGD") == 2
+    assert "unrecognized arguments: --optimizer=SGD" in one_error_line(capsys)
+
+
+def test_one_stop_string_on_the_command_line_is_a_list_of_one(tmp_path, monkeypatch, capsys, corpus) -> None:
+    ckpt = tiny_checkpoint(tmp_path, corpus)
+    assert set_up(
+        monkeypatch, "predict", f"--ckpt_path={ckpt}", "--generation.stop=。"
+    ).config.predict.generation.stop == ["。"]
+    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={ckpt}", "--generation.stop=[。, 1]") == 2
+    assert "generation.stop [。, 1]: 1 is not a string" in one_error_line(capsys)
+
+
 def test_a_checkpoint_this_user_may_not_read_is_said_so(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     """Not "truncated, damaged" nor a traceback (what a non-root user saw for a mode-000 file or folder)."""
 
@@ -364,17 +403,18 @@ def test_a_stop_string_the_model_never_writes_is_warned(tmp_path, monkeypatch, c
     assert "warning: generation.stop ['春'] holds characters outside the model's vocabulary: it can never match" in err
 
 
-def test_one_stop_string_of_unknown_characters_gets_the_error_alone(tmp_path, monkeypatch, capsys, checkpoint) -> None:
-    """Not first a warning that its characters, one by one, are outside the vocabulary."""
-    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--generation.stop=ZZ") == 2
-    assert one_error_line(capsys) == "error: generation.stop must be a list of strings, e.g. ['ZZ'], not one string"
+def test_one_stop_string_of_unknown_characters_is_warned_of_as_one(tmp_path, monkeypatch, capsys, checkpoint) -> None:
+    """Not a warning for each of its characters, one by one."""
+    set_up(monkeypatch, "predict", f"--ckpt_path={checkpoint}", "--generation.stop=ZZ")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "warning: generation.stop ['ZZ'] holds characters outside the model's vocabulary: it can never match"
+    ]
 
 
-def test_one_stop_string_in_a_config_file_names_the_fix(tmp_path, monkeypatch, capsys, checkpoint) -> None:
-    """jsonargparse's own message showed the value "\\n\\n" as nothing at all."""
+def test_one_stop_string_in_a_config_file_is_a_list_of_one(tmp_path, monkeypatch, checkpoint) -> None:
     (tmp_path / "g.yaml").write_text('generation:\n  stop: "\\n\\n"\n', encoding="utf-8")
-    assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={checkpoint}", "--config=g.yaml") == 2
-    assert one_error_line(capsys) == "error: generation.stop must be a list of strings, e.g. ['\\n\\n'], not one string"
+    cli = set_up(monkeypatch, "predict", f"--ckpt_path={checkpoint}", f"--config={tmp_path / 'g.yaml'}")
+    assert cli.config.predict.generation.stop == ["\n\n"]
 
 
 def test_predict_in_several_processes_is_refused(tmp_path, monkeypatch, capsys, checkpoint) -> None:
