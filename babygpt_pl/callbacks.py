@@ -46,6 +46,7 @@ class TokenThroughput(ThroughputMonitor):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(batch_size_fn=batch_size, length_fn=batch_tokens, **kwargs)
         self._pending = 0  # training batches counted since the last update
+        self._paused_at: float | None = None  # when training's clock stopped for a validation
         self._resumed: dict[str, float] = {}  # the training totals a checkpoint held, to go on from
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -92,7 +93,20 @@ class TokenThroughput(ThroughputMonitor):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending and not trainer.sanity_checking:
             self._record(trainer, pl_module, RunningStage.TRAINING, batches=self._pending)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            # Training's clock stops here and goes on at the next training batch (on_train_batch_start). The library
+            # takes out the validation batches alone: the samples table and the checkpoint save after them counted
+            # as training, and a step after each validation read ~10x slower (on_validation_end below).
+            self._paused_at = time.perf_counter()
         super().on_validation_start(trainer, pl_module)
+
+    @rank_zero_only
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._paused_at is not None:
+            self._t0s[RunningStage.TRAINING] += time.perf_counter() - self._paused_at
+            self._paused_at = None
 
     @rank_zero_only
     def on_validation_batch_end(
@@ -118,7 +132,7 @@ class TokenThroughput(ThroughputMonitor):
                 f"{RunningStage.VALIDATING.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()
             }
             trainer._logger_connector.log_metrics(metrics)  # at the step of val_loss
-        super().on_validation_end(trainer, pl_module)
+        # Not the library's on_validation_end: it moves training's clock past the validation batches only.
 
     # The library starts its totals (train/time, batches, samples, lengths) at 0 in every fit, so a resumed run's
     # curves in wandb jumped back to 0 at the resume; the checkpoint keeps them and the resumed run goes on from them.
@@ -126,8 +140,9 @@ class TokenThroughput(ThroughputMonitor):
         stage = RunningStage.TRAINING
         if stage not in self._t0s:  # not rank zero, or no training yet
             return {}
+        now = time.perf_counter() if self._paused_at is None else self._paused_at  # (saved after a validation)
         return {
-            "time": time.perf_counter() - self._t0s[stage],  # training time: validations are taken out of it
+            "time": now - self._t0s[stage],  # training time: validations are taken out of it
             "batches": self._batches[stage],
             "samples": self._samples[stage],
             "lengths": self._lengths[stage],
@@ -156,9 +171,16 @@ class ProgressBar(RichProgressBar):
     advances every step; the loss it shows is that of the last logged step (every trainer.log_every_n_steps).
     """
 
+    _first_step = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._first_step = True  # read at the first step: else the sanity check's val_loss stayed on show
+
     def _update_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training and not trainer._logger_connector.should_update_logs:
+        if trainer.training and not trainer._logger_connector.should_update_logs and not self._first_step:
             return
+        self._first_step = False
         super()._update_metrics(trainer, pl_module)
 
     @property

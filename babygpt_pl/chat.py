@@ -99,18 +99,22 @@ def chat_loop(
             [answer] = complete(
                 model, tokenizer, [prompt], config, on_text=show, warn=lambda m: say(stderr, f"\nwarning: {m}\n")
             )
-            show(0, "")
-            answers.append(vars(answer))
-            saved = save(answers, saved)
-            stdout.write("\n")
-            say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
-        except KeyboardInterrupt:  # (after the answer, a write of the output cut short: it is made again below)
+        except KeyboardInterrupt:
             stdout.write("\n" if shown else "")
             say(chrome, "[stopped]\n")
             continue
         except UserError as err:
             say(stderr, f"error: {err}\n")
             refused += 1
+            continue
+        show(0, "")
+        answers.append(vars(answer))
+        stdout.write("\n")
+        say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
+        try:
+            saved = save(answers, saved)
+        except KeyboardInterrupt:  # the write cut short (it is slow: synced to disk): made again with the next one
+            say(chrome, "[stopped]\n")
     save(answers, saved)
     return refused
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from babygpt_pl.errors import UserError
-from babygpt_pl.files import atomic_writer
+from babygpt_pl.files import atomic_writer, same_file
 from babygpt_pl.model import BabyGPT
 from babygpt_pl.module import gpt_config
 
@@ -175,7 +175,7 @@ class LatestCheckpoint(ModelCheckpoint):
     def _trimmed_to_top_k(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """A run resumed with a smaller save_top_k keeps its best k. Lightning deletes a checkpoint only when the
         record holds exactly k: with more, it would never delete one again, and the files would pile up. The
-        others are deleted at the resumed run's first validation, once it is under way."""
+        others are deleted as training starts (on_train_start), before any save writes the shorter record."""
         recorded, k = state_dict.get("best_k_models", {}), self.save_top_k
         if k < 1 or len(recorded) <= k:
             return state_dict
@@ -189,11 +189,17 @@ class LatestCheckpoint(ModelCheckpoint):
             "kth_value": kth_value,
         }
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        surplus = self.__dict__.pop("_surplus", [])
+        if trainer.fast_dev_run:  # a smoke run saves and deletes nothing (Lightning's rule)
+            return
+        for path in surplus:
+            if not same_file(path, trainer.ckpt_path):  # the file resumed from stays, record or not
+                self._remove_checkpoint(trainer, path)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not trainer.sanity_checking:
-            for path in self.__dict__.pop("_surplus", []):
-                self._remove_checkpoint(trainer, path)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_latest(trainer)
 

@@ -14,7 +14,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from babygpt_pl.checkpoint import LAST_FILE, LatestCheckpoint
 from babygpt_pl.data import read_text, text_sha256
 from babygpt_pl.errors import UserError, warn
-from babygpt_pl.files import check_folder_writable
+from babygpt_pl.files import check_folder_writable, same_file
 from babygpt_pl.generation import encode_prompts
 from babygpt_pl.loggers import logger_settings
 from babygpt_pl.module import FIT_METRICS
@@ -184,7 +184,7 @@ def warn_of_unfinished_writes(folder: str) -> None:
     in this folder may be in the middle of its own."""
     unfinished = sorted(Path(folder).glob(".*.ckpt.*.tmp"))
     if unfinished:
-        size = sum(p.stat().st_size for p in unfinished) / 2**20
+        size = sum(p.stat().st_size for p in unfinished if p.exists()) / 2**20  # (one may be renamed meanwhile)
         warn(
             f"{folder} holds {len(unfinished)} unfinished checkpoint write(s) of a killed run ({unfinished[0].name}"
             f"{', …' if len(unfinished) > 1 else ''}; {size:.0f} MiB): delete them unless a run is saving there now"
@@ -200,12 +200,6 @@ def warn_of_a_replaced_last(folder: str, resumed: str) -> None:
             f"{last} is not the checkpoint this run resumes ({resumed}): this run overwrites it (to keep it, copy "
             "it away first or pass another --checkpoint.dirpath)"
         )
-
-
-def same_file(a: str | None, b: str | None) -> bool:
-    """Whether two paths name one regular file. Regular files only: in a terminal /dev/stdin and /dev/stdout are
-    one device, and rightly so."""
-    return bool(a and b) and os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b)
 
 
 def check_not_an_input(output: str, *inputs: str | None) -> None:

@@ -9,6 +9,7 @@ babygpt chat --ckpt_path checkpoints/last.ckpt                               # i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import logging
@@ -19,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -38,7 +40,6 @@ from babygpt_pl.checks import (
     check_output_folders,
     check_prompts,
     check_trainer_settings,
-    same_file,
     warn_of_a_replaced_last,
     warn_of_a_short_run,
     warn_of_earlier_checkpoints,
@@ -46,7 +47,7 @@ from babygpt_pl.checks import (
     warn_of_unmatchable_stops,
 )
 from babygpt_pl.corpus import DEFAULT_NAME
-from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, as_prompt_list, read_prompts
+from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_prompts
 from babygpt_pl.errors import (
     Terminated,
     UserError,
@@ -57,7 +58,7 @@ from babygpt_pl.errors import (
     terminate_on_sigterm,
     warn,
 )
-from babygpt_pl.files import check_writable
+from babygpt_pl.files import check_writable, same_file
 from babygpt_pl.generation import GenerationConfig, encode_prompts
 from babygpt_pl.loggers import set_init_args, spare_wandb_warnings, wandb_loggers
 from babygpt_pl.module import BabyGPTModule
@@ -136,9 +137,11 @@ class Trainer(L.Trainer):
         if ckpt_path is not None:
             load_weights(model, ckpt_path)
         # The device and precision the trainer settings chose, as predict runs with (a GPU's presence alone does not).
-        precision = self.precision_plugin
-        gpt = precision.convert_module(model.model).to(self.strategy.root_device)
-        with precision.predict_step_context():
+        precision, device = self.precision_plugin, self.strategy.root_device
+        gpt = precision.convert_module(model.model).to(device)
+        # The chosen GPU as the current one too (as Lightning's predict sets it): CUDA graphs' streams are made there.
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with on_device, precision.predict_step_context():
             refused = chat_loop(gpt, model.tokenizer, model.generation)
         if refused and not sys.stdin.isatty():  # a script's input: its exit status must tell that prompts failed
             raise UserError(f"{refused} prompt(s) of the input were refused (see the errors above); fix them")
@@ -265,17 +268,18 @@ class BabyGPTCLI(LightningCLI):
                     "values, or drop --ckpt_path to start a new run"
                 )
             done, max_steps = self.checkpoint.get("global_step", 0), self.config.fit.trainer.max_steps
+            fast = self.config.fit.trainer.fast_dev_run
+            fast_steps = 1 if fast is True else int(fast or 0)  # Lightning's max_steps then, from step 0
+            if fast_steps and fast_steps <= done:
+                raise UserError(
+                    f"--trainer.fast_dev_run runs {fast_steps} step(s) from step 0, and "
+                    f"checkpoint {path} has already trained {done}: nothing would train; drop --ckpt_path for a "
+                    "smoke run"
+                )
             if max_steps is not None and 0 <= max_steps <= done:
                 raise UserError(
                     f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
                     "nothing is left to train; raise --trainer.max_steps to train on"
-                )
-            fast = self.config.fit.trainer.fast_dev_run
-            if fast and (1 if fast is True else int(fast)) <= done:  # Lightning: max_steps, from step 0
-                raise UserError(
-                    f"--trainer.fast_dev_run runs {1 if fast is True else int(fast)} step(s) from step 0, and "
-                    f"checkpoint {path} has already trained {done}: nothing would train; drop --ckpt_path for a "
-                    "smoke run"
                 )
             if not self._given("checkpoint.dirpath"):  # the resumed run's own folder, not another run's
                 # A link's target's: the best-checkpoint record and last.ckpt are there (a link's folder would
@@ -453,7 +457,7 @@ class BabyGPTCLI(LightningCLI):
             self._check_prompts_encode(config, tokenizer)
             if not self._given("trainer.devices"):  # (Lightning's auto: every GPU, each printing a share)
                 config.trainer.devices = 1
-        elif as_prompt_list(config.data.prompts) != DEFAULT_PROMPTS or config.data.prompts_file is not None:
+        elif config.data.prompts not in (None, DEFAULT_PROMPTS) or config.data.prompts_file is not None:
             warn(
                 "chat reads its prompts as you type them (or from a pipe: babygpt chat … < prompts.txt); "
                 "--data.prompts and --data.prompts_file are not used"

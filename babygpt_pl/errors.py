@@ -44,6 +44,9 @@ def exit_on_signal(err: BaseException) -> NoReturn:
     raise SystemExit(130 if interrupted else 143) from None
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def refuse_unquoted_items(value: str, option: str) -> None:
     """A list of strings given with an item YAML reads as another type (``[春江, 2024]``: an int) reaches the
     program as one string, the brackets included, since the option's type is ``list[str] | str``: say which item
@@ -51,12 +54,17 @@ def refuse_unquoted_items(value: str, option: str) -> None:
     if not (value.startswith("[") and value.endswith("]")):
         return
     try:
-        items = yaml.safe_load(value)
+        node = yaml.compose(value)
     except yaml.YAMLError:
         return
-    if isinstance(items, list) and (odd := [x for x in items if not isinstance(x, str)]):
+    if not isinstance(node, yaml.SequenceNode):
+        return
+    # As typed (a node's text: yes, 0x10), not as YAML reads it (True, 16); scalars only: `[注: 词牌]` is a prompt.
+    typed = [item.value for item in node.value if isinstance(item, yaml.ScalarNode) and item.tag != _STR_TAG]
+    if typed:
         raise UserError(
-            f'{option} {value}: {odd[0]!r} is not a string, so the list was read as one string; quote it ("{odd[0]}")'
+            f"{option} {value}: {typed[0]} is not read as a string, so the list was read as one string; quote it "
+            f'("{typed[0]}")'
         )
 
 

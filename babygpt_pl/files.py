@@ -36,6 +36,12 @@ def in_place(path: str | Path) -> bool:
     return False
 
 
+def same_file(a: str | None, b: str | None) -> bool:
+    """Whether two paths name one regular file. Regular files only: in a terminal /dev/stdin and /dev/stdout are
+    one device, and rightly so."""
+    return bool(a and b) and os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b)
+
+
 def check_writable(path: str | Path, option: str, example: str = "samples.jsonl") -> None:
     """Fail now, in one line naming ``option``, if a file could not be written at ``path`` (before the work
     whose result it would hold, not after); ``example`` is a file name to suggest for a folder."""

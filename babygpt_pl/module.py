@@ -30,6 +30,11 @@ def first_wandb(loggers: list) -> WandbLogger | None:
     return next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
 
 
+def _scaler(trainer: Any) -> Any:
+    """fp16 mixed precision's gradient scaler, or None (bf16 and fp32 have none)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+
+
 def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
     """The model's GPTConfig from BabyGPTModule's hyper-parameters (a checkpoint's too): the vocabulary's size and
     the fields of the same names."""
@@ -98,6 +103,8 @@ class BabyGPTModule(L.LightningModule):
         bad += [f"model.{k} must be >= 0, got {v}" for k, v in non_negative.items() if not v >= 0]
         if not all(0 <= b < 1 for b in betas):
             bad.append(f"model.betas must be in [0, 1), got {list(betas)}")
+        if lr_schedule == "cosine" and min_lr > lr > 0:  # the "decay" would climb, to min_lr / lr times the peak
+            bad.append(f"model.min_lr ({min_lr}) must be <= model.lr ({lr}), the cosine's floor under its peak")
         if bad:
             raise UserError("; ".join(bad))
         self.save_hyperparameters()
@@ -232,7 +239,11 @@ class BabyGPTModule(L.LightningModule):
         hp = self.hparams
         self.check_trainer(self._trainer)
         # The fused kernel on a CPU too: cpu.yaml's optimizer step, Muon's included, took 53 against 60 ms a step.
-        kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": self.device.type in ("cuda", "cpu")}
+        # Not where fp16's gradient scaler must clip: Lightning refuses to clip for a fused optimizer, which may
+        # unscale inside its step (configure_gradient_clipping), and the first step would end in a traceback.
+        scaled_clip = getattr(self._trainer, "gradient_clip_val", None) and _scaler(self._trainer) is not None
+        fused = self.device.type in ("cuda", "cpu") and not scaled_clip
+        kwargs = {"lr": hp.lr, "betas": tuple(hp.betas), "fused": fused}
         optimizer = (MuonAdamW if hp.optimizer == "muon" else torch.optim.AdamW)(self._param_groups(), **kwargs)
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return optimizer
@@ -257,7 +268,7 @@ class BabyGPTModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's mixed-precision plugin refuses to clip for a fused AdamW, which may unscale fp16 gradients
         # inside its step. bf16 has no gradient scaler, so the gradients are already true: clip them here.
-        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+        if gradient_clip_val and _scaler(self.trainer) is None:
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
             if gradient_clip_algorithm == "value":
                 torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)

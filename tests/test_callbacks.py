@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -93,8 +94,8 @@ def test_throughput_reads_the_clock_only_on_logged_steps_and_still_counts_every_
 
 
 def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tmp_path: Path, monkeypatch) -> None:
-    """Reading them syncs a GPU (the loss becomes a float): every 3rd step here, not every step; validation's
-    metrics are still read."""
+    """Reading them syncs a GPU (the loss becomes a float): every 3rd step here, not every step, and at the first
+    (else the sanity check's val_loss stayed on show, as if the run had validated); validation's metrics still."""
     reads = []
     original = ProgressBar.get_metrics
 
@@ -104,7 +105,7 @@ def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tm
 
     monkeypatch.setattr(ProgressBar, "get_metrics", spy)
     fit_nine_steps(module, tmp_path, ProgressBar(), val_check_interval=9, limit_val_batches=2)
-    assert [step for training, step in reads if training] == [3, 6, 9]
+    assert [step for training, step in reads if training] == [1, 3, 6, 9]
     assert any(not training for training, _ in reads)
 
 
@@ -198,6 +199,20 @@ def test_validation_throughput_is_logged_once_per_validation_at_its_step_with_fo
     assert flops_per_token(val[0], "validate") == pytest.approx(6000 / 3 / 64)
     train = [r for r in rows if r.get("train/device/flops_per_sec")]
     assert flops_per_token(train[-1], "train") == pytest.approx(6000 / 64)
+
+
+class SlowAfterValidation(TokenThroughput):
+    """As in a fit, where the samples table and the checkpoint save run after the validation batches."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        time.sleep(0.5)
+
+
+def test_training_time_leaves_out_what_follows_a_validation(module, tmp_path: Path) -> None:
+    trainer = fit_nine_steps(module, tmp_path, SlowAfterValidation(window_size=2), val_check_interval=3)
+    rows = [r for r in csv.DictReader((Path(trainer.log_dir) / "metrics.csv").open()) if r.get("train/time")]
+    assert float(rows[-1]["train/time"]) < 0.5  # nine tiny steps; two validations came before the last of them
 
 
 def test_throughput_totals_go_on_after_a_resume(module, tmp_path: Path) -> None:

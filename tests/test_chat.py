@@ -172,23 +172,30 @@ def test_chat_runs_on_the_accelerator_and_precision_asked_for(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("closed", ["stdin", "stdout"])
-def test_chat_with_a_closed_standard_stream_says_so(tmp_path: Path, corpus: Path, closed: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "closed", "refused"), [("chat", 0, "input"), ("chat", 1, "output"), ("predict", 0, "")]
+)
+def test_a_closed_standard_stream_is_said_so_where_it_is_needed(
+    tmp_path: Path, corpus: Path, command: str, closed: int, refused: str
+) -> None:
+    """predict reads no stdin: run with it closed (cron, a service), it generates as ever."""
     ckpt = tiny_checkpoint(tmp_path, corpus)
-    fd = {"stdin": 0, "stdout": 1}[closed]
     result = subprocess.run(
-        babygpt_cmd("chat", f"--ckpt_path={ckpt}"),
+        babygpt_cmd(command, f"--ckpt_path={ckpt}", "--generation.max_new_tokens=3"),
         cwd=tmp_path,
         env=babygpt_env(),
         stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
-        preexec_fn=lambda: os.close(fd),
+        preexec_fn=lambda: os.close(closed),
     )
+    if not refused:
+        assert result.returncode == 0 and "--- 春江" in result.stdout
+        return
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: chat needs its standard {closed.replace('std', '').replace('in', 'input').replace('out', 'output')}, "
-        "which is closed: run it in a terminal, or redirect it to or from a file"
+        f"error: {command} needs its standard {refused}, which is closed: run it in a terminal, or redirect it to or "
+        "from a file"
     ]
 
 
@@ -273,6 +280,24 @@ def test_ctrl_c_while_an_answer_is_saved_keeps_the_loop_and_the_answer(
     assert "[stopped]" in err
     records = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
     assert [r["prompt"] for r in records] == prompts.split()
+
+
+def test_a_failed_write_of_the_output_ends_the_chat_with_its_error(
+    model: BabyGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not counted as a refused prompt (the exit status would blame the input), nor the answer's line end lost."""
+
+    def full_disk(*args, **kwargs):
+        raise UserError("could not write --generation.output chat.jsonl: No space left on device")
+
+    monkeypatch.setattr(chat_module, "write_atomic", full_disk)
+    out = io.StringIO()
+    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(tmp_path / "chat.jsonl"))
+    with pytest.raises(UserError, match="No space left on device"):
+        chat_loop(
+            model, CharTokenizer(VOCAB), config, stdin=io.StringIO("春江\n往事\n"), stdout=out, stderr=io.StringIO()
+        )
+    assert out.getvalue() == answers(model, ["春江"], 3)
 
 
 def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:

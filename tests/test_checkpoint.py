@@ -32,10 +32,12 @@ class WorseningModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path: Path, ckpt_path: Path | None = None, save_top_k: int = 1, **trainer_args) -> LatestCheckpoint:
+def fit(
+    tmp_path: Path, ckpt_path: Path | None = None, save_top_k: int = 1, mode: str = "min", **trainer_args
+) -> LatestCheckpoint:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(48, 2)), batch_size=4)
     checkpoint = LatestCheckpoint(
-        dirpath=tmp_path, filename="best-{step}", monitor="val_loss", save_last=True, save_top_k=save_top_k
+        dirpath=tmp_path, filename="best-{step}", monitor="val_loss", save_last=True, save_top_k=save_top_k, mode=mode
     )
     trainer = L.Trainer(
         callbacks=[checkpoint],
@@ -77,13 +79,50 @@ def test_a_run_resumed_in_a_copied_folder_keeps_its_record_of_the_best(tmp_path:
     assert checkpoint.best_model_path == str(tmp_path / "copy" / "best-step=4.ckpt")
 
 
-def test_a_run_resumed_with_a_smaller_save_top_k_keeps_that_many(tmp_path: Path) -> None:
-    fit(tmp_path, max_steps=12, val_check_interval=4, save_top_k=-1)  # best-step=4, 8 and 12, best first
-    checkpoint = fit(tmp_path, tmp_path / "last.ckpt", max_steps=16, val_check_interval=4, save_top_k=2)
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("mode", "kept", "kth"),
+    [("min", [4, 8], 8), ("max", [12, 16], 12)],  # val_loss is the step: min keeps the first, max the last
+)
+def test_a_run_resumed_with_a_smaller_save_top_k_keeps_that_many(tmp_path: Path, mode: str, kept, kth) -> None:
+    fit(tmp_path, max_steps=12, val_check_interval=4, save_top_k=-1, mode=mode)  # best-step=4, 8 and 12
+    checkpoint = fit(tmp_path, tmp_path / "last.ckpt", max_steps=16, val_check_interval=4, save_top_k=2, mode=mode)
     # Lightning alone kept all three, and every later best beside them.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=4.ckpt", "best-step=8.ckpt", "last.ckpt"]
-    assert sorted(checkpoint.best_k_models) == [str(tmp_path / f"best-step={s}.ckpt") for s in (4, 8)]
-    assert checkpoint.kth_best_model_path == str(tmp_path / "best-step=8.ckpt")
+    assert names(tmp_path) == [*(f"best-step={s}.ckpt" for s in kept), "last.ckpt"]
+    assert sorted(checkpoint.best_k_models) == [str(tmp_path / f"best-step={s}.ckpt") for s in kept]
+    assert checkpoint.kth_best_model_path == str(tmp_path / f"best-step={kth}.ckpt")
+
+
+def test_the_surplus_best_checkpoints_go_before_a_save_of_the_shorter_record(tmp_path: Path) -> None:
+    """A resumed run that ends before its first validation still saves last.ckpt with the record of k: the
+    files it no longer names would be left for good."""
+    fit(tmp_path, max_steps=12, val_check_interval=4, save_top_k=-1)
+    fit(tmp_path, tmp_path / "last.ckpt", max_steps=14, val_check_interval=4, save_top_k=1)  # no validation
+    assert names(tmp_path) == ["best-step=4.ckpt", "last.ckpt"]
+
+
+@pytest.mark.parametrize("extra", [{"save_top_k": 0}, {"save_top_k": 1, "fast_dev_run": 20}])
+def test_no_save_top_k_and_a_smoke_run_delete_no_best_checkpoint(tmp_path: Path, extra: dict) -> None:
+    fit(tmp_path, max_steps=12, val_check_interval=4, save_top_k=-1)
+    fit(tmp_path, tmp_path / "last.ckpt", max_steps=16, val_check_interval=4, **extra)
+    assert names(tmp_path) == ["best-step=12.ckpt", "best-step=4.ckpt", "best-step=8.ckpt", "last.ckpt"]
+
+
+def test_the_best_checkpoint_resumed_from_is_kept(tmp_path: Path) -> None:
+    fit(tmp_path, max_steps=12, val_check_interval=4, save_top_k=-1)
+    fit(tmp_path, tmp_path / "best-step=12.ckpt", max_steps=16, val_check_interval=4, save_top_k=1)
+    assert names(tmp_path) == ["best-step=12.ckpt", "best-step=4.ckpt", "last.ckpt"]
+
+
+def test_a_resume_in_another_folder_deletes_nothing_in_the_first(tmp_path: Path) -> None:
+    fit(tmp_path / "run", max_steps=12, val_check_interval=4, save_top_k=-1)
+    (tmp_path / "other").mkdir()
+    shutil.copy(tmp_path / "run" / "last.ckpt", tmp_path / "other")  # not the best files: the record stays behind
+    fit(tmp_path / "other", tmp_path / "other" / "last.ckpt", max_steps=16, val_check_interval=4, save_top_k=1)
+    assert names(tmp_path / "run") == ["best-step=12.ckpt", "best-step=4.ckpt", "best-step=8.ckpt", "last.ckpt"]
 
 
 def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ def test_unfinished_checkpoint_writes_are_warned_of(tmp_path, capsys) -> None:
     warn_of_unfinished_writes(str(tmp_path))
     assert capsys.readouterr().err == ""
     (tmp_path / ".last.ckpt.ab12cd.tmp").write_bytes(bytes(2**20))  # a save killed halfway
+    (tmp_path / ".samples.jsonl.ef34gh.tmp").write_bytes(b"x")  # not a checkpoint's
     warn_of_unfinished_writes(str(tmp_path))
     assert capsys.readouterr().err == (
         f"warning: {tmp_path} holds 1 unfinished checkpoint write(s) of a killed run (.last.ckpt.ab12cd.tmp; 1 MiB): "

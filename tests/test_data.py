@@ -397,12 +397,24 @@ def test_validation_windows_must_divide_among_the_ranks(dm: CiDataModule, ranks:
 
 def test_a_list_with_an_unquoted_number_is_refused_not_read_as_one_prompt() -> None:
     """jsonargparse gives ``[春江, 2024]`` (an int in it, so no list[str]) as one string, brackets and all."""
-    with pytest.raises(UserError, match=r'data.prompts \[春江, 2024\]: 2024 is not a string, .*; quote it \("2024"\)'):
+    with pytest.raises(
+        UserError, match=r'data.prompts \[春江, 2024\]: 2024 is not read as a string, .*; quote it \("2024"\)'
+    ):
         read_prompts("[春江, 2024]", None)
+    for typed in ("yes", "null", "0x10", "2.5"):  # named as typed, not as YAML reads them (True, None, 16)
+        with pytest.raises(UserError, match=f'{typed} is not read as a string, .*; quote it \\("{typed}"\\)'):
+            read_prompts(f"[春江, {typed}]", None)
     assert read_prompts("[春江", None) == ["[春江"]  # no list at all: one prompt, as given
+    assert read_prompts("[注: 词牌]", None) == ["[注: 词牌]"]  # a mapping, not an item to quote
 
 
 def test_a_prompt_that_is_not_utf8_is_refused() -> None:
     """Bytes that are not UTF-8 on the command line reach Python as lone surrogates, which no file can hold."""
     with pytest.raises(UserError, match="prompt 2 of 2 is not UTF-8 text"):
         read_prompts(["春江", "春\udcff"], None)
+
+
+def test_the_batches_of_a_step_are_saved_with_the_data(dm: CiDataModule) -> None:
+    """A resume that changes them is warned of (the CLI compares them)."""
+    dm.trainer = SimpleNamespace(accumulate_grad_batches=3, world_size=2)
+    assert dm.state_dict()["trainer"] == {"accumulate_grad_batches": 3, "world_size": 2}

@@ -135,7 +135,7 @@ def test_one_stop_string_on_the_command_line_is_a_list_of_one(tmp_path, monkeypa
         monkeypatch, "predict", f"--ckpt_path={ckpt}", "--generation.stop=。"
     ).config.predict.generation.stop == ["。"]
     assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={ckpt}", "--generation.stop=[。, 1]") == 2
-    assert "generation.stop [。, 1]: 1 is not a string" in one_error_line(capsys)
+    assert "generation.stop [。, 1]: 1 is not read as a string" in one_error_line(capsys)
 
 
 def test_a_checkpoint_this_user_may_not_read_is_said_so(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
@@ -1134,14 +1134,16 @@ def test_a_resume_through_a_link_keeps_the_folder_of_the_checkpoint(tmp_path, mo
     assert set_up(monkeypatch, *args).config.fit.checkpoint.dirpath == str(tmp_path)
 
 
-def test_a_fast_dev_run_from_a_checkpoint_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
-    """Lightning's fast_dev_run stops at step 1, which the checkpoint (step 2) is past: an exit 0, nothing done."""
+@pytest.mark.parametrize(("fast", "steps"), [("true", 1), ("2", 2)])
+def test_a_fast_dev_run_from_a_checkpoint_is_refused(tmp_path, monkeypatch, capsys, checkpoint, corpus, fast, steps):
+    """Lightning's fast_dev_run stops at step N, which the checkpoint (step 2) is at or past: exit 0, nothing done."""
     args = ["fit", f"--data.path={corpus}", f"--ckpt_path={checkpoint}", *RESUME, *TRAINED_DATA]
-    assert run_main(monkeypatch, tmp_path, *args, "--trainer.fast_dev_run=true") == 2
+    assert run_main(monkeypatch, tmp_path, *args, f"--trainer.fast_dev_run={fast}") == 2
     assert one_error_line(capsys) == (
-        f"error: --trainer.fast_dev_run runs 1 step(s) from step 0, and checkpoint {checkpoint} has already trained "
-        "2: nothing would train; drop --ckpt_path for a smoke run"
+        f"error: --trainer.fast_dev_run runs {steps} step(s) from step 0, and checkpoint {checkpoint} has already "
+        "trained 2: nothing would train; drop --ckpt_path for a smoke run"
     )
+    set_up(monkeypatch, *args, "--trainer.fast_dev_run=3", "--trainer.logger=false")  # one step past it: allowed
 
 
 def test_a_resume_with_other_batches_per_step_is_warned(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
@@ -1153,8 +1155,11 @@ def test_a_resume_with_other_batches_per_step_is_warned(tmp_path, monkeypatch, c
         *TRAINED_DATA,
         "--trainer.logger=false",
     ]
+    (tmp_path / ".last.ckpt.x1y2.tmp").write_bytes(b"PK")  # a save killed halfway, beside the checkpoint
     set_up(monkeypatch, *args)
-    assert "each step now averages" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "each step now averages" not in err
+    assert f"warning: {tmp_path} holds 1 unfinished checkpoint write(s) of a killed run (.last.ckpt.x1y2.tmp" in err
     set_up(monkeypatch, *args, "--trainer.accumulate_grad_batches=2")
     assert (
         f"warning: checkpoint {checkpoint} was trained with trainer.accumulate_grad_batches=1 (this run: 2): each "
@@ -1205,13 +1210,16 @@ def test_validate_takes_the_trained_on_text_only_where_none_is_set_and_it_is_the
     own = tmp_path / "own.txt"
     own.write_text("the lazy dog\n" * 40, encoding="utf-8")
     (tmp_path / "data.yaml").write_text(f"path: {own}\n", encoding="utf-8")
-    for text_path, args, used in (
-        ("gone.txt", ["--data=data.yaml"], own),
-        (str(tmp_path / "elsewhere" / "ci.txt"), [], Path("data/ci.txt")),
+    # The checkpoint's vocabulary is the 28 characters of "the quick brown fox jumps over the lazy dog\n".
+    for text_path, args, used, counts in (
+        ("gone.txt", ["--data=data.yaml"], own, "12 characters; 16"),
+        (str(tmp_path / "elsewhere" / "ci.txt"), [], Path("data/ci.txt"), "14 characters; 14"),
     ):
         ckpt = trained_on(tmp_path, text_path)
         assert run_main(monkeypatch, tmp_path, "validate", f"--ckpt_path={ckpt}", *args) == 2
-        assert f"is not that of {used} (" in one_error_line(capsys)  # (the test checkpoint's own vocabulary)
+        assert one_error_line(capsys).endswith(
+            f"is not that of {used} ({counts} of the checkpoint's are not in it): pass --data.path {text_path}"
+        )
 
 
 def test_validate_of_a_config_naming_the_default_corpus_names_the_text_trained_on(tmp_path, monkeypatch, capsys):

@@ -374,7 +374,7 @@ def test_sampling_validation(kwargs: dict) -> None:
         ({"stop": "。"}, r"generation.stop must be a list of strings, e.g. \['。'\], not one string"),
         (
             {"stop": "[。, 1]"},
-            r"generation.stop \[。, 1\]: 1 is not a string, so the list was read as one string; quote",
+            r"generation.stop \[。, 1\]: 1 is not read as a string, so the list was read as one string; quote",
         ),
         ({"temperature": -1.0}, r"generation.temperature must be >= 0 \(0 is greedy\) and finite in fp32, got -1.0"),
         ({"temperature": 1e39}, r"generation.temperature must be >= 0 \(0 is greedy\) and finite in fp32, got 1e\+39"),

@@ -155,6 +155,21 @@ def test_bad_optimizer() -> None:
         make(optimizer="sgd")
 
 
+def test_a_cosine_floor_above_its_peak_is_refused() -> None:
+    """It would climb from lr to min_lr instead of decaying (500x the peak with min_lr 0.5, lr 1e-3)."""
+    with pytest.raises(UserError, match=r"model.min_lr \(0.5\) must be <= model.lr \(0.001\)"):
+        make(lr=1e-3, min_lr=0.5, lr_schedule="cosine")
+    make(lr=1e-3, min_lr=1e-3, lr_schedule="cosine")  # a flat cosine: allowed
+
+
+@pytest.mark.parametrize(("clip", "fused"), [(1.0, False), (None, True)])
+def test_fp16s_gradient_scaler_clips_with_the_unfused_adamw(clip, fused: bool) -> None:
+    """Lightning's AMP plugin refuses to clip for a fused optimizer: fp16 with clipping died at its first step."""
+    fp16 = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
+    optimizer = attach(make(lr=1e-3), gradient_clip_val=clip, precision_plugin=fp16).configure_optimizers()
+    assert optimizer.defaults["fused"] is fused
+
+
 def test_constant_schedule_has_no_scheduler_and_needs_no_trainer() -> None:
     result = make(lr=1e-3).configure_optimizers()
     assert isinstance(result, torch.optim.AdamW)
