@@ -171,7 +171,8 @@ class KeepInputConfig(SaveConfigCallback):
         # checkpoint, generation, seed), so that runs of other batch sizes or lengths can be told apart in wandb.
         # (Through the YAML that config.yaml holds: plain values, where the namespace holds objects such as paths.)
         settings = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        settings.pop("model", None)
+        for key in ("model", "optimizer", "lr_scheduler"):  # (LightningCLI's own optimizer options, refused if set:
+            settings.pop(key, None)  # their null would meet the model's optimizer in one flat wandb config)
         for logger in trainer.loggers:
             logger.log_hyperparams(settings)
 
@@ -204,9 +205,6 @@ class BabyGPTCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_class=Trainer,
             trainer_defaults=trainer_defaults(),
-            # The model makes its own optimizers (model.optimizer, lr, the schedule): LightningCLI's --optimizer and
-            # --lr_scheduler would replace them all, with one line of Lightning's to say so.
-            auto_configure_optimizers=False,
             seed_everything_default=1337,
             args=args,
             run=run,
@@ -420,6 +418,13 @@ class BabyGPTCLI(LightningCLI):
             config.generation.stop = [config.generation.stop]
         if self.subcommand != "fit" and not self.checkpoint:
             raise UserError(f"{self.subcommand} needs a trained model: pass --ckpt_path checkpoints/last.ckpt")
+        # LightningCLI's own options, kept (as null) so that configs saved with them load: set, they would replace
+        # the model's optimizer, rates and schedule, with one line of Lightning's to say so.
+        if given := [f"--{key}" for key in ("optimizer", "lr_scheduler") if config.get(key) is not None]:
+            raise UserError(
+                f"{' and '.join(given)} (LightningCLI's) would replace babygpt's optimizer, rates and schedule: use "
+                "--model.optimizer (adamw or muon), --model.lr and --model.lr_schedule instead"
+            )
         check_accelerator(config.trainer)
         if self.subcommand in ("predict", "chat"):
             self._prepare_generation(config)
