@@ -154,6 +154,7 @@ class TokenThroughput(ThroughputMonitor):
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        self._paused_at = None  # (a fit before this one may have ended in a validation)
         if self._resumed:
             stage = RunningStage.TRAINING
             self._t0s[stage] -= self._resumed["time"]

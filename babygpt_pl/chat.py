@@ -107,14 +107,14 @@ def chat_loop(
             say(stderr, f"error: {err}\n")
             refused += 1
             continue
-        show(0, "")
         answers.append(vars(answer))
-        stdout.write("\n")
-        say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
-        try:
+        try:  # a Ctrl-C from here (a slow terminal, the write synced to disk) stops this, not the chat
+            show(0, "")
+            stdout.write("\n")
+            say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
             saved = save(answers, saved)
-        except KeyboardInterrupt:  # the write cut short (it is slow: synced to disk): made again with the next one
-            say(chrome, "[stopped]\n")
+        except KeyboardInterrupt:  # the answer is saved with the next one, or on leaving
+            say(chrome, "\n[stopped]\n")
     save(answers, saved)
     return refused
 

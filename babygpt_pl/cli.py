@@ -274,7 +274,7 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has already trained {done}: nothing would train; drop --ckpt_path for a "
                     "smoke run"
                 )
-            if max_steps is not None and 0 <= max_steps <= done:
+            if not fast_steps and max_steps is not None and 0 <= max_steps <= done:  # (fast_dev_run replaces it)
                 raise UserError(
                     f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
                     "nothing is left to train; raise --trainer.max_steps to train on"
@@ -339,6 +339,11 @@ class BabyGPTCLI(LightningCLI):
             data.prompts = saved["prompts"]
         elif os.path.isfile(saved["prompts_file"]):
             data.prompts_file = saved["prompts_file"]
+        else:
+            warn(
+                f"the samples of this checkpoint's training came from {saved['prompts_file']}, which is not there: "
+                "these use data.prompts (pass --data.prompts_file or --data.prompts to choose)"
+            )
 
     def _default_to_trained_data(self) -> None:
         """validate/test draw the validation windows that training did (the same loss for the same weights):

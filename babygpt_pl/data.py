@@ -217,7 +217,8 @@ class CiDataModule(L.LightningDataModule):
         saved = {"settings": self.settings(), "path": str(self.path)}
         # The samples' prompts: validate and a resume take them back where none are given (the default ones may
         # not even be in the vocabulary of a model of another text).
-        saved["samples"] = {"prompts": self.prompts, "prompts_file": self.prompts_file}
+        file = None if self.prompts_file is None else str(self.prompts_file)
+        saved["samples"] = {"prompts": self.prompts, "prompts_file": file}
         if self.trainer is not None:  # the batches of an optimizer step: warned of on a resume that changes them
             trainer = self.trainer
             saved["trainer"] = {

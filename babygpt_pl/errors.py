@@ -59,8 +59,12 @@ def refuse_unquoted_items(value: str, option: str) -> None:
         return
     if not isinstance(node, yaml.SequenceNode):
         return
-    # As typed (a node's text: yes, 0x10), not as YAML reads it (True, 16); scalars only: `[注: 词牌]` is a prompt.
-    typed = [item.value for item in node.value if isinstance(item, yaml.ScalarNode) and item.tag != _STR_TAG]
+    # As typed (yes, 0x10), not as YAML reads them (True, 16). A lone mapping or list is one prompt (`[注: 词牌]`).
+    typed = [
+        value[item.start_mark.index : item.end_mark.index]
+        for item in node.value
+        if (item.tag != _STR_TAG if isinstance(item, yaml.ScalarNode) else len(node.value) > 1)
+    ]
     if typed:
         raise UserError(
             f"{option} {value}: {typed[0]} is not read as a string, so the list was read as one string; quote it "

@@ -103,8 +103,6 @@ class BabyGPTModule(L.LightningModule):
         bad += [f"model.{k} must be >= 0, got {v}" for k, v in non_negative.items() if not v >= 0]
         if not all(0 <= b < 1 for b in betas):
             bad.append(f"model.betas must be in [0, 1), got {list(betas)}")
-        if lr_schedule == "cosine" and min_lr > lr > 0:  # the "decay" would climb, to min_lr / lr times the peak
-            bad.append(f"model.min_lr ({min_lr}) must be <= model.lr ({lr}), the cosine's floor under its peak")
         if bad:
             raise UserError("; ".join(bad))
         self.save_hyperparameters()
@@ -223,6 +221,10 @@ class BabyGPTModule(L.LightningModule):
     def check_trainer(self, trainer: L.Trainer | None) -> None:
         """The optimizer settings a trainer (or none) cannot run; the CLI asks before the run writes anything."""
         hp = self.hparams
+        if hp.lr_schedule == "cosine" and hp.min_lr > hp.lr:  # the "decay" would climb, to min_lr / lr times the peak
+            raise UserError(
+                f"model.min_lr ({hp.min_lr}) must be <= model.lr ({hp.lr}), the cosine's floor under its peak"
+            )
         max_steps = getattr(trainer, "max_steps", None)
         if hp.lr_schedule == "cosine" and (max_steps is None or max_steps < 0):
             raise UserError(

@@ -215,6 +215,18 @@ def test_training_time_leaves_out_what_follows_a_validation(module, tmp_path: Pa
     assert float(rows[-1]["train/time"]) < 0.5  # nine tiny steps; two validations came before the last of them
 
 
+def test_training_time_saved_after_a_validation_leaves_it_out_and_a_second_fit_starts_afresh(module, tmp_path) -> None:
+    callback = TokenThroughput(window_size=2)
+    stage = RunningStage.TRAINING
+    callback._t0s[stage], callback._paused_at = 10.0, 12.5  # a checkpoint saved after a validation
+    callback._batches[stage] = callback._samples[stage] = callback._lengths[stage] = 0
+    assert callback.state_dict()["time"] == 2.5
+    for _ in range(2):  # the same callback fitted again (the Python API): the first fit ended in a validation
+        trainer = fit_nine_steps(module, tmp_path, callback, val_check_interval=9)
+        rows = [r for r in csv.DictReader((Path(trainer.log_dir) / "metrics.csv").open()) if r.get("train/time")]
+        assert all(float(r["train/time"]) > 0 for r in rows)
+
+
 def test_throughput_totals_go_on_after_a_resume(module, tmp_path: Path) -> None:
     """train/samples and train/time continue from the checkpoint's totals, not from 0 (wandb curves would jump)."""
 

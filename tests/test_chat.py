@@ -282,6 +282,29 @@ def test_ctrl_c_while_an_answer_is_saved_keeps_the_loop_and_the_answer(
     assert [r["prompt"] for r in records] == prompts.split()
 
 
+class InterruptedAtALineEnd(io.StringIO):
+    """A terminal where Ctrl-C lands as the first answer's line end is written."""
+
+    fired = False
+
+    def write(self, text: str) -> int:
+        if text == "\n" and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_ctrl_c_right_after_an_answer_keeps_the_loop_and_the_answer(model: BabyGPT, tmp_path: Path) -> None:
+    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(tmp_path / "chat.jsonl"))
+    stdout = InterruptedAtALineEnd()
+    chat_loop(
+        model, CharTokenizer(VOCAB), config, stdin=io.StringIO("春江\n往事\n"), stdout=stdout, stderr=io.StringIO()
+    )
+    assert stdout.fired
+    records = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in records] == ["春江", "往事"]
+
+
 def test_a_failed_write_of_the_output_ends_the_chat_with_its_error(
     model: BabyGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

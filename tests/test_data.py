@@ -405,7 +405,9 @@ def test_a_list_with_an_unquoted_number_is_refused_not_read_as_one_prompt() -> N
         with pytest.raises(UserError, match=f'{typed} is not read as a string, .*; quote it \\("{typed}"\\)'):
             read_prompts(f"[春江, {typed}]", None)
     assert read_prompts("[春江", None) == ["[春江"]  # no list at all: one prompt, as given
-    assert read_prompts("[注: 词牌]", None) == ["[注: 词牌]"]  # a mapping, not an item to quote
+    assert read_prompts("[注: 词牌]", None) == ["[注: 词牌]"]  # one mapping: a prompt, not an item to quote
+    with pytest.raises(UserError, match=r'注: 词牌 is not read as a string, .*; quote it \("注: 词牌"\)'):
+        read_prompts("[春江, 注: 词牌]", None)
 
 
 def test_a_prompt_that_is_not_utf8_is_refused() -> None:

@@ -99,11 +99,13 @@ def checkpoint(tmp_path: Path, corpus: Path) -> Path:
     return path
 
 
-def english_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
-    """A tiny model of an English text, whose samples continued "the" and "once": (checkpoint, text)."""
+def english_checkpoint(tmp_path: Path, **prompts) -> tuple[Path, Path]:
+    """A tiny model of an English text, whose samples continued "the" and "once" (or ``prompts``): (checkpoint,
+    text)."""
     text = tmp_path / "en.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. once upon a time.\n" * 40, encoding="utf-8")
-    data = CiDataModule(str(text), batch_size=4, block_size=16, val_batches=1, prompts=["the", "once"])
+    prompts = prompts or {"prompts": ["the", "once"]}
+    data = CiDataModule(str(text), batch_size=4, block_size=16, val_batches=1, **prompts)
     model = BabyGPTModule(vocab="".join(data.build_tokenizer().vocab), block_size=16, n_embed=16, n_head=2, n_layer=1)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, data)
@@ -121,6 +123,21 @@ def test_validate_and_a_resume_take_the_prompts_training_sampled(tmp_path, monke
     assert cli.config.fit.data.prompts == ["the", "once"]
     cli = set_up(monkeypatch, "validate", f"--ckpt_path={ckpt}", *data, "--data.prompts=[a]")
     assert cli.config.validate.data.prompts == ["a"]  # given: the user's
+
+
+def test_validate_takes_the_prompts_file_training_sampled_and_says_when_it_is_gone(tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the\nonce\n", encoding="utf-8")
+    ckpt, text = english_checkpoint(tmp_path, prompts_file=prompts)  # a Path (the Python API): saved as a str
+    args = ["validate", f"--ckpt_path={ckpt}", f"--data.path={text}", "--data.batch_size=4", "--data.val_batches=1"]
+    assert set_up(monkeypatch, *args).config.validate.data.prompts_file == str(prompts)
+    prompts.unlink()
+    with pytest.raises(UserError, match="not in the model's vocabulary"):  # the default prompts, English model
+        set_up(monkeypatch, *args)
+    assert (
+        f"warning: the samples of this checkpoint's training came from {prompts}, which is not there: these use "
+        "data.prompts (pass --data.prompts_file or --data.prompts to choose)"
+    ) in capsys.readouterr().err
 
 
 def test_lightnings_own_optimizer_options_are_refused(tmp_path, monkeypatch, capsys, corpus) -> None:
@@ -1150,6 +1167,8 @@ def test_a_fast_dev_run_from_a_checkpoint_is_refused(tmp_path, monkeypatch, caps
         "trained 2: nothing would train; drop --ckpt_path for a smoke run"
     )
     set_up(monkeypatch, *args, "--trainer.fast_dev_run=3", "--trainer.logger=false")  # one step past it: allowed
+    # fast_dev_run replaces max_steps: not refused as "nothing left to train" by it.
+    set_up(monkeypatch, *args, "--trainer.max_steps=2", "--trainer.fast_dev_run=3", "--trainer.logger=false")
 
 
 def test_a_resume_with_other_batches_per_step_is_warned(tmp_path, monkeypatch, capsys, checkpoint, corpus) -> None:
