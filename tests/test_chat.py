@@ -109,20 +109,25 @@ def test_piped_input_with_a_refused_prompt_exits_non_zero(tmp_path: Path, corpus
     assert errors[-1] == "error: 1 prompt(s) of the input were refused (see the errors above); fix them"
 
 
-def test_ctrl_c_stops_the_answer_not_the_loop(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = chat_module.complete
-    calls = []
+def interrupt_the_first_call(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple]:
+    """Ctrl-C in the first call of chat's ``name``; the others run. Returns every call's arguments."""
+    real, calls = getattr(chat_module, name), []
 
     def interrupted_once(*args, **kwargs):
-        calls.append(args[2])
+        calls.append(args)
         if len(calls) == 1:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(chat_module, "complete", interrupted_once)
+    monkeypatch.setattr(chat_module, name, interrupted_once)
+    return calls
+
+
+def test_ctrl_c_stops_the_answer_not_the_loop(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = interrupt_the_first_call(monkeypatch, "complete")
     out, err = run(model, "春江\n往事\n")
     assert "[stopped]" in err
-    assert calls == [["春江"], ["往事"]]
+    assert [args[2] for args in calls] == [["春江"], ["往事"]]
     assert err.count("tokens/s]") == 1 and out == answers(model, ["往事"])
 
 
@@ -266,15 +271,7 @@ def test_ctrl_c_while_an_answer_is_saved_keeps_the_loop_and_the_answer(
 ) -> None:
     """The write of --generation.output is the slow part after an answer (synced to disk): a Ctrl-C there stops
     that write, not the chat, and the answer is written with the next one or on leaving."""
-    real, writes = chat_module.write_atomic, []
-
-    def interrupted_once(*args, **kwargs):
-        writes.append(args[0])
-        if len(writes) == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(chat_module, "write_atomic", interrupted_once)
+    interrupt_the_first_call(monkeypatch, "write_atomic")
     out_file = tmp_path / "chat.jsonl"
     _, err = run(model, prompts, GenerationConfig(max_new_tokens=3, temperature=0, output=str(out_file)))
     assert "[stopped]" in err
