@@ -143,6 +143,8 @@ class LatestCheckpoint(ModelCheckpoint):
     weights (seen on a GPU: a 5000-step run whose last.ckpt was its step-2500 best).
     """
 
+    _surplus: tuple[str, ...] = ()  # best checkpoints past a smaller save_top_k, deleted as training starts
+
     @property
     def state_key(self) -> str:
         # ModelCheckpoint's own key, so that checkpoints written with it resume this callback's state too.
@@ -180,7 +182,7 @@ class LatestCheckpoint(ModelCheckpoint):
         if k < 1 or len(recorded) <= k:
             return state_dict
         ranked = sorted(recorded.items(), key=lambda item: float(item[1]), reverse=self.mode == "max")
-        self._surplus = [path for path, _ in ranked[k:]]
+        self._surplus = tuple(path for path, _ in ranked[k:])
         kth_path, kth_value = ranked[k - 1]
         return {
             **state_dict,
@@ -191,7 +193,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        surplus = self.__dict__.pop("_surplus", [])
+        surplus, self._surplus = self._surplus, ()
         if trainer.fast_dev_run:  # a smoke run saves and deletes nothing (Lightning's rule)
             return
         for path in surplus:

@@ -225,16 +225,13 @@ def check_not_the_trained_text(output: str, sha256: str | None) -> None:
         raise UserError(f"--generation.output {output} holds the text this model was trained on: choose another file")
 
 
-def check_prompts(
-    tokenizer: CharTokenizer, prompts: list[str], oov: str, window: int, corpus: str, option: str
-) -> None:
-    """Before training: the prompts of the samples logged at each validation (set by ``option``) must encode as
-    generation will encode them, or the first validation would stop the run."""
+def check_prompts(tokenizer: CharTokenizer, prompts: list[str], oov: str, window: int, context: str = "") -> None:
+    """Prompts encoded as generation will encode them, so that a bad one is one line before the run starts (the
+    crop warning is left to generation). ``context`` says whose prompts they are, where the user may not know."""
     try:
         encode_prompts(tokenizer, prompts, window, oov, warn=lambda _: None)
     except UserError as err:
-        context = f"{option}, the prompts of the samples logged at each validation, against {corpus}"
-        raise UserError(f"{context}: {err}") from None
+        raise UserError(f"{context}: {err}" if context else str(err)) from None
 
 
 def warn_of_unmatchable_stops(stop: list[str] | str, tokenizer: CharTokenizer) -> None:

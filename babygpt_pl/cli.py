@@ -59,10 +59,17 @@ from babygpt_pl.errors import (
     warn,
 )
 from babygpt_pl.files import check_writable, same_file
-from babygpt_pl.generation import GenerationConfig, encode_prompts
+from babygpt_pl.generation import GenerationConfig
 from babygpt_pl.loggers import set_init_args, spare_wandb_warnings, wandb_loggers
 from babygpt_pl.module import BabyGPTModule
-from babygpt_pl.parser import OneLineErrorParser, check_config_files, construction_error, holds_key, raised_in
+from babygpt_pl.parser import (
+    OneLineErrorParser,
+    check_config_files,
+    construction_error,
+    holds_key,
+    program_name,
+    raised_in,
+)
 from babygpt_pl.tokenizer import CharTokenizer
 
 # The model settings that decide the shapes of the weights.
@@ -200,6 +207,7 @@ class BabyGPTCLI(LightningCLI):
             BabyGPTModule,
             CiDataModule,
             parser_class=OneLineErrorParser,
+            parser_kwargs={"prog": program_name()},
             # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
             save_config_callback=KeepInputConfig,
             save_config_kwargs={"overwrite": True},
@@ -352,16 +360,8 @@ class BabyGPTCLI(LightningCLI):
         defaults = inspect.signature(CiDataModule).parameters
         trained_on = self._trained_on()
         left_out = not self._given("data.path") and _plain(data.path) == _plain(defaults["path"].default)
-        if self.config.subcommand in ("validate", "test") and trained_on and left_out:
-            # Not the default data/ci.txt, which for a model trained on another text would be built (an 85 MB
-            # fetch) only to be refused for its vocabulary. The published corpus, gone, is built where it was.
-            if os.path.exists(trained_on):
-                data.path = trained_on
-            elif Path(trained_on).name != DEFAULT_NAME:
-                raise UserError(
-                    f"checkpoint {self.config[self.config.subcommand].ckpt_path} was trained on {trained_on}, "
-                    "which is not there: pass --data.path to that text"
-                )
+        if self.config.subcommand in ("validate", "test") and trained_on and left_out and os.path.exists(trained_on):
+            data.path = trained_on  # (one that is gone: _take_vocab says so)
         saved = {k: v for k, v in self._saved_data_settings().items() if k in defaults}
         for key, value in saved.items():
             if not self._given(f"data.{key}") and _plain(data[key]) == _plain(defaults[key].default):
@@ -441,7 +441,9 @@ class BabyGPTCLI(LightningCLI):
             data = config.data
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation
-            check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, data.path, option)
+            # Else the first validation would stop the run.
+            context = f"{option}, the prompts of the samples logged at each validation, against {data.path}"
+            check_prompts(tokenizer, prompts, config.generation.oov, config.model.block_size, context)
             warn_of_unmatchable_stops(config.generation.stop, tokenizer)
 
     def _prepare_generation(self, config) -> None:
@@ -506,12 +508,13 @@ class BabyGPTCLI(LightningCLI):
             warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
         trained_on = self._trained_on()
         if trained_on and Path(trained_on).name != DEFAULT_NAME and not os.path.exists(data.path):
-            # Before data/ci.txt would be built, only to be refused as another text (a model of the published corpus
-            # takes it, built anew wherever it is asked for).
-            fix = f"pass --data.path {trained_on}" if os.path.exists(trained_on) else "pass --data.path to it"
+            # Before data/ci.txt would be built (an 85 MB fetch) only to be refused as another text (a model of the
+            # published corpus takes it, built anew wherever it is asked for).
+            there = "" if os.path.exists(trained_on) else ", which is not there either"
+            fix = "pass --data.path to that text" if there else f"pass --data.path {trained_on}"
             raise UserError(
-                f"checkpoint {config.ckpt_path} was trained on {trained_on}, and this run's data.path {data.path} "
-                f"does not exist: {fix}"
+                f"checkpoint {config.ckpt_path} was trained on {trained_on}{there}, and this run's data.path "
+                f"{data.path} does not exist: {fix}"
             )
         settings = ("batch_size", "block_size", "train_ratio", "val_batches", "seed", "source")
         probe = CiDataModule(data.path, **{k: data[k] for k in settings})
@@ -543,20 +546,17 @@ class BabyGPTCLI(LightningCLI):
         return tokenizer
 
     def _check_prompts_encode(self, config, tokenizer: CharTokenizer) -> None:
-        """predict's prompts, read and encoded as generation will, so that a bad one is one line before any of
-        Lightning's set-up (the crop warning is left to generation)."""
+        """predict's prompts, checked before any of Lightning's set-up."""
         path = config.data.prompts_file
         if path and os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
             return  # a pipe (--data.prompts_file /dev/stdin) can be read once only: by the generation
         prompts = read_prompts(config.data.prompts, config.data.prompts_file)
-        window = self.checkpoint["hyper_parameters"]["block_size"]
-        try:
-            encode_prompts(tokenizer, prompts, window, config.generation.oov, warn=lambda _: None)
-        except UserError as err:
-            if config.data.prompts_file or self._given("data.prompts"):
-                raise
-            # The user typed no prompt: say which ones these are, and how to give others.
-            raise UserError(f"the default prompts ({', '.join(prompts)}): {err}; or give --data.prompts") from None
+        typed = config.data.prompts_file or self._given("data.prompts")
+        # The user typed no prompt: say which ones these are, and how to give others.
+        context = "" if typed else f"the default prompts ({', '.join(prompts)}, replaced by --data.prompts)"
+        check_prompts(
+            tokenizer, prompts, config.generation.oov, self.checkpoint["hyper_parameters"]["block_size"], context
+        )
 
     def _adjust_wandb_loggers(self, config, fitting: bool) -> list[tuple[dict, dict]]:
         """Set this run's wandb loggers (alone or in a list) up, and return what they were given, to restore in

@@ -79,6 +79,12 @@ def short_union_error(message: str) -> str:
     return f"{match['key']}: {match['value']} is not accepted; give {choices}"
 
 
+def program_name() -> str | None:
+    """The command as the user typed it, for usage lines and errors: argparse names ``python -m babygpt_pl`` after
+    its file, "__main__.py" (None: argparse's own name, that of the installed ``babygpt``)."""
+    return "python -m babygpt_pl" if os.path.basename(sys.argv[0]) == "__main__.py" else None
+
+
 class OneLineErrorParser(LightningArgumentParser):
     """Reports a bad option or config file in one line (the project's rule for errors), not after a ~100-line
     usage dump; JSONARGPARSE_DEBUG or --debug (``verbose``, set by main) still shows everything."""

@@ -411,8 +411,8 @@ def test_the_default_prompts_are_named_where_the_model_cannot_take_them(tmp_path
     ckpt = tiny_checkpoint(tmp_path, english)
     assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={ckpt}") == 2
     line = one_error_line(capsys)
-    assert line.startswith("error: the default prompts (春江, 往事): 4 character(s) not in the model's vocabulary")
-    assert line.endswith("; or give --data.prompts")
+    default = "error: the default prompts (春江, 往事, replaced by --data.prompts): 4 character(s) not in the model's"
+    assert line.startswith(default)
 
 
 def test_a_stop_string_the_model_never_writes_is_warned(tmp_path, monkeypatch, capsys) -> None:
@@ -1223,7 +1223,8 @@ def test_validate_looks_for_the_text_trained_on_not_the_default_corpus(tmp_path,
     assert run_main(monkeypatch, tmp_path, "validate", f"--ckpt_path={ckpt}") == 2
     assert (
         one_error_line(capsys)
-        == f"error: checkpoint {ckpt} was trained on gone.txt, which is not there: pass --data.path to that text"
+        == f"error: checkpoint {ckpt} was trained on gone.txt, which is not there either, and this run's data.path "
+        "data/ci.txt does not exist: pass --data.path to that text"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
 
@@ -1277,7 +1278,7 @@ def test_a_resume_without_the_text_trained_on_names_it_before_building_the_defau
     ckpt = trained_on(tmp_path, "gone.txt")
     assert run_main(monkeypatch, tmp_path, "fit", f"--ckpt_path={ckpt}", *RESUME) == 2
     assert one_error_line(capsys) == (
-        f"error: checkpoint {ckpt} was trained on gone.txt, and this run's data.path data/ci.txt does not exist: "
-        "pass --data.path to it"
+        f"error: checkpoint {ckpt} was trained on gone.txt, which is not there either, and this run's data.path "
+        "data/ci.txt does not exist: pass --data.path to that text"
     )
     assert not (tmp_path / "data").exists()

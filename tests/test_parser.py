@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
+from babygpt_pl.cli import main
 from babygpt_pl.parser import short_union_error
 
 
@@ -23,3 +28,15 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         "<class 'str'> Given value: 5"
     )
     assert short_union_error(message) == message
+
+
+@pytest.mark.parametrize(
+    ("argv0", "command"),
+    [("/venv/lib/babygpt_pl/__main__.py", "python -m babygpt_pl"), ("/venv/bin/babygpt", "babygpt")],
+)
+def test_errors_name_the_command_as_it_was_typed(monkeypatch, capsys, argv0, command) -> None:
+    """argparse named ``python -m babygpt_pl`` after its file: "see __main__.py fit --help"."""
+    monkeypatch.setattr(sys, "argv", [argv0])
+    with pytest.raises(SystemExit):
+        main(["fit", "--nope"])
+    assert capsys.readouterr().err == f"error: unrecognized arguments: --nope (see {command} fit --help)\n"
