@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -163,6 +164,27 @@ def warn_of_a_short_run(trainer: Namespace, warmup_steps: int) -> None:
             f"model.warmup_steps ({warmup_steps}) is more than trainer.max_steps ({steps}): the learning rate "
             "never reaches model.lr"
         )
+
+
+def unused_model_settings(model: Namespace) -> dict[str, str]:
+    """The rates and decay that the model's other settings leave unused, each with why."""
+    unused = {
+        "min_lr": model.lr_schedule != "cosine" and "it is the floor of --model.lr_schedule cosine",
+        "muon_lr": model.optimizer != "muon" and "it is the rate of --model.optimizer muon",
+        "weight_decay": model.optimizer == "muon"
+        and model.tie_weights
+        and "Muon does not decay its matrices, and the rest (embeddings with the tied head, biases, LayerNorms) is "
+        "never decayed",
+    }
+    return {key: why for key, why in unused.items() if why}
+
+
+def warn_of_unused_model_settings(model: Namespace, given: Callable[[str], bool]) -> None:
+    """One of those set (``given("model.min_lr")``) is most likely a slip, e.g. min_lr with the constant schedule.
+    Said, not refused: a config may keep one for a switch of schedule or optimizer."""
+    for key, why in unused_model_settings(model).items():
+        if given(f"model.{key}"):
+            warn(f"model.{key} {model[key]} is not used in this run: {why}")
 
 
 def warn_of_earlier_checkpoints(folder: str) -> None:

@@ -40,11 +40,13 @@ from babygpt_pl.checks import (
     check_output_folders,
     check_prompts,
     check_trainer_settings,
+    unused_model_settings,
     warn_of_a_replaced_last,
     warn_of_a_short_run,
     warn_of_earlier_checkpoints,
     warn_of_unfinished_writes,
     warn_of_unmatchable_stops,
+    warn_of_unused_model_settings,
 )
 from babygpt_pl.corpus import DEFAULT_NAME
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_prompts
@@ -264,9 +266,7 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has a different model: {wrong}; resume with the config it was "
                     "trained with, or drop --ckpt_path to start a new run"
                 )
-            unused = {"muon_lr"} if model["optimizer"] != "muon" else set()
-            unused |= {"min_lr"} if model["lr_schedule"] != "cosine" else set()
-            used = [k for k in _RESUMED if k not in unused]
+            used = [k for k in _RESUMED if k not in unused_model_settings(model)]
             if wrong := ", ".join(_differences(saved, model, used)):
                 raise UserError(
                     f"checkpoint {path} was trained with {wrong}: a resumed run continues the checkpoint's optimizer, "
@@ -662,6 +662,7 @@ class BabyGPTCLI(LightningCLI):
                 warn_of_unfinished_writes(config.checkpoint.dirpath)
             if not self.checkpoint:
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
+                warn_of_unused_model_settings(config.model, self._given)
                 if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath)
             else:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
+from jsonargparse import Namespace
 
-from babygpt_pl.checks import check_accelerator, warn_of_a_short_run, warn_of_unfinished_writes
+from babygpt_pl.checks import (
+    check_accelerator,
+    unused_model_settings,
+    warn_of_a_short_run,
+    warn_of_unfinished_writes,
+    warn_of_unused_model_settings,
+)
 from babygpt_pl.errors import UserError
+from babygpt_pl.module import BabyGPTModule
 
 
 @pytest.mark.parametrize(("accumulate", "warned"), [(1, True), (4, False)])
@@ -41,3 +52,31 @@ def test_unfinished_checkpoint_writes_are_warned_of(tmp_path, capsys) -> None:
         f"warning: {tmp_path} holds 1 unfinished checkpoint write(s) of a killed run (.last.ckpt.ab12cd.tmp; 1 MiB): "
         "delete them unless a run is saving there now\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "unused"),
+    [
+        ({}, {"min_lr", "muon_lr"}),
+        ({"lr_schedule": "cosine"}, {"muon_lr"}),
+        ({"optimizer": "muon"}, {"min_lr"}),
+        ({"optimizer": "muon", "tie_weights": True}, {"min_lr", "weight_decay"}),
+        ({"optimizer": "muon", "tie_weights": False, "lr_schedule": "cosine"}, set()),
+    ],
+)
+def test_a_rate_or_decay_set_that_the_run_does_not_use_is_warned(capsys, settings, unused) -> None:
+    model = Namespace(lr_schedule="constant", optimizer="adamw", tie_weights=False, min_lr=1e-4, muon_lr=0.01)
+    model.update(Namespace(weight_decay=0.1, **settings))
+    warn_of_unused_model_settings(model, given=lambda key: True)
+    warned = {line.split()[1].removeprefix("model.") for line in capsys.readouterr().err.splitlines()}
+    assert warned == unused
+    warn_of_unused_model_settings(model, given=lambda key: False)  # left out: nothing to say
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["base.yaml", "best.yaml", "cpu.yaml"])
+def test_the_shipped_configs_set_no_rate_or_decay_they_leave_unused(name: str) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / name
+    model = yaml.safe_load(config.read_text(encoding="utf-8"))["model"]
+    defaults = {k: p.default for k, p in inspect.signature(BabyGPTModule).parameters.items()}
+    assert not set(unused_model_settings(Namespace({**defaults, **model}))) & set(model)

@@ -1012,6 +1012,13 @@ def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, ch
     assert cli.model.hparams.n_layer == 1
 
 
+def test_a_new_run_warns_of_a_rate_it_does_not_use(tmp_path, monkeypatch, capsys, corpus) -> None:
+    monkeypatch.chdir(tmp_path)
+    set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false", "--model.min_lr=1e-4")
+    expected = "warning: model.min_lr 0.0001 is not used in this run: it is the floor of --model.lr_schedule cosine"
+    assert expected in capsys.readouterr().err.splitlines()
+
+
 LOGGERS = """trainer:
   logger:
     - class_path: lightning.pytorch.loggers.CSVLogger
