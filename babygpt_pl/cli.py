@@ -135,14 +135,30 @@ CHECKPOINT_DEFAULTS = {
 }
 
 
+DESCRIPTION = "babygpt: train a character-level GPT on Chinese ci poetry (or any text) and generate from it."
+# What each command does, for --help: Lightning's texts, its Trainer methods' docstrings, speak of "the test set"
+# (the corpus has none) and "your data".
+COMMANDS = {
+    "fit": "Train a model from a config: a new run, or one resumed with --ckpt_path.",
+    "validate": "The loss of a checkpoint (--ckpt_path) on the held-out text, the last 1 - data.train_ratio of it.",
+    "test": "As validate, logged as test_loss: the corpus has no separate test split.",
+    "predict": "Generate from the prompts with a checkpoint: the text to stdout, JSON lines to --generation.output.",
+    "chat": "Generate interactively: type a prompt and the continuation streams out; an empty line exits.",
+}
+
+
 class Trainer(L.Trainer):
-    """Lightning's Trainer plus ``chat``: LightningCLI's subcommands must be Trainer methods."""
+    """Lightning's Trainer settings"""  # (the title of their --help section)
+
+    # LightningCLI's subcommands must be Trainer methods: this class adds chat.
 
     def chat(self, model: BabyGPTModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None):
         """Generate interactively: type a prompt and the continuation streams out; an empty line exits.
 
-        ``ckpt_path``: the checkpoint whose weights to load first; None chats with the model's weights as they are
-        (`babygpt chat` has loaded its --ckpt_path by then, from the one read that also checked the file)."""
+        Args:
+            ckpt_path: the checkpoint to chat with, e.g. checkpoints/last.ckpt.
+        """
+        # None: the model's weights as they are (`babygpt chat` has loaded them, from the read that checked the file).
         if ckpt_path is not None:
             load_weights(model, ckpt_path)
         # The device and precision the trainer settings chose, as predict runs with (a GPU's presence alone does not).
@@ -209,7 +225,7 @@ class BabyGPTCLI(LightningCLI):
             BabyGPTModule,
             CiDataModule,
             parser_class=OneLineErrorParser,
-            parser_kwargs={"prog": program_name()},
+            parser_kwargs={"prog": program_name(), "description": DESCRIPTION},
             # Each run in the same folder rewrites outputs/config.yaml instead of refusing (Lightning #17168).
             save_config_callback=KeepInputConfig,
             save_config_kwargs={"overwrite": True},
@@ -223,6 +239,16 @@ class BabyGPTCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "chat": {"model", "datamodule"}}
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        kwargs = {name: {"description": text, **kwargs.get(name, {})} for name, text in COMMANDS.items()}
+        super()._add_subcommands(parser, **kwargs)
+        for choice in parser._subcommands_action._choices_actions:  # the list in `babygpt --help`
+            choice.help = COMMANDS[choice.dest]
+        for name, subcommand in self._subcommand_parsers.items():  # --ckpt_path's section: titled by the docstring
+            for group in subcommand._action_groups:
+                if any(action.dest == "ckpt_path" for action in group._group_actions):
+                    group.title = f"{name}'s own options"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.block_size", "data.block_size")

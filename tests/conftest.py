@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,15 @@ def two_threads():
     """Two intra-op threads, for tests of what generation does with more than one (Linear.split)."""
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt), as a process started in a terminal has: one started in the
+    background by a shell (`make test &`) inherits SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(autouse=True)

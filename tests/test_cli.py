@@ -11,6 +11,8 @@ import torch
 import yaml
 from cli_helper import TINY, babygpt
 
+from babygpt_pl.cli import COMMANDS, main
+
 pytestmark = pytest.mark.slow
 
 NO_MODEL = "predict needs a trained model: pass --ckpt_path checkpoints/last.ckpt"
@@ -96,7 +98,7 @@ def test_predict_without_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
 def test_compiled_run_round_trips_through_its_checkpoint(tmp_path: Path, corpus: Path) -> None:
     """A fit with model.compile (inductor, on the CPU here) saves the eager parameter names; predict loads it
     without compiling, and fit resumes it compiled."""
-    fit = ("fit", "--data.path=corpus.txt", "--model.compile=true", *TINY)
+    fit = ("fit", "--data.path=corpus.txt", "--model.compile=true", *TINY, "--trainer.num_sanity_val_steps=0")
     babygpt(tmp_path, *fit, "--trainer.max_steps=3")
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["hyper_parameters"]["compile"] is True
@@ -106,3 +108,15 @@ def test_compiled_run_round_trips_through_its_checkpoint(tmp_path: Path, corpus:
     babygpt(tmp_path, *fit, "--trainer.max_steps=5", "--ckpt_path=checkpoints/last.ckpt")
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 5
+
+
+@pytest.mark.parametrize("command", [[], ["test"]])
+def test_help_says_what_each_command_does_here(capsys, command: list[str]) -> None:
+    """Not Lightning's own texts, which speak of a test set that the corpus does not have."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # (argparse wraps the lines)
+    assert "test set" not in text
+    assert COMMANDS["test"] in text and "Lightning Trainer command line tool" not in text
+    if not command:
+        assert all(f"{name} {help}" in text for name, help in COMMANDS.items())

@@ -853,7 +853,7 @@ def test_predict_into_a_closed_pipe_stops_quietly(tmp_path, checkpoint) -> None:
 @pytest.mark.parametrize(
     ("signum", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
 )
-def test_a_signal_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys, signum, code, said) -> None:
+def test_a_signal_while_torch_is_imported_is_a_clean_exit(monkeypatch, capsys, python_sigint, signum, code, said):
     from babygpt_pl import __main__ as entry
 
     class Interrupting:
