@@ -21,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
@@ -28,9 +29,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
-from babygpt_pl.errors import UserError, exit_on_signal, one_line, warn
+from babygpt_pl.errors import Terminated, UserError, exit_on_signal, one_line, terminate_on_sigterm, warn
 from babygpt_pl.files import check_writable, in_place, write_atomic
 
 PACKAGE = "chinese-poetry@2.0.1"
@@ -77,10 +79,13 @@ def _package_root(directory: Path) -> Path:
 
 def _read_directory(directory: Path) -> dict[str, bytes]:
     root = _package_root(directory)
-    candidates = [f"dist/songci/{p.name}" for p in (root / "dist" / "songci").iterdir() if p.is_file()]
-    if (root / _NANTANG).is_file():
-        candidates.append(_NANTANG)
-    return {rel: (root / rel).read_bytes() for rel in candidates if _wanted(rel)}
+    try:
+        candidates = [f"dist/songci/{p.name}" for p in (root / "dist" / "songci").iterdir() if p.is_file()]
+        if (root / _NANTANG).is_file():
+            candidates.append(_NANTANG)
+        return {rel: (root / rel).read_bytes() for rel in candidates if _wanted(rel)}
+    except OSError as e:
+        raise UserError(f"cannot read {e.filename or root} ({e.strerror}): make the {PACKAGE} package readable") from e
 
 
 def _read_tarball(tarball: Path) -> dict[str, bytes]:
@@ -89,11 +94,13 @@ def _read_tarball(tarball: Path) -> dict[str, bytes]:
     try:
         with tarfile.open(tarball) as tar:
             for member in tar:
-                # npm tarballs put everything under one top folder, usually "package/".
-                rel = member.name.removeprefix("./").partition("/")[2]
+                # npm tarballs put everything under one top folder, usually "package/"; one made of the package
+                # folder itself (tar -C package .) starts at dist/.
+                name = member.name.removeprefix("./")
+                rel = name if name.startswith("dist/") else name.partition("/")[2]
                 if member.isfile() and _wanted(rel):
                     files[rel] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # (the last two: corrupt data)
         # A ReadError lists every compression tried, one per line: "not a tar archive" is what it means.
         why = "not a tar archive" if isinstance(e, tarfile.ReadError) else one_line(e)
         raise UserError(f"cannot read tarball {tarball}: {why}; pass the .tgz made by `npm pack {PACKAGE}`") from e
@@ -166,6 +173,8 @@ def _read_source(source: Path) -> tuple[dict[str, bytes], bool]:
     """The wanted files of a local source, and whether it is the published package byte for byte."""
     if source.is_dir():
         return _read_directory(source), False
+    if source.exists() and not source.is_file():  # read twice below (members, then integrity): a pipe cannot be
+        raise UserError(f"source {source} is a pipe or a device, not a file: save it to a file and pass that")
     if not source.is_file():
         raise UserError(f"source {source} not found; pass the {PACKAGE} package directory or its .tgz")
     files = _read_tarball(source)  # first: a file that is no tarball at all gets its error alone, no warning
@@ -180,7 +189,7 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
     ``option`` is what errors about ``out_path`` name."""
     if str(out_path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
         raise UserError(f"{option} {out_path} names a folder: give a file name, e.g. {out_path}{DEFAULT_NAME}")
-    if str(source).startswith(("http://", "https://")):
+    if _is_url(source):
         raise UserError(
             f"source {source} is a URL, and only local files are read: download it first (e.g. `npm pack "
             f"{PACKAGE}`) and pass the .tgz, or leave the source unset to fetch it with npm"
@@ -194,6 +203,10 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
         )
     if source is not None and out_path.is_file() and Path(source).is_file() and out_path.samefile(source):
         raise UserError(f"{option} {out_path} is the source itself, which it would replace: choose another file")
+    if source is not None and Path(source).is_dir() and out_path.resolve().is_relative_to(Path(source).resolve()):
+        raise UserError(
+            f"{option} {out_path} is inside the source folder {source}, which it would change: choose a file outside it"
+        )
     if source is None:
         with tempfile.TemporaryDirectory(prefix="babygpt-npm-") as tmp:
             source_path = _npm_pack(Path(tmp))
@@ -215,8 +228,17 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
     return out_path
 
 
+def _is_url(path: str | Path | None) -> bool:
+    return str(path).startswith(("http://", "https://"))
+
+
 def ensure_corpus(path: str | Path, source: str | Path | None = None) -> Path:
     """Return ``path`` if it exists; build it if it is the default corpus (named ci.txt); else raise UserError."""
+    if _is_url(path):  # Path() would read "https://host/ci.txt" as the folders https:/host
+        raise UserError(
+            f"data.path {path} is a URL, and only local files are read: download it first and pass --data.path "
+            "to the file"
+        )
     path = Path(path)
     if path.exists():
         return path
@@ -239,11 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=f"data/{DEFAULT_NAME}", help="output file (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        out = build_ci(args.source, args.out)
+        with terminate_on_sigterm():  # (subprocess.run ends npm, and the fetch's temp folder is removed, on the way)
+            out = build_ci(args.source, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt as err:  # the output is written atomically, and the fetch's temp folder removed
+    except (KeyboardInterrupt, Terminated) as err:  # the output is written atomically
         exit_on_signal(err)
     data = out.read_bytes()
     print(out)

@@ -171,7 +171,7 @@ class CiDataModule(L.LightningDataModule):
         self.seed = seed
         self.prompts = as_prompt_list(prompts)
         self.prompts_file = prompts_file
-        if prompts_file is not None and self.prompts != DEFAULT_PROMPTS:  # here: prompts are read at each validation
+        if prompts_file is not None and prompts is not None:  # here: prompts are read at each validation
             warn(f"data.prompts_file replaces data.prompts; ignoring {self.prompts}")
         self.source = source
         self.tokenizer: CharTokenizer | None = None

@@ -56,7 +56,10 @@ class CharTokenizer:
             self.require_known(text)
         elif oov == "replace":
             if self.unknown(text) and replacement not in self.stoi:
-                raise UserError(f"the replacement character {replacement!r} is not in the vocabulary either")
+                raise UserError(
+                    f"the replacement character {replacement!r} is not in the vocabulary either: pass "
+                    "--generation.oov drop (or error)"
+                )
             text = "".join(ch if ch in self.stoi else replacement for ch in text)
         else:
             text = "".join(ch for ch in text if ch in self.stoi)

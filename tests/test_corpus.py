@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -90,6 +92,45 @@ def test_tarball_source_equals_directory_source(tmp_path: Path) -> None:
     from_dir = corpus.build_ci(make_package(tmp_path / "dir"), tmp_path / "a" / "ci.txt")
     from_tgz = corpus.build_ci(make_tarball(tmp_path), tmp_path / "b" / "ci.txt")
     assert from_tgz.read_bytes() == from_dir.read_bytes()
+
+
+@pytest.mark.parametrize("top", ["dist", "."])
+def test_a_tarball_of_the_package_folder_itself_is_read(tmp_path: Path, top: str) -> None:
+    """`tar czf mine.tgz -C package dist` (or `.`): no top folder to strip, as a directory source may have none."""
+    root = make_package(tmp_path / "src")
+    tarball = tmp_path / "mine.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(root / top, arcname=top)
+    assert corpus.build_ci(tarball, tmp_path / "ci.txt").read_text(encoding="utf-8") == EXPECTED
+
+
+@pytest.mark.parametrize("mode", ["gz", "xz"])
+def test_a_corrupt_compressed_tarball_is_one_line(tmp_path: Path, mode: str) -> None:
+    """zlib's and lzma's own errors, not a TarError: they ended in a traceback."""
+    root = make_package(tmp_path / "src")
+    (root / "dist" / "filler.bin").write_bytes(random.Random(0).randbytes(1 << 20).hex().encode())  # not read
+    tarball = tmp_path / f"p.t{mode[0]}z"
+    with tarfile.open(tarball, f"w:{mode}") as tar:
+        tar.add(root, arcname="package")
+    data = bytearray(tarball.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(b ^ 0x55 for b in data[middle : middle + 2000])
+    tarball.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"cannot read tarball {tarball}: .*; pass the .tgz made by `npm pack"):
+        corpus.build_ci(tarball, tmp_path / "ci.txt")
+    assert not (tmp_path / "ci.txt").exists()
+
+
+def test_an_unreadable_source_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file without read permission (faked: root, as tests may run, reads any file) ended in a traceback."""
+    package = make_package(tmp_path)
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(UserError, match=r"cannot read .*\.json \(Permission denied\): make the chinese-poetry"):
+        corpus.build_ci(package, tmp_path / "ci.txt")
 
 
 def test_user_source_with_other_sha_warns_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -209,17 +250,28 @@ def test_a_folder_among_the_source_files_is_skipped(tmp_path: Path) -> None:
     assert (tmp_path / "ci.txt").read_text(encoding="utf-8") == EXPECTED
 
 
-def test_main_ctrl_c_is_interrupted_not_a_traceback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("signum", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_main_on_a_signal_says_so_not_a_traceback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    python_sigint,
+    signum,
+    code,
+    said,
 ) -> None:
-    def interrupted(*args: object) -> None:
-        raise KeyboardInterrupt
+    """SIGTERM ended it without a word, leaving npm running and its half-fetched tarball behind."""
 
-    monkeypatch.setattr(corpus, "build_ci", interrupted)
+    def signalled(*args: object) -> None:
+        signal.getsignal(signum)(signum, None)  # what the process does as the signal arrives
+
+    monkeypatch.setattr(corpus, "build_ci", signalled)
     with pytest.raises(SystemExit) as info:
         corpus.main(["--out", str(tmp_path / "ci.txt")])
-    assert info.value.code == 130
-    assert capsys.readouterr().err == "interrupted\n"
+    assert info.value.code == code
+    assert capsys.readouterr().err == f"{said}\n"
 
 
 def test_missing_source_raises(tmp_path: Path) -> None:
@@ -315,3 +367,27 @@ def test_the_output_must_be_a_file_to_write_not_a_pipe_nor_the_source(tmp_path: 
     with pytest.raises(UserError, match=f"--out {source} is the source itself, which it would replace"):
         corpus.build_ci(source, source)
     assert source.read_bytes() == before
+
+
+def test_the_output_must_not_be_inside_a_source_folder(tmp_path: Path) -> None:
+    """It would replace one of the package's files (the next build then finds it no JSON), or add one."""
+    package = make_package(tmp_path)
+    inside = package / "dist" / "songci" / "ci.song.0.json"
+    before = inside.read_bytes()
+    with pytest.raises(UserError, match=f"--out {inside} is inside the source folder {tmp_path}, which it would"):
+        corpus.build_ci(tmp_path, inside)
+    assert inside.read_bytes() == before
+
+
+def test_a_source_that_is_a_pipe_is_said_to_be_one(tmp_path: Path) -> None:
+    fifo = tmp_path / "s.tgz"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=f"source {fifo} is a pipe or a device, not a file: save it to a file"):
+        corpus.build_ci(fifo, tmp_path / "ci.txt")
+
+
+def test_a_url_data_path_is_refused_not_made_into_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="data.path https://example.com/data/ci.txt is a URL, and only local files"):
+        corpus.ensure_corpus("https://example.com/data/ci.txt", make_tarball(tmp_path))
+    assert not (tmp_path / "https:").exists()

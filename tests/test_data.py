@@ -381,6 +381,8 @@ def test_prompts_given_beside_a_prompts_file_are_reported(path: Path, tmp_path: 
     assert capsys.readouterr().err == ""  # the default prompts are not the user's
     module = make(path, prompts=["明月"], prompts_file=str(prompts))
     assert "data.prompts_file replaces data.prompts; ignoring ['明月']" in capsys.readouterr().err
+    make(path, prompts=["春江", "往事"], prompts_file=str(prompts))  # given, though the default ones
+    assert "data.prompts_file replaces data.prompts; ignoring ['春江', '往事']" in capsys.readouterr().err
     assert module.load_prompts() == module.load_prompts() == ["春江"]
     assert capsys.readouterr().err == ""  # once, not at every validation's samples
 

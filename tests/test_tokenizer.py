@@ -70,7 +70,7 @@ def test_oov_replace() -> None:
 
 def test_oov_replace_with_unknown_replacement_raises() -> None:
     tok = CharTokenizer.from_text("abc")  # no space in the vocabulary
-    with pytest.raises(UserError, match="replacement"):
+    with pytest.raises(UserError, match="' ' is not in the vocabulary either: pass --generation.oov drop"):
         tok.encode("ax", oov="replace")
 
 
