@@ -3,6 +3,7 @@ without a word (or only fail on after the training before it) that cannot do wha
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from babygpt_pl.errors import UserError, warn
 from babygpt_pl.files import check_folder_writable, same_file
 from babygpt_pl.generation import encode_prompts
 from babygpt_pl.loggers import logger_settings
-from babygpt_pl.module import FIT_METRICS
+from babygpt_pl.module import FIT_METRICS, BabyGPTModule
 from babygpt_pl.tokenizer import CharTokenizer
 
 
@@ -180,10 +181,12 @@ def unused_model_settings(model: Namespace) -> dict[str, str]:
 
 
 def warn_of_unused_model_settings(model: Namespace, given: Callable[[str], bool]) -> None:
-    """One of those set (``given("model.min_lr")``) is most likely a slip, e.g. min_lr with the constant schedule.
-    Said, not refused: a config may keep one for a switch of schedule or optimizer."""
+    """One of those set (``given("model.min_lr")``) to other than its default is most likely a slip, e.g. min_lr
+    with the constant schedule. Said, not refused: a config may keep one for a switch of schedule or optimizer.
+    (A full config, as --print_config writes, gives every setting: one at its default is no one's choice.)"""
+    defaults = inspect.signature(BabyGPTModule).parameters
     for key, why in unused_model_settings(model).items():
-        if given(f"model.{key}"):
+        if given(f"model.{key}") and model[key] != defaults[key].default:
             warn(f"model.{key} {model[key]} is not used in this run: {why}")
 
 

@@ -135,6 +135,11 @@ CHECKPOINT_DEFAULTS = {
 }
 
 
+CKPT_PATH_HELP = {
+    "fit": "The checkpoint to resume from: a file, or last (the checkpoint folder's last.ckpt, if there is one "
+    "yet). Leave it out for a new run.",
+    "other": "The checkpoint to load: a file, e.g. checkpoints/last.ckpt, or last (the checkpoint folder's).",
+}
 DESCRIPTION = "babygpt: train a character-level GPT on Chinese ci poetry (or any text) and generate from it."
 # What each command does, for --help: Lightning's texts, its Trainer methods' docstrings, speak of "the test set"
 # (the corpus has none) and "your data".
@@ -153,10 +158,10 @@ class Trainer(L.Trainer):
     # LightningCLI's subcommands must be Trainer methods: this class adds chat.
 
     def chat(self, model: BabyGPTModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None):
-        """Generate interactively: type a prompt and the continuation streams out; an empty line exits.
+        """The chat command (COMMANDS says what it does), on the device and precision the trainer settings chose.
 
         Args:
-            ckpt_path: the checkpoint to chat with, e.g. checkpoints/last.ckpt.
+            ckpt_path: the checkpoint's file (its --help line is CKPT_PATH_HELP's).
         """
         # None: the model's weights as they are (`babygpt chat` has loaded them, from the read that checked the file).
         if ckpt_path is not None:
@@ -245,10 +250,12 @@ class BabyGPTCLI(LightningCLI):
         super()._add_subcommands(parser, **kwargs)
         for choice in parser._subcommands_action._choices_actions:  # the list in `babygpt --help`
             choice.help = COMMANDS[choice.dest]
-        for name, subcommand in self._subcommand_parsers.items():  # --ckpt_path's section: titled by the docstring
+        for name, subcommand in self._subcommand_parsers.items():
             for group in subcommand._action_groups:
-                if any(action.dest == "ckpt_path" for action in group._group_actions):
-                    group.title = f"{name}'s own options"
+                for action in group._group_actions:
+                    if action.dest == "ckpt_path":  # Lightning's text offers "best", "hpc", "registry": refused here
+                        action.help = CKPT_PATH_HELP["fit" if name == "fit" else "other"]
+                        group.title = f"{name}'s own options"  # (it was the Trainer method's docstring)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.block_size", "data.block_size")
@@ -313,6 +320,7 @@ class BabyGPTCLI(LightningCLI):
                     f"checkpoint {path} has already trained {done} steps and trainer.max_steps is {max_steps}: "
                     "nothing is left to train; raise --trainer.max_steps to train on"
                 )
+            warn_of_unused_model_settings(model, self._given)  # here: the checkpoint's values replace them next
             if not self._given("checkpoint.dirpath"):  # the resumed run's own folder, not another run's
                 # A link's target's: the best-checkpoint record and last.ckpt are there (a link's folder would
                 # drop the record without a word, and keep a worse checkpoint as the best).
@@ -385,7 +393,7 @@ class BabyGPTCLI(LightningCLI):
         data = self.config[self.config.subcommand].data
         defaults = inspect.signature(CiDataModule).parameters
         trained_on = self._trained_on()
-        left_out = not self._given("data.path") and _plain(data.path) == _plain(defaults["path"].default)
+        left_out = self._default_data_path(data.path)
         if self.config.subcommand in ("validate", "test") and trained_on and left_out and os.path.exists(trained_on):
             data.path = trained_on  # (one that is gone: _take_vocab says so)
         saved = {k: v for k, v in self._saved_data_settings().items() if k in defaults}
@@ -533,15 +541,7 @@ class BabyGPTCLI(LightningCLI):
         if data.source and os.path.exists(data.path):
             warn(f"data.source {data.source} is not used: {data.path} exists (delete it to build it from the source)")
         trained_on = self._trained_on()
-        if trained_on and Path(trained_on).name != DEFAULT_NAME and not os.path.exists(data.path):
-            # Before data/ci.txt would be built (an 85 MB fetch) only to be refused as another text (a model of the
-            # published corpus takes it, built anew wherever it is asked for).
-            there = "" if os.path.exists(trained_on) else ", which is not there either"
-            fix = "pass --data.path to that text" if there else f"pass --data.path {trained_on}"
-            raise UserError(
-                f"checkpoint {config.ckpt_path} was trained on {trained_on}{there}, and this run's data.path "
-                f"{data.path} does not exist: {fix}"
-            )
+        self._check_trained_text(trained_on, data.path, config.ckpt_path)
         settings = ("batch_size", "block_size", "train_ratio", "val_batches", "seed", "source")
         probe = CiDataModule(data.path, **{k: data[k] for k in settings})
         tokenizer = probe.build_tokenizer()
@@ -550,7 +550,11 @@ class BabyGPTCLI(LightningCLI):
             config.model.vocab = vocab
         elif config.model.vocab != vocab and self.checkpoint:
             missing = len(set(config.model.vocab) - set(vocab))
-            fix = f"pass --data.path {trained_on}" if trained_on else "use the corpus it was trained on"
+            fix = (
+                f"pass --data.path {trained_on}"
+                if trained_on and os.path.exists(trained_on)
+                else f"pass --data.path to the text it was trained on{f' ({trained_on})' if trained_on else ''}"
+            )
             raise UserError(
                 f"the checkpoint's vocabulary ({len(config.model.vocab)} characters) is not that of {data.path} "
                 f"({len(vocab)} characters; {missing} of the checkpoint's are not in it): {fix}"
@@ -571,6 +575,32 @@ class BabyGPTCLI(LightningCLI):
             )
         return tokenizer
 
+    def _default_data_path(self, path: str) -> bool:
+        """Whether data.path was left out: not given, and at its default (a --data file's path is not seen as
+        given)."""
+        default = inspect.signature(CiDataModule).parameters["path"].default
+        return not self._given("data.path") and _plain(path) == _plain(default)
+
+    def _check_trained_text(self, trained_on: str | None, path: str, ckpt_path: str) -> None:
+        """A model of another text than the published corpus (which is built anew wherever it is asked for) is
+        told which text it needs before data/ci.txt is built (an 85 MB fetch) only to be refused as another
+        text, or evaluated in the place of one that is gone."""
+        if not trained_on or Path(trained_on).name == DEFAULT_NAME:
+            return
+        gone = not os.path.exists(trained_on)
+        if not os.path.exists(path):
+            there = ", which is not there either" if gone else ""
+            fix = "pass --data.path to that text" if gone else f"pass --data.path {trained_on}"
+            raise UserError(
+                f"checkpoint {ckpt_path} was trained on {trained_on}{there}, and this run's data.path {path} does "
+                f"not exist: {fix}"
+            )
+        # validate/test with data.path left out take the trained text (_default_to_trained_data): not the default.
+        if gone and self.subcommand in ("validate", "test") and self._default_data_path(path):
+            raise UserError(
+                f"checkpoint {ckpt_path} was trained on {trained_on}, which is not there: pass --data.path to that text"
+            )
+
     def _check_prompts_encode(self, config, tokenizer: CharTokenizer) -> None:
         """predict's prompts, checked before any of Lightning's set-up."""
         path = config.data.prompts_file
@@ -579,7 +609,7 @@ class BabyGPTCLI(LightningCLI):
         prompts = read_prompts(config.data.prompts, config.data.prompts_file)
         typed = config.data.prompts_file or self._given("data.prompts")
         # The user typed no prompt: say which ones these are, and how to give others.
-        context = "" if typed else f"the default prompts ({', '.join(prompts)}, replaced by --data.prompts)"
+        context = "" if typed else f"the default prompts ({', '.join(prompts)}; give your own with --data.prompts)"
         check_prompts(
             tokenizer, prompts, config.generation.oov, self.checkpoint["hyper_parameters"]["block_size"], context
         )
@@ -688,7 +718,7 @@ class BabyGPTCLI(LightningCLI):
                 warn_of_unfinished_writes(config.checkpoint.dirpath)
             if not self.checkpoint:
                 warn_of_a_short_run(config.trainer, config.model.warmup_steps)
-                warn_of_unused_model_settings(config.model, self._given)
+                warn_of_unused_model_settings(config.model, self._given)  # (a resume's: in _parse_ckpt_path)
                 if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath)
             else:

@@ -82,7 +82,8 @@ def short_union_error(message: str) -> str:
 def program_name() -> str | None:
     """The command as the user typed it, for usage lines and errors: argparse names ``python -m babygpt_pl`` after
     its file, "__main__.py" (None: argparse's own name, that of the installed ``babygpt``)."""
-    return "python -m babygpt_pl" if os.path.basename(sys.argv[0]) == "__main__.py" else None
+    ours = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+    return "python -m babygpt_pl" if os.path.realpath(sys.argv[0]) == os.path.realpath(ours) else None
 
 
 class OneLineErrorParser(LightningArgumentParser):

@@ -72,6 +72,9 @@ def test_a_rate_or_decay_set_that_the_run_does_not_use_is_warned(capsys, setting
     assert warned == unused
     warn_of_unused_model_settings(model, given=lambda key: False)  # left out: nothing to say
     assert capsys.readouterr().err == ""
+    model.update(Namespace(min_lr=0.0, muon_lr=0.02, weight_decay=0.01))  # a full config's defaults: no one's choice
+    warn_of_unused_model_settings(model, given=lambda key: True)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("name", ["base.yaml", "best.yaml", "cpu.yaml"])

@@ -89,9 +89,14 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch) -> None:
 @pytest.fixture
 def checkpoint(tmp_path: Path, corpus: Path) -> Path:
     """A real checkpoint of a tiny model trained for 2 steps on the small corpus."""
+    return trained_checkpoint(tmp_path, corpus)
+
+
+def trained_checkpoint(tmp_path: Path, corpus: Path, **settings) -> Path:
+    """The ``checkpoint`` fixture's, with other model ``settings``."""
     data = CiDataModule(str(corpus), batch_size=4, block_size=16, val_batches=1)
     vocab = "".join(data.build_tokenizer().vocab)
-    model = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1)
+    model = BabyGPTModule(vocab=vocab, block_size=16, n_embed=16, n_head=2, n_layer=1, **settings)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, data)
     path = tmp_path / "tiny.ckpt"
@@ -411,8 +416,10 @@ def test_the_default_prompts_are_named_where_the_model_cannot_take_them(tmp_path
     ckpt = tiny_checkpoint(tmp_path, english)
     assert run_main(monkeypatch, tmp_path, "predict", f"--ckpt_path={ckpt}") == 2
     line = one_error_line(capsys)
-    default = "error: the default prompts (春江, 往事, replaced by --data.prompts): 4 character(s) not in the model's"
-    assert line.startswith(default)
+    assert line == (
+        "error: the default prompts (春江, 往事; give your own with --data.prompts): 4 character(s) not in the "
+        "model's vocabulary: '春江往事'; remove them from the prompt, or pass --generation.oov drop (or replace)"
+    )
 
 
 def test_a_stop_string_the_model_never_writes_is_warned(tmp_path, monkeypatch, capsys) -> None:
@@ -1012,6 +1019,19 @@ def test_a_resumed_run_takes_this_runs_compile_setting(tmp_path, monkeypatch, ch
     assert cli.model.hparams.n_layer == 1
 
 
+def test_a_resume_compares_no_weight_decay_where_it_decays_nothing(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """Muon with a tied head decays nothing: checkpoints of the configs that set weight_decay 0.1 resume under the
+    configs that no longer do (a changed one that is used is refused: test_resume_with_another_learning_rate…)."""
+    ckpt = trained_checkpoint(tmp_path, corpus, optimizer="muon", tie_weights=True, weight_decay=0.1)
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", f"--data.path={corpus}", f"--ckpt_path={ckpt}", *RESUME, *TRAINED_DATA, "--trainer.logger=false"]
+    args += ["--model.optimizer=muon", "--model.tie_weights=true"]
+    set_up(monkeypatch, *args)  # at the default weight_decay, 0.01
+    assert "weight_decay" not in capsys.readouterr().err
+    set_up(monkeypatch, *args, "--model.weight_decay=0.5")
+    assert "warning: model.weight_decay 0.5 is not used in this run: Muon" in capsys.readouterr().err
+
+
 def test_a_new_run_warns_of_a_rate_it_does_not_use(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false", "--model.min_lr=1e-4")
@@ -1234,6 +1254,14 @@ def test_validate_looks_for_the_text_trained_on_not_the_default_corpus(tmp_path,
         "data/ci.txt does not exist: pass --data.path to that text"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
+    (tmp_path / "data").mkdir()  # as after `make run`: a ci.txt of the same characters is no stand-in for it
+    (tmp_path / "data" / "ci.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 20, encoding="utf-8")
+    for command in ("validate", "test"):
+        assert run_main(monkeypatch, tmp_path, command, f"--ckpt_path={ckpt}") == 2
+        expected = (
+            f"error: checkpoint {ckpt} was trained on gone.txt, which is not there: pass --data.path to that text"
+        )
+        assert one_error_line(capsys) == expected
 
 
 def test_validate_takes_the_trained_on_text_only_where_none_is_set_and_it_is_there(tmp_path, monkeypatch, capsys):
@@ -1251,7 +1279,8 @@ def test_validate_takes_the_trained_on_text_only_where_none_is_set_and_it_is_the
         ckpt = trained_on(tmp_path, text_path)
         assert run_main(monkeypatch, tmp_path, "validate", f"--ckpt_path={ckpt}", *args) == 2
         assert one_error_line(capsys).endswith(
-            f"is not that of {used} ({counts} of the checkpoint's are not in it): pass --data.path {text_path}"
+            f"is not that of {used} ({counts} of the checkpoint's are not in it): pass --data.path to the text it "
+            f"was trained on ({text_path})"
         )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
+import babygpt_pl
 from babygpt_pl.cli import main
 from babygpt_pl.parser import short_union_error
 
@@ -32,7 +34,11 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
 
 @pytest.mark.parametrize(
     ("argv0", "command"),
-    [("/venv/lib/babygpt_pl/__main__.py", "python -m babygpt_pl"), ("/venv/bin/babygpt", "babygpt")],
+    [
+        (str(Path(babygpt_pl.__file__).with_name("__main__.py")), "python -m babygpt_pl"),
+        ("/venv/bin/babygpt", "babygpt"),
+        ("/venv/lib/pytest/__main__.py", "__main__.py"),  # another module's `python -m` is not this one
+    ],
 )
 def test_errors_name_the_command_as_it_was_typed(monkeypatch, capsys, argv0, command) -> None:
     """argparse named ``python -m babygpt_pl`` after its file: "see __main__.py fit --help"."""
