@@ -13,7 +13,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProgressBar, ThroughputMonitor
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    Callback,
+    LearningRateMonitor,
+    RichProgressBar,
+    ThroughputMonitor,
+)
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -31,6 +37,23 @@ def batch_size(batch: Any) -> int:
 def batch_tokens(batch: Any) -> int:
     """Tokens in an (x, y) batch (B*T), so ThroughputMonitor's items/s are tokens/s; prompt characters else."""
     return batch[0].numel() if torch.is_tensor(batch[0]) else sum(map(len, batch))
+
+
+def accumulating(trainer: L.Trainer) -> bool:
+    """Whether the training batch that just ended is inside a gradient accumulation: its step is not over."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.current.ready % trainer.accumulate_grad_batches)
+
+
+class StepLearningRateMonitor(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, logging once per optimizer step: the library logs at the start of every
+    batch of a logged step, so with gradient accumulation each point twice."""
+
+    _logged_step = -1
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.global_step != self._logged_step:  # (the step's first batch)
+            self._logged_step = trainer.global_step
+            super().on_train_batch_start(trainer, *args, **kwargs)
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -65,7 +88,7 @@ class TokenThroughput(ThroughputMonitor):
             self._record(trainer, pl_module, stage, batches=1)
             return
         self._pending += 1
-        if trainer._logger_connector.should_update_logs:
+        if trainer._logger_connector.should_update_logs and not accumulating(trainer):  # once, at the step's end
             self._record(trainer, pl_module, stage, batches=self._pending)
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: RunningStage, batches: int) -> None:
@@ -255,7 +278,7 @@ class GracefulStop(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         # Inside a gradient accumulation the step is not over: a checkpoint would lose the gradient accumulated so far.
         # (Lightning's own test for it, on an epoch that never ends here.)
-        if trainer.fit_loop.epoch_loop.batch_progress.current.ready % trainer.accumulate_grad_batches:
+        if accumulating(trainer):
             return
         received = self.received is not None
         if trainer.world_size > 1:  # every rank must take part in the save, so stop together
@@ -317,7 +340,9 @@ class SampleTable(Callback):
         with torch.compiler.set_stance("force_eager"):
             completions = complete(pl_module.model, pl_module.tokenizer, trainer.datamodule.load_prompts(), config)
         pl_module.model.train(was_training)
-        rows = [[trainer.global_step, c.prompt, c.sample + 1, c.prompt + c.text] for c in completions]
+        # The weights' steps: a validate's global_step is 0, whatever the checkpoint it loaded had.
+        trained = trainer.global_step if trainer.state.fn == TrainerFn.FITTING else pl_module.checkpoint_step
+        rows = [[trained, c.prompt, c.sample + 1, c.prompt + c.text] for c in completions]
         # At the step Lightning logs val_loss at (its count of steps before this one), so the two line up.
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         logger.log_text("samples", columns=["step", "prompt", "sample", "text"], data=rows, step=step)

@@ -29,7 +29,14 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from babygpt_pl.callbacks import GracefulStop, PredictionPrinter, ProgressBar, SampleTable, TokenThroughput
+from babygpt_pl.callbacks import (
+    GracefulStop,
+    PredictionPrinter,
+    ProgressBar,
+    SampleTable,
+    StepLearningRateMonitor,
+    TokenThroughput,
+)
 from babygpt_pl.chat import chat_loop, check_num_samples, load_weights
 from babygpt_pl.checkpoint import LAST_FILE, AtomicCheckpointIO, LatestCheckpoint, check_checkpoint
 from babygpt_pl.checks import (
@@ -120,7 +127,12 @@ def trainer_defaults() -> dict:
             # --trainer.logger.init_args.offline false logs online.
             "init_args": {"project": "babygpt", "offline": True, "save_dir": DEFAULT_LOGGER_DIR},
         },
-        "callbacks": [LearningRateMonitor(logging_interval="step"), TokenThroughput(), GracefulStop(), SampleTable()],
+        "callbacks": [
+            StepLearningRateMonitor(logging_interval="step"),
+            TokenThroughput(),
+            GracefulStop(),
+            SampleTable(),
+        ],
     }
 
 

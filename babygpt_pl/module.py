@@ -89,6 +89,7 @@ class BabyGPTModule(L.LightningModule):
         compile_mode: str = "default",
     ) -> None:
         super().__init__()
+        self.checkpoint_step = 0
         if vocab is None:
             raise UserError("model.vocab is not set: train with `babygpt fit` or pass --ckpt_path to a checkpoint")
         if lr_schedule not in ("constant", "cosine"):
@@ -184,6 +185,10 @@ class BabyGPTModule(L.LightningModule):
                 f"the training loss became NaN or infinite at step {bad}; the last good checkpoint is kept. "
                 "Lower model.lr, add warmup (model.warmup_steps) or gradient clipping (trainer.gradient_clip_val)"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # The steps of the weights loaded: outside a fit, global_step stays 0 (the samples table's step column).
+        self.checkpoint_step = checkpoint.get("global_step", 0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # never let weights that saw a NaN loss overwrite last.ckpt

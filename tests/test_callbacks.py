@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from babygpt_pl import callbacks
 from babygpt_pl.callbacks import (
@@ -22,6 +22,7 @@ from babygpt_pl.callbacks import (
     PredictionPrinter,
     ProgressBar,
     SampleTable,
+    StepLearningRateMonitor,
     TokenThroughput,
     batch_size,
     batch_tokens,
@@ -38,19 +39,19 @@ def module() -> BabyGPTModule:
     return BabyGPTModule(vocab=VOCAB, block_size=16, n_embed=16, n_head=2, n_layer=1, dropout=0.0)
 
 
-def fit_nine_steps(module: BabyGPTModule, tmp_path: Path, callback: L.Callback, **trainer_kwargs) -> L.Trainer:
-    """Nine training steps of random tokens, logged every 3rd step (to CSV), with ``callback`` (a progress bar only
-    if it is one)."""
+def fit_nine_steps(module: BabyGPTModule, tmp_path: Path, *callbacks: L.Callback, **trainer_kwargs) -> L.Trainer:
+    """Nine training steps of random tokens, logged every 3rd step (to CSV), with ``callbacks`` (a progress bar only
+    if one is)."""
     x = torch.randint(len(VOCAB), (64, 16))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x), batch_size=4)
     trainer = L.Trainer(
         max_steps=9,
         log_every_n_steps=3,
         num_sanity_val_steps=0,
-        callbacks=[callback],
+        callbacks=list(callbacks),
         logger=CSVLogger(tmp_path),
         enable_checkpointing=False,
-        enable_progress_bar=isinstance(callback, ProgressBar),
+        enable_progress_bar=any(isinstance(callback, ProgressBar) for callback in callbacks),
         enable_model_summary=False,
         **trainer_kwargs,
     )
@@ -91,6 +92,22 @@ def test_throughput_reads_the_clock_only_on_logged_steps_and_still_counts_every_
         float(r["train/device/flops_per_sec"]) == pytest.approx(1000 * float(r["train/device/batches_per_sec"]))
         for r in rates
     )
+
+
+def test_throughput_and_learning_rate_are_logged_once_per_accumulated_step(module, tmp_path: Path, monkeypatch):
+    """Both libraries' callbacks act on every batch of a logged step: with gradient accumulation, the learning rate
+    was logged twice, and the throughput updated at the step's first batch (its average over fewer steps)."""
+    updates = []
+    original = Throughput.update
+    monkeypatch.setattr(Throughput, "update", lambda self, **kw: updates.append(kw["batches"]) or original(self, **kw))
+    monitor = StepLearningRateMonitor(logging_interval="step")
+    trainer = fit_nine_steps(
+        module, tmp_path, monitor, TokenThroughput(), accumulate_grad_batches=2, limit_val_batches=0
+    )
+    assert updates == [6, 12, 18]  # the batches so far, at the end of steps 3, 6 and 9
+    with open(Path(trainer.logger.log_dir) / "metrics.csv", newline="") as f:
+        logged = [row["step"] for row in csv.DictReader(f) if row["lr-AdamW/pg1"]]
+    assert logged == ["2", "5", "8"]  # Lightning's step of the logs of steps 3, 6 and 9: once each
 
 
 def test_progress_bar_reads_the_training_metrics_only_on_logged_steps(module, tmp_path: Path, monkeypatch) -> None:
@@ -336,6 +353,7 @@ def sample_table_trainer(tmp_path: Path, monkeypatch, logged: list) -> SimpleNam
         datamodule=datamodule,
         global_step=40,
         fit_loop=loop,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
     )
 
 
@@ -355,6 +373,17 @@ def test_sample_table_logs_each_prompt_after_validation(module, tmp_path: Path, 
     trainer.sanity_checking = True
     SampleTable().on_validation_end(trainer, module)
     assert len(logged) == 1  # nothing during the sanity check
+
+
+def test_samples_outside_a_fit_carry_the_checkpoint_step(module, tmp_path: Path, monkeypatch) -> None:
+    """Outside a fit global_step is 0: the table said a trained model's samples were an untrained one's."""
+    logged = []
+    trainer = sample_table_trainer(tmp_path, monkeypatch, logged)
+    trainer.global_step, trainer.state.fn = 0, TrainerFn.VALIDATING
+    module.on_load_checkpoint({"global_step": 30})
+    module.generation = GenerationConfig(max_new_tokens=2)
+    SampleTable().on_validation_end(trainer, module)
+    assert [row[0] for row in logged[0][2]] == [30, 30]
 
 
 def test_sample_table_does_not_compile_a_model_compiled_for_training(module, tmp_path: Path, monkeypatch) -> None:
