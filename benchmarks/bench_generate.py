@@ -40,6 +40,7 @@ from benchutil import (  # noqa: E402
     report,
     reset_peak,
     run_main,
+    section_peak,
     sync,
     timed,
     write_json,
@@ -123,7 +124,7 @@ def bench_decode(model: BabyGPT, args: argparse.Namespace, batch: int, tag: str 
     return {
         f"{key}_tokens_per_s": batch * args.new_tokens / t,
         f"{key}_ms_per_step": t * 1e3 / args.new_tokens,
-        f"{key}_peak_mib": peak_memory_mib(args.device),
+        **{f"{key}_{k}": v for k, v in section_peak(args.device).items()},
     }
 
 

@@ -35,11 +35,13 @@ from benchutil import (  # noqa: E402
     report,
     reset_peak,
     run_main,
+    section_peak,
     sync,
     timed,
     write_json,
 )
 
+from babygpt_pl.errors import UserError  # noqa: E402
 from babygpt_pl.model import BabyGPT, GPTConfig  # noqa: E402
 
 MODEL_FIELDS = ("block_size", "n_embed", "n_head", "n_layer", "dropout", "attn_dropout", "tie_weights", "pad_vocab_to")
@@ -97,10 +99,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_config(path: Path) -> tuple[dict[str, Any], int]:
     """The model fields and the batch size of a babygpt config file."""
-    config = yaml.safe_load(path.read_text()) or {}
-    model = {k: v for k, v in (config.get("model") or {}).items() if k in MODEL_FIELDS}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path} is not UTF-8 text; pass a babygpt config, e.g. configs/cpu.yaml") from None
+    sections = {key: config.get(key) or {} for key in ("model", "data")} if isinstance(config, dict) else {}
+    if not sections or not all(isinstance(section, dict) for section in sections.values()):
+        raise UserError(
+            f"--config {path} holds no model: and data: settings; pass a babygpt config, e.g. configs/cpu.yaml"
+        )
+    model = {k: v for k, v in sections["model"].items() if k in MODEL_FIELDS}
     model.setdefault("attn_dropout", None)  # BabyGPTModule's default: the tutorial's dropout on attention too
-    return model, int((config.get("data") or {}).get("batch_size", 64))
+    batch = sections["data"].get("batch_size", 64)
+    if not isinstance(batch, int) or batch < 1:
+        raise UserError(f"--config {path}: data.batch_size must be a positive integer, got {batch!r}")
+    return model, batch
 
 
 # A CPU's peak cannot be read off a VM (its clock is unknown, and AVX2's FMA units are 128 bits wide on some
@@ -198,7 +211,7 @@ def bench(
         f"{tag}_first_step_s": first,
         f"{tag}_tokens_per_s": tokens_per_s,
         f"{tag}_mfu": model.flops_per_token() * tokens_per_s / peak if peak else None,
-        f"{tag}_peak_mib": peak_memory_mib(args.device),
+        **{f"{tag}_{k}": v for k, v in section_peak(args.device).items()},
         f"{tag}_final_loss": loss,
     }
     del model, opt
@@ -236,9 +249,13 @@ def main(argv: list[str] | None = None) -> None:
         res.update(bench(args, model_cfg, batch, compiled, flops))
     if "eager_s_per_step" in res and "compiled_s_per_step" in res:
         res["compile_speedup"] = res["eager_s_per_step"] / res["compiled_s_per_step"]
+    if not args.device.startswith("cuda"):
+        res["peak_mib"] = peak_memory_mib(args.device)  # the process's peak RSS: every mode's, and Python's
     print_table(f"train: {res['device_name']}, torch {res['torch']}", list(res.items()))
     if not args.device.startswith("cuda"):
         print(f"MFU on CPU is against {source}")
+    if not any(f"{tag}_s_per_step" in res for tag in ("eager", "compiled")):  # (not over an earlier run's figures)
+        raise UserError("every mode failed (see their errors above): nothing was measured, no JSON written")
     write_json(args.out or default_out("train", args.device), res)
 
 

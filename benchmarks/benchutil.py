@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import resource
@@ -18,8 +19,8 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from babygpt_pl.errors import UserError, one_line
-from babygpt_pl.files import check_writable
+from babygpt_pl.errors import UserError, exit_on_signal, one_line
+from babygpt_pl.files import check_writable, same_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,17 +35,27 @@ def positive_int(text: str) -> int:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What argparse does not check option by option, before the run rather than after it: the device exists,
-    and the output files can be written."""
+    the threads do, and the output files can be written without replacing an input or each other."""
     if args.device != "cpu" and not args.device.startswith("cuda"):
         parser.error(f"--device {args.device}: use cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this machine has no CUDA GPU; pass --device cpu")
-    for option in ("out", "profile"):
-        if getattr(args, option) is not None:
-            try:
-                check_writable(getattr(args, option), f"--{option}", "result.json")
-            except UserError as err:
-                parser.error(str(err))
+    if getattr(args, "threads", None) and args.threads > (os.cpu_count() or 1):  # (100,000 crashed torch)
+        parser.error(f"--threads {args.threads}: this machine has {os.cpu_count()} CPU threads; pass at most that")
+    check_outputs(parser, {"--out": args.out, "--profile": args.profile}, {"--config": getattr(args, "config", None)})
+
+
+def check_outputs(parser: argparse.ArgumentParser, outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Each output file (option: path or None) can be written, and is none of the inputs nor another output."""
+    given = {option: path for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        try:
+            check_writable(path, option, "result.json")
+        except UserError as err:
+            parser.error(str(err))
+        others = {**inputs, **{o: p for o, p in given.items() if o != option}}
+        if clash := next((o for o, p in others.items() if p is not None and _one_file(path, p)), None):
+            parser.error(f"{option} {path} is also {clash}, which the run would overwrite: give another file")
 
 
 def default_device() -> str:
@@ -85,12 +96,21 @@ def device_profiler(device: str) -> profile:
     return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else []))
 
 
+def _one_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths are one file: by name for a file yet to be written, also through a link for one there."""
+    return os.path.abspath(a) == os.path.abspath(b) or same_file(str(a), str(b))
+
+
+_REPORTED: set[Path] = set()  # the report files this run has written: emptied at the first report, then added to
+
+
 def report(text: str, path: Path | None) -> None:
-    """Print ``text``, and append it to ``path`` when one is given."""
+    """Print ``text``, and add it to ``path`` when one is given: the file holds this run's reports alone."""
     print(text, flush=True)
     if path is not None:
-        with path.open("a") as f:
+        with path.open("a" if path in _REPORTED else "w") as f:
             f.write(text + "\n")
+        _REPORTED.add(path)
 
 
 def timed(fn: Callable[[], Any], device: str, rounds: int, warmup: int = 1) -> list[float]:
@@ -114,6 +134,12 @@ def median(values: Sequence[float]) -> float:
 def reset_peak(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+
+
+def section_peak(device: str) -> dict[str, float]:
+    """``{"peak_mib": …}`` of the part measured since the last reset_peak: on a GPU only, since a CPU's figure is
+    the process's peak RSS, which cannot be reset (a part's would hold every earlier part's peak)."""
+    return {"peak_mib": peak_memory_mib(device)} if device.startswith("cuda") else {}
 
 
 def peak_memory_mib(device: str) -> float:
@@ -159,9 +185,20 @@ def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a benchmark's main: a bad setting it finds only later (a model shape the model refuses, a config file
-    that is no YAML) is one ``error:`` line and exit code 2, as for the product's own commands."""
+    that is no YAML, a size the memory cannot hold) is one ``error:`` line and exit code 2, and Ctrl-C one
+    line, as for the product's own commands."""
     try:
         main()
     except (UserError, yaml.YAMLError) as err:
         print("error:", one_line(err), file=sys.stderr)
         sys.exit(2)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        print(f"error: out of memory ({one_line(err)[:200]}): use smaller sizes", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err):  # (torch's CPU allocator's message)
+            raise
+        print(f"error: out of memory ({one_line(err)[:200]}): use smaller sizes", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as err:  # the JSON is written at the end only: nothing is half-written
+        exit_on_signal(err)

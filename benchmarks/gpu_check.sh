@@ -57,7 +57,7 @@ SKIP=${SKIP:-}               # step names to leave out
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
-rm -f "$OUT"/{best_*.txt,checkpoints_*.txt,predict_*.jsonl,train*.json,train_profile*.txt,profile_fit*.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
+rm -f "$OUT"/{*.log,best_*.txt,checkpoints_*.txt,predict_*.jsonl,train*.json,train_profile*.txt,profile_fit*.txt,generate.json,generate_profile.txt,summary.json}  # no stale figures
 : >"$OUT/steps.tsv"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true WANDB_DIR="$WORK" TOKENIZERS_PARALLELISM=false
 

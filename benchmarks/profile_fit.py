@@ -23,10 +23,9 @@ import lightning as L
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import device_profiler, positive_int, report, run_main, sync  # noqa: E402
+from benchutil import check_outputs, device_profiler, positive_int, report, run_main, sync  # noqa: E402
 
 from babygpt_pl import cli  # noqa: E402
-from babygpt_pl.files import check_writable  # noqa: E402
 
 
 class StepProfiler(L.Callback):
@@ -36,9 +35,13 @@ class StepProfiler(L.Callback):
         self.start, self.steps, self.out = start, steps, out
         self.t0 = 0.0
         self.prof: profile | None = None
+        self._last_step = -1
 
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         step = trainer.global_step
+        if step == self._last_step:  # another batch of the step (gradient accumulation): its start is timed
+            return
+        self._last_step = step
         device = str(trainer.strategy.root_device)
         if step == self.start:
             sync(device)
@@ -66,8 +69,10 @@ def main() -> None:
     parser.add_argument("--steps", type=positive_int, default=10, help="steps timed, then as many profiled")
     parser.add_argument("--out", type=Path, help="also append the report to this file")
     args, rest = parser.parse_known_args()
-    if args.out is not None:  # before the run, not after all of it
-        check_writable(args.out, "--out", "profile.txt")
+    configs = [b for a, b in zip(rest, rest[1:], strict=False) if a in ("-c", "--config")]
+    configs += [a.split("=", 1)[1] for a in rest if a.startswith("--config=")]
+    for config in configs or [None]:  # before the run, not after all of it
+        check_outputs(parser, {"--out": args.out}, {"--config": config})
     profiler = StepProfiler(args.start, args.steps, args.out)
     defaults = cli.trainer_defaults
     # The run's checkpoints and wandb files default to a folder of its own, removed after: a profile must not write

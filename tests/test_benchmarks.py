@@ -28,6 +28,8 @@ def test_bench_generate_writes_every_figure(tmp_path: Path) -> None:
     for key in ("prefill_b1_ms", *decode, "cache_speedup_b1"):
         assert figures[key] > 0, key
     assert figures["window_past_tokens"] > 0
+    # On a CPU only the process's peak: a part's would hold every earlier part's (it cannot be reset).
+    assert figures["peak_mib"] > 0 and not [key for key in figures if key.endswith("_peak_mib")]
 
 
 def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
@@ -48,10 +50,12 @@ def test_profile_fit_reports_and_leaves_the_folders_of_real_runs_alone(tmp_path:
     before = sorted(tmp_path.rglob("*"))
     tiny = ["--model.n_layer=1", "--model.n_embed=16", "--model.n_head=2", "--model.block_size=16"]
     args = [f"--data.path={corpus}", *tiny, "--data.batch_size=2", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.accumulate_grad_batches=2", "--trainer.val_check_interval=10"]  # timed per step, not batch
     command = [sys.executable, str(ROOT / "benchmarks" / "profile_fit.py"), "--start=1", "--steps=1", *args]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=babygpt_env())
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ms/step over steps 1..1, unprofiled" in result.stdout
+    [wall] = [line for line in result.stdout.splitlines() if line.startswith("wall:")]  # one, not one per batch
+    assert "ms/step over steps 1..1, unprofiled" in wall
     assert sorted(tmp_path.rglob("*")) == before  # no checkpoint, wandb run or config.yaml here
     assert (tmp_path / "checkpoints" / "last.ckpt").read_text() == "a real run's"
 
@@ -73,9 +77,94 @@ def test_profile_fit_reports_and_leaves_the_folders_of_real_runs_alone(tmp_path:
             "error: GPTConfig.n_embed (16) must be divisible by n_head (3)",
         ),
         ("profile_fit.py", ["--steps=0"], "argument --steps: must be >= 1, got 0"),
+        ("bench_train.py", ["--threads=100000"], "--threads 100000: this machine has"),
     ],
 )
 def test_bad_options_are_refused_before_running(script: str, args: list[str], shown: str) -> None:
     result = bench(script, "--device=cpu", *args)
     assert result.returncode == 2
     assert shown in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("script", "inputs"),
+    [
+        ("bench_train.py", ["--out", "--config"]),
+        ("bench_train.py", ["--out", "--profile"]),
+        ("profile_fit.py", ["--out", "--config"]),
+    ],
+)
+def test_an_output_that_is_an_input_or_another_output_is_refused(tmp_path: Path, script: str, inputs: list) -> None:
+    """The run wrote its JSON over its config (or its profile), or appended its report to the config."""
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {n_layer: 1}\n")
+    first, second = inputs
+    result = bench(script, "--device=cpu", f"{first}={config}", f"{second}={config}")
+    assert result.returncode == 2
+    assert f"error: {first} {config} is also {second}, which the run would overwrite" in result.stderr
+    assert config.read_text() == "model: {n_layer: 1}\n"
+
+
+def test_a_training_benchmark_that_measured_nothing_fails_and_writes_nothing(tmp_path: Path) -> None:
+    """It exited 0 with a JSON of errors: over the figures of an earlier run, where --out was left out."""
+    out = tmp_path / "t.json"
+    result = bench("bench_train.py", "--device=cpu", "--batch=100000000000", "--vocab=64", f"--out={out}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("error: every mode failed (see their errors above)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        ("- a\n", "holds no model: and data: settings"),
+        ("model: 5\n", "holds no model: and data: settings"),
+        ("data: {batch_size: 0}\n", "data.batch_size must be a positive integer, got 0"),
+        ("data: {batch_size: abc}\n", "data.batch_size must be a positive integer, got 'abc'"),
+    ],
+)
+def test_a_config_that_is_no_babygpt_config_is_one_line(tmp_path: Path, content: str, shown: str) -> None:
+    """They ended in tracebacks, or (a batch of 0) in a JSON of errors and exit code 0."""
+    (tmp_path / "c.yaml").write_text(content)
+    result = bench("bench_train.py", "--device=cpu", f"--config={tmp_path / 'c.yaml'}", f"--out={tmp_path / 'o.json'}")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: --config {tmp_path / 'c.yaml'}") and shown in line
+
+
+def test_a_report_file_holds_the_reports_of_this_run_alone(tmp_path: Path, monkeypatch) -> None:
+    """--profile FILE grew by a run's tables at every run."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import benchutil
+
+    monkeypatch.setattr(benchutil, "_REPORTED", set())  # a new run
+    path = tmp_path / "profile.txt"
+    path.write_text("an earlier run's table\n")
+    benchutil.report("one", path)
+    benchutil.report("two", path)
+    assert path.read_text() == "one\ntwo\n"
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "said"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (
+            RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 TB"),
+            2,
+            "error: out of memory",
+        ),
+    ],
+)
+def test_a_benchmark_stopped_or_out_of_memory_is_one_line(monkeypatch, capsys, raised, code, said) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import benchutil
+
+    def main() -> None:
+        raise raised
+
+    with pytest.raises(SystemExit) as info:
+        benchutil.run_main(main)
+    assert info.value.code == code
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(said)
