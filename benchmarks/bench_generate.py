@@ -250,8 +250,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.decode_prompt_len + args.new_tokens > args.block_size:
         print(f"note: decode prompt + new tokens exceed block_size {args.block_size}: decode includes refills")
-    if args.prompt_len >= args.block_size:
-        sys.exit(f"--prompt-len must be below --block-size ({args.block_size})")
     res = run(args)
     print_table(f"generate: {res['device_name']}, torch {res['torch']}", [(k, v) for k, v in res.items()])
     write_json(args.out or default_out("generate", args.device), res)

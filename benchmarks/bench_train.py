@@ -14,6 +14,7 @@ which compiles a compiled model, is reported apart).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -86,8 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_args(p, args)
     if args.warmup is not None and args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.cpu_peak_gflops is not None and not args.cpu_peak_gflops > 0:
-        p.error(f"--cpu-peak-gflops must be > 0, got {args.cpu_peak_gflops:g}; or leave it out to measure it")
+    if args.cpu_peak_gflops is not None and not 0 < args.cpu_peak_gflops < math.inf:
+        p.error(
+            f"--cpu-peak-gflops must be > 0 and finite, got {args.cpu_peak_gflops:g}; or leave it out to measure it"
+        )
     if not args.config.is_file():
         p.error(f"--config {args.config} is not a file; pass a babygpt config, e.g. configs/cpu.yaml")
     cuda = args.device.startswith("cuda")
