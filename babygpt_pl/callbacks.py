@@ -40,7 +40,8 @@ def batch_tokens(batch: Any) -> int:
 
 
 def accumulating(trainer: L.Trainer) -> bool:
-    """Whether the training batch that just ended is inside a gradient accumulation: its step is not over."""
+    """Whether the training batch that just ended is inside a gradient accumulation: its step is not over.
+    (Lightning's own test, fit_loop._should_accumulate, less its case of an epoch's last batch: one endless epoch.)"""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.current.ready % trainer.accumulate_grad_batches)
 
 

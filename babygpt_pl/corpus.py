@@ -203,10 +203,12 @@ def build_ci(source: str | Path | None, out_path: str | Path, option: str = "--o
         )
     if source is not None and out_path.is_file() and Path(source).is_file() and out_path.samefile(source):
         raise UserError(f"{option} {out_path} is the source itself, which it would replace: choose another file")
-    if source is not None and Path(source).is_dir() and out_path.resolve().is_relative_to(Path(source).resolve()):
-        raise UserError(
-            f"{option} {out_path} is inside the source folder {source}, which it would change: choose a file outside it"
-        )
+    if source is not None and Path(source).is_dir():
+        read = _package_root(Path(source)) / "dist"  # the package's files: a file written there is read next time
+        if out_path.resolve().is_relative_to(read.resolve()):
+            raise UserError(
+                f"{option} {out_path} is inside {read}, the package files it is built from: choose a file outside it"
+            )
     if source is None:
         with tempfile.TemporaryDirectory(prefix="babygpt-npm-") as tmp:
             source_path = _npm_pack(Path(tmp))

@@ -114,7 +114,7 @@ def read_config(path: Path) -> tuple[dict[str, Any], int]:
     model = {k: v for k, v in sections["model"].items() if k in MODEL_FIELDS}
     model.setdefault("attn_dropout", None)  # BabyGPTModule's default: the tutorial's dropout on attention too
     batch = sections["data"].get("batch_size", 64)
-    if not isinstance(batch, int) or batch < 1:
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise UserError(f"--config {path}: data.batch_size must be a positive integer, got {batch!r}")
     return model, batch
 
@@ -252,8 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         res.update(bench(args, model_cfg, batch, compiled, flops))
     if "eager_s_per_step" in res and "compiled_s_per_step" in res:
         res["compile_speedup"] = res["eager_s_per_step"] / res["compiled_s_per_step"]
-    if not args.device.startswith("cuda"):
-        res["peak_mib"] = peak_memory_mib(args.device)  # the process's peak RSS: every mode's, and Python's
+    parts = [res[f"{tag}_peak_mib"] for tag in ("eager", "compiled") if f"{tag}_peak_mib" in res]
+    # GPU: the larger mode's; CPU: the process's peak RSS (every mode's, and Python's).
+    res["peak_mib"] = max(parts) if parts else peak_memory_mib(args.device)
     print_table(f"train: {res['device_name']}, torch {res['torch']}", list(res.items()))
     if not args.device.startswith("cuda"):
         print(f"MFU on CPU is against {source}")

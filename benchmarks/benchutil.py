@@ -20,7 +20,7 @@ import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from babygpt_pl.errors import UserError, exit_on_signal, one_line
-from babygpt_pl.files import check_writable, same_file
+from babygpt_pl.files import check_writable, in_place, same_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,7 +97,10 @@ def device_profiler(device: str) -> profile:
 
 
 def _one_file(a: str | Path, b: str | Path) -> bool:
-    """Whether two paths are one file: by name for a file yet to be written, also through a link for one there."""
+    """Whether two paths are one file: by name for a file yet to be written, also through a link for one there
+    (a device such as /dev/null takes any number of writes)."""
+    if in_place(Path(a)):
+        return False
     return os.path.abspath(a) == os.path.abspath(b) or same_file(str(a), str(b))
 
 
@@ -192,11 +195,9 @@ def run_main(main: Callable[[], None]) -> None:
     except (UserError, yaml.YAMLError) as err:
         print("error:", one_line(err), file=sys.stderr)
         sys.exit(2)
-    except (torch.OutOfMemoryError, MemoryError) as err:
-        print(f"error: out of memory ({one_line(err)[:200]}): use smaller sizes", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as err:
-        if "can't allocate memory" not in str(err):  # (torch's CPU allocator's message)
+    except (MemoryError, RuntimeError) as err:  # (torch.OutOfMemoryError is a RuntimeError)
+        oom = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)  # CPU's
+        if not oom:
             raise
         print(f"error: out of memory ({one_line(err)[:200]}): use smaller sizes", file=sys.stderr)
         sys.exit(2)

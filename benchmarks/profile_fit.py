@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--start", type=positive_int, default=20, help="first timed step (after warm-up)")
     parser.add_argument("--steps", type=positive_int, default=10, help="steps timed, then as many profiled")
-    parser.add_argument("--out", type=Path, help="also append the report to this file")
+    parser.add_argument("--out", type=Path, help="also write the report to this file (this run's alone)")
     args, rest = parser.parse_known_args()
     configs = [b for a, b in zip(rest, rest[1:], strict=False) if a in ("-c", "--config")]
     configs += [a.split("=", 1)[1] for a in rest if a.startswith("--config=")]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from cli_helper import babygpt_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,8 @@ def test_bench_train_writes_its_figures(tmp_path: Path) -> None:
     assert 0 < figures["eager_mfu"] < 1, "the step's rate against the matrix product's, measured on this CPU"
     mfu = figures["flops_per_token"] * figures["eager_tokens_per_s"] / figures["peak_flops"]
     assert figures["eager_mfu"] == pytest.approx(mfu)  # against the peak the output names, not another measurement
+    # On a CPU only the process's peak: a part's would hold every earlier part's (it cannot be reset).
+    assert figures["peak_mib"] > 0 and not [key for key in figures if key.endswith("_peak_mib")]
 
 
 def test_profile_fit_reports_and_leaves_the_folders_of_real_runs_alone(tmp_path: Path, corpus: Path) -> None:
@@ -81,8 +84,9 @@ def test_profile_fit_reports_and_leaves_the_folders_of_real_runs_alone(tmp_path:
         ("bench_train.py", ["--threads=100000"], "--threads 100000: this machine has"),
     ],
 )
-def test_bad_options_are_refused_before_running(script: str, args: list[str], shown: str) -> None:
-    result = bench(script, "--device=cpu", *args)
+def test_bad_options_are_refused_before_running(tmp_path: Path, script: str, args: list[str], shown: str) -> None:
+    out = [] if any(a.startswith("--out") for a in args) else [f"--out={tmp_path / 'o'}"]  # (a run let through)
+    result = bench(script, "--device=cpu", *args, *out)
     assert result.returncode == 2
     assert shown in result.stderr.splitlines()[-1]
 
@@ -104,6 +108,15 @@ def test_an_output_that_is_an_input_or_another_output_is_refused(tmp_path: Path,
     assert result.returncode == 2
     assert f"error: {first} {config} is also {second}, which the run would overwrite" in result.stderr
     assert config.read_text() == "model: {n_layer: 1}\n"
+
+
+def test_two_outputs_are_one_file_also_before_either_is_there(tmp_path: Path, monkeypatch) -> None:
+    result = bench("bench_generate.py", "--device=cpu", f"--out={tmp_path / 'x'}", f"--profile={tmp_path / 'x'}")
+    assert result.returncode == 2 and f"--out {tmp_path / 'x'} is also --profile" in result.stderr
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import benchutil
+
+    assert not benchutil._one_file("/dev/null", "/dev/null")  # a device takes any number of writes
 
 
 def test_a_training_benchmark_that_measured_nothing_fails_and_writes_nothing(tmp_path: Path) -> None:
@@ -155,6 +168,8 @@ def test_a_report_file_holds_the_reports_of_this_run_alone(tmp_path: Path, monke
             2,
             "error: out of memory",
         ),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB"), 2, "error: out of memory"),
+        (MemoryError(), 2, "error: out of memory"),
     ],
 )
 def test_a_benchmark_stopped_or_out_of_memory_is_one_line(monkeypatch, capsys, raised, code, said) -> None:

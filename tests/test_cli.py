@@ -11,7 +11,7 @@ import torch
 import yaml
 from cli_helper import TINY, babygpt
 
-from babygpt_pl.cli import COMMANDS, main
+from babygpt_pl.cli import CKPT_PATH_HELP, COMMANDS, main
 
 pytestmark = pytest.mark.slow
 
@@ -110,13 +110,15 @@ def test_compiled_run_round_trips_through_its_checkpoint(tmp_path: Path, corpus:
     assert ckpt["global_step"] == 5
 
 
-@pytest.mark.parametrize("command", [[], ["test"]])
+@pytest.mark.parametrize("command", [[], ["test"], ["fit"]])
 def test_help_says_what_each_command_does_here(capsys, command: list[str]) -> None:
     """Not Lightning's own texts, which speak of a test set that the corpus does not have."""
     with pytest.raises(SystemExit):
         main([*command, "--help"])
     text = " ".join(capsys.readouterr().out.split())  # (argparse wraps the lines)
     assert "test set" not in text
-    assert COMMANDS["test"] in text and "Lightning Trainer command line tool" not in text
+    assert COMMANDS[command[0] if command else "test"] in text and "Lightning Trainer command line tool" not in text
     if not command:
         assert all(f"{name} {help}" in text for name, help in COMMANDS.items())
+    else:  # --ckpt_path: a file or last (Lightning's offers "best", "hpc" and "registry", which are refused)
+        assert CKPT_PATH_HELP["fit" if command == ["fit"] else "other"] in text and '"best"' not in text

@@ -369,14 +369,17 @@ def test_the_output_must_be_a_file_to_write_not_a_pipe_nor_the_source(tmp_path: 
     assert source.read_bytes() == before
 
 
-def test_the_output_must_not_be_inside_a_source_folder(tmp_path: Path) -> None:
-    """It would replace one of the package's files (the next build then finds it no JSON), or add one."""
+def test_the_output_must_not_be_among_the_package_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It would replace one of the package's files (the next build then finds it no JSON), or add one; beside them,
+    as data/ci.txt in a folder where the tarball was unpacked, it is built."""
     package = make_package(tmp_path)
     inside = package / "dist" / "songci" / "ci.song.0.json"
     before = inside.read_bytes()
-    with pytest.raises(UserError, match=f"--out {inside} is inside the source folder {tmp_path}, which it would"):
+    with pytest.raises(UserError, match=f"--out {inside} is inside {package / 'dist'}, the package files it is"):
         corpus.build_ci(tmp_path, inside)
     assert inside.read_bytes() == before
+    monkeypatch.chdir(tmp_path)
+    assert corpus.build_ci(".", "data/ci.txt").read_text(encoding="utf-8") == EXPECTED
 
 
 def test_a_source_that_is_a_pipe_is_said_to_be_one(tmp_path: Path) -> None:
