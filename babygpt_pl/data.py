@@ -49,6 +49,11 @@ def read_text(path: str | Path, what: str = "corpus file", option: str = "--data
         ) from None
     if not text:
         raise UserError(f"{what} {path} is empty: pass {option} to a UTF-8 text file with some text in it")
+    if text.count("\0") * 4 >= len(text):  # UTF-16 without a byte-order mark: ASCII decodes to half NULs
+        raise UserError(
+            f"{what} {path} is not UTF-8 text: a quarter or more of it is NUL characters, as in UTF-16; convert it "
+            f"(e.g. iconv -f UTF-16LE -t UTF-8) or pass another {option}"
+        )
     return text.replace("\r\n", "\n")  # Windows line ends: "\r" is no character of the text
 
 

@@ -187,6 +187,16 @@ def test_non_utf8_file_names_the_offset(tmp_path: Path) -> None:
     assert f"0x{'明'.encode('gbk')[0]:02x}" in message
 
 
+def test_utf16_without_a_byte_order_mark_is_refused_not_trained_on(tmp_path: Path) -> None:
+    """English text in UTF-16 decodes as UTF-8 without error: every other character a NUL, which trained."""
+    p = tmp_path / "utf16.txt"
+    p.write_bytes(("the quick brown fox\n" * 20).encode("utf-16-le"))
+    with pytest.raises(UserError, match=f"corpus file {p} is not UTF-8 text: a quarter or more of it is NUL"):
+        read_text(p)
+    p.write_text("abc\0defgh\n" * 20, encoding="utf-8")  # a few NULs among the text: a text still
+    assert read_text(p).count("\0") == 20
+
+
 def test_after_a_byte_order_mark_the_bad_byte_is_named_at_its_offset_in_the_file(tmp_path: Path) -> None:
     p = tmp_path / "bom.txt"
     p.write_bytes(b"\xef\xbb\xbf" + b"abc" + b"\xe9" + b"abc")  # the decoder counts from after the mark
