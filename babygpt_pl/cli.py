@@ -62,6 +62,7 @@ from babygpt_pl.errors import (
     UserError,
     debugging,
     exit_on_signal,
+    first_process,
     one_line,
     refuse_unquoted_items,
     terminate_on_sigterm,
@@ -696,25 +697,29 @@ class BabyGPTCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except (Terminated, SIGTERMException):  # (Lightning's answer to SIGTERM outside training: an exit of code 0)
-            # Lightning ends the processes it started on a KeyboardInterrupt, not on these: the other ranks would
-            # wait at their next collective, then end in a traceback once this one is gone.
-            launcher = self.trainer.strategy.launcher
-            if isinstance(launcher, _SubprocessScriptLauncher):
-                launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
+            self._end_other_ranks()
             raise Terminated from None
         except SystemExit as err:
             if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):
                 # Lightning's answer to Ctrl-C in a run (exit 1, as for a crash): the command's "interrupted", 130.
                 raise KeyboardInterrupt from None
             raise
-        except Exception as err:
-            # wandb's own errors (no API key for an online run, a refused key, a bad run id) say what to do.
+        except Exception as err:  # e.g. a checkpoint that this rank alone writes, to a full disk
+            self._end_other_ranks()
             if not type(err).__module__.startswith("wandb.errors"):
                 raise
+            # wandb's own errors (no API key for an online run, a refused key, a bad run id) say what to do.
             online = any(isinstance(lg, WandbLogger) and not lg._offline for lg in self.trainer.loggers)
             online &= os.environ.get("WANDB_MODE") not in ("offline", "dryrun", "disabled")
             hint = " (or log offline: drop --trainer.logger.init_args.offline false)" if online else ""
             raise UserError(f"wandb: {err}{hint}") from err
+
+    def _end_other_ranks(self) -> None:
+        """Lightning ends the processes it started on a KeyboardInterrupt only: on another error of this one, the
+        other ranks would wait at their next collective, then end in a traceback once this one is gone."""
+        launcher = self.trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher):
+            launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
 
     def after_instantiate_classes(self) -> None:
         for args, saved in getattr(self, "_given_logger_args", []):
@@ -792,7 +797,8 @@ def _main(args: list[str] | None) -> None:
     except (UserError, MisconfigurationException) as err:  # Lightning's own "bad settings" error is one line too
         if debug:
             raise
-        print("error:", one_line(err), file=sys.stderr)  # one line, whatever a library's message holds
+        if first_process():  # (the other ranks of a DDP run meet the same error, or are ended by this one)
+            print("error:", one_line(err), file=sys.stderr)  # one line, whatever a library's message holds
         sys.exit(2)
     # Ctrl-C while the command starts up, SIGTERM outside training (during it GracefulStop saves and stops).
     except (KeyboardInterrupt, Terminated) as err:

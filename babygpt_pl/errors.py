@@ -25,14 +25,20 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def warn(message: str) -> None:
-    """One ``warning: …`` line on stderr (stdout carries only what a command produces, e.g. generated text),
-    from the first process only: under DDP every rank runs the command, and would repeat it."""
+def first_process() -> bool:
+    """Whether this is the first process (rank 0): under DDP every rank runs the command, and would repeat each of
+    its lines."""
     # The variables Lightning's rank_zero_only reads, in its order (no Lightning import here: model.py uses this).
     rank = next(
         (os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK") if k in os.environ), "0"
     )
-    if rank == "0":
+    return rank == "0"
+
+
+def warn(message: str) -> None:
+    """One ``warning: …`` line on stderr (stdout carries only what a command produces, e.g. generated text),
+    from the first process only."""
+    if first_process():
         print(f"warning: {message}", file=sys.stderr)
 
 

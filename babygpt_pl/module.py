@@ -178,8 +178,16 @@ class BabyGPTModule(L.LightningModule):
             self.check_finite()
 
     def check_finite(self) -> None:
-        """Stop (with the previous checkpoint kept) once the training loss has become NaN or infinite."""
-        bad = int(getattr(self, "_first_bad_step", torch.tensor(-1)))
+        """Stop (with the previous checkpoint kept) once the training loss has become NaN or infinite: on every
+        rank at once, at the first bad step of any (a rank that went on alone would wait at its next collective)."""
+        first_bad = getattr(self, "_first_bad_step", None)
+        if first_bad is None:
+            return
+        if self._trainer is not None and self.trainer.world_size > 1:
+            steps = self.all_gather(first_bad).reshape(-1)
+            first_bad = torch.where(steps < 0, torch.iinfo(steps.dtype).max, steps).min()
+            first_bad = torch.where(first_bad == torch.iinfo(steps.dtype).max, -1, first_bad)
+        bad = int(first_bad)
         if bad >= 0:
             raise UserError(
                 f"the training loss became NaN or infinite at step {bad}; the last good checkpoint is kept. "

@@ -32,6 +32,16 @@ def test_two_process_ddp_trains_logs_checkpoints_and_resumes(tmp_path: Path, cor
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
 
 
+def test_a_nan_loss_under_ddp_stops_every_rank_in_one_line(tmp_path: Path, corpus: Path) -> None:
+    """The ranks decide together: one rank's NaN stopped it alone, and the other ended in a gloo traceback (on a
+    GPU, NCCL would wait); both printed the error."""
+    args = ["fit", "--data.path=corpus.txt", *TINY, *DDP, "--trainer.logger=false", "--trainer.log_every_n_steps=1"]
+    result = babygpt(tmp_path, *args, "--trainer.max_steps=200", "--model.lr=3000", check=False)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "[rank", "Traceback"))]
+    assert len(errors) == 1 and errors[0].startswith("error: the training loss became NaN or infinite at step ")
+
+
 def metrics(run: Path) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for path in sorted(run.glob("logs/**/metrics.csv")):

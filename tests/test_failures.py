@@ -976,20 +976,27 @@ def test_an_empty_ckpt_path_is_one_line(tmp_path, monkeypatch, capsys, corpus, c
     assert not (tmp_path / "outputs").exists()
 
 
-def test_an_online_run_without_a_wandb_login_is_one_line(tmp_path, corpus) -> None:
-    """In a process of its own: wandb keeps its settings for the life of a process."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_online_run_without_a_wandb_login_is_one_line(tmp_path, corpus, processes) -> None:
+    """In a process of its own: wandb keeps its settings for the life of a process. Under DDP the first rank alone
+    starts the run: the other ended in a traceback at its next collective, once the first had gone."""
     args = [
         "fit",
         f"--data.path={corpus}",
         *SMALL,
         "--trainer.max_steps=10",
         "--trainer.logger.init_args.offline=false",
+        *(
+            ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", f"--trainer.devices={processes}"]
+            if processes > 1
+            else []
+        ),
     ]
     # No key in the environment or in ~/.netrc, nothing to reach should it try, and no terminal to ask on.
     env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path), "WANDB_BASE_URL": "http://127.0.0.1:9"}
     result = babygpt(tmp_path, *args, check=False, **env)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "[rank1]" not in result.stderr
     line = result.stderr.splitlines()[-1]
     assert line.startswith("error: wandb: No API key configured. Use `wandb login` to log in.")
     assert line.endswith("(or log offline: drop --trainer.logger.init_args.offline false)")
