@@ -229,7 +229,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         # One buffer for every chunk's logits, worked on in place: a fresh 25 MB block per chunk (and
         # logsumexp's temporaries) cost page faults that took as long as the passes over it: the head's loss and
         # gradients went from 0.965 to 0.924 s at the seed shape, where its three products alone take ~0.84 s.
-        buffer = h.new_empty(min(n, ChunkedCrossEntropy.CHUNK), weight.size(0))
+        # (torch.empty: Dynamo cannot trace h.new_empty here, and warned of it as every compiled CPU run started.)
+        buffer = torch.empty(min(n, ChunkedCrossEntropy.CHUNK), weight.size(0), dtype=h.dtype, device=h.device)
         for start in range(0, n, ChunkedCrossEntropy.CHUNK):
             rows = slice(start, start + ChunkedCrossEntropy.CHUNK)
             hc, yc = h[rows], targets[rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -437,3 +438,16 @@ def test_decode_attention_from_a_bf16_cache_is_as_accurate_as_sdpa() -> None:
     sdpa = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=allowed)
     assert ours.dtype == torch.bfloat16
     assert (ours.double() - exact).abs().max() <= 1.05 * (sdpa.double() - exact).abs().max()
+
+
+def test_a_compiled_training_step_on_a_cpu_prints_no_dynamo_warning(monkeypatch) -> None:
+    """Dynamo could not trace Tensor.new_empty in the chunked loss, and said so as every compiled CPU run started."""
+    monkeypatch.setattr(torch._dynamo.utils, "warn_once_cache", set())  # (it warns once a process)
+    torch._dynamo.reset()
+    model = BabyGPT(GPTConfig(vocab_size=32, block_size=16, n_embed=16, n_head=2, n_layer=1))
+    model.compile(backend="aot_eager")  # (dynamo's tracing, without inductor's code generation)
+    x = torch.randint(32, (4, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(x, x)[1].backward()
+    assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]
