@@ -183,12 +183,11 @@ class BabyGPTModule(L.LightningModule):
         first_bad = getattr(self, "_first_bad_step", None)
         if first_bad is None:
             return
-        if self._trainer is not None and self.trainer.world_size > 1:
-            steps = self.all_gather(first_bad).reshape(-1)
-            first_bad = torch.where(steps < 0, torch.iinfo(steps.dtype).max, steps).min()
-            first_bad = torch.where(first_bad == torch.iinfo(steps.dtype).max, -1, first_bad)
-        bad = int(first_bad)
-        if bad >= 0:
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        steps = (self.all_gather(first_bad) if distributed else first_bad).reshape(-1)
+        found = steps[steps >= 0]  # (-1: none)
+        if found.numel():
+            bad = int(found.min())
             raise UserError(
                 f"the training loss became NaN or infinite at step {bad}; the last good checkpoint is kept. "
                 "Lower model.lr, add warmup (model.warmup_steps) or gradient clipping (trainer.gradient_clip_val)"
