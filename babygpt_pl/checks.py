@@ -49,12 +49,19 @@ def check_trainer_settings(trainer: Namespace, subcommand: str) -> None:
     """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
     fitting = subcommand == "fit"
     every = trainer.val_check_interval
-    if every is not None and every <= 0:  # Lightning would divide by it in the middle of the first epoch
-        raise UserError(f"trainer.val_check_interval must be a positive number of steps, got {every}")
+    if fitting and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
+        # 0: Lightning would divide by it mid-epoch. A fraction of an epoch (null is 1.0) never comes in one endless
+        # epoch: no validation, no best checkpoint, not a word. A time ("00:00:30:00") could fall inside an
+        # optimizer step, and its checkpoint would lose the gradient accumulated so far.
+        raise UserError(
+            f"trainer.val_check_interval must be a positive number of steps (batches) between validations, got "
+            f"{every!r}: the training windows are an endless stream, whose epoch never ends; for no validation "
+            "pass --trainer.limit_val_batches 0"
+        )
     accumulate, clip = trainer.accumulate_grad_batches, trainer.gradient_clip_val
     if accumulate is not None and accumulate < 1:  # Lightning: a ZeroDivisionError at the first step
         raise UserError(f"trainer.accumulate_grad_batches must be >= 1 (1: no accumulation), got {accumulate}")
-    if fitting and isinstance(every, int) and accumulate and every % accumulate:
+    if fitting and accumulate and every % accumulate:
         # Lightning counts val_check_interval in batches: validation, and the checkpoints saved after it, would fall
         # inside an optimizer step, without the gradient accumulated so far; a run resumed from them would differ.
         lower, higher = every // accumulate * accumulate, (every // accumulate + 1) * accumulate

@@ -42,6 +42,13 @@ def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
     return GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
 
 
+def _refuse_non_finite(what: str, step: int) -> None:
+    raise UserError(
+        f"{what} became NaN or infinite at step {step}; the last good checkpoint is kept. Lower model.lr, add "
+        "warmup (model.warmup_steps) or gradient clipping (trainer.gradient_clip_val)"
+    )
+
+
 class BabyGPTModule(L.LightningModule):
     """Trains a :class:`BabyGPT` and generates from it.
 
@@ -187,18 +194,19 @@ class BabyGPTModule(L.LightningModule):
         steps = (self.all_gather(first_bad) if distributed else first_bad).reshape(-1)
         found = steps[steps >= 0]  # (-1: none)
         if found.numel():
-            bad = int(found.min())
-            raise UserError(
-                f"the training loss became NaN or infinite at step {bad}; the last good checkpoint is kept. "
-                "Lower model.lr, add warmup (model.warmup_steps) or gradient clipping (trainer.gradient_clip_val)"
-            )
+            _refuse_non_finite("the training loss", int(found.min()))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # The steps of the weights loaded: outside a fit, global_step stays 0 (the samples table's step column).
         self.checkpoint_step = checkpoint.get("global_step", 0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.check_finite()  # never let weights that saw a NaN loss overwrite last.ckpt
+        # Never let weights that saw a NaN loss, or are NaN themselves, overwrite last.ckpt. The weights too: an
+        # optimizer step that blows them up just before a validation shows in no training loss before the save.
+        self.check_finite()
+        finite = bool(torch.stack([p.isfinite().all() for p in self.parameters()]).all())
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):  # (FSDP: each rank holds a shard)
+            _refuse_non_finite("the weights", self.global_step)
         wandb = first_wandb(self.loggers)
         if wandb is not None and wandb._experiment is not None:
             checkpoint["wandb_run_id"] = wandb.version  # so a resumed run continues the same wandb run
@@ -222,6 +230,12 @@ class BabyGPTModule(L.LightningModule):
         # compute() reduces across ranks (torchmetrics), so every rank logs the same global mean.
         loss = self.val_loss.compute()
         self.val_loss.reset()
+        # Before the checkpoint saved after this validation, which would rank a NaN as the best. (The loss is
+        # already global, so every rank stops together; a training loss gone bad first is the earlier news.)
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.check_finite()
+            if not torch.isfinite(loss):
+                _refuse_non_finite("the validation loss", self.global_step)
         # Already global: sync_dist with max keeps it exactly and spares Lightning's warning to sync it under DDP.
         self.log(f"{prefix}_loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
         self.log(f"{prefix}_ppl", torch.exp(loss), sync_dist=True, reduce_fx="max")

@@ -512,7 +512,15 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--trainer.accelerator=gpu"], "no CUDA GPU: pass --trainer.accelerator cpu"),
         (["--trainer.strategy=bogus"], "the trainer settings were refused: "),
         (["--trainer.devices=x"], "the trainer settings were refused: `devices` selected with `CPUAccelerator` should"),
-        (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive number of steps, got 0"),
+        (
+            ["--trainer.val_check_interval=0"],
+            "trainer.val_check_interval must be a positive number of steps (batches) between validations, got 0: the "
+            "training windows are an endless stream, whose epoch never ends; for no validation pass "
+            "--trainer.limit_val_batches 0",
+        ),
+        (["--trainer.val_check_interval=null"], "between validations, got None: the training windows"),
+        (["--trainer.val_check_interval=1.0"], "between validations, got 1.0: the training windows"),
+        (["--trainer.val_check_interval=00:00:00:01"], "between validations, got '00:00:00:01': the training"),
         (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be >= 1 (1: no accumulation)"),
         (
             ["--trainer.accumulate_grad_batches=2", "--trainer.val_check_interval=5"],
@@ -749,30 +757,70 @@ class NaNAfter(BabyGPTModule):
         return super().training_step(batch, batch_idx)
 
 
-@pytest.mark.parametrize("log_every_n_steps", [1, 0])  # 0: Lightning never logs; the checkpoint save checks
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, corpus: Path, log_every_n_steps: int
+class NaNUpdateAt3(BabyGPTModule):
+    """Its update at step 3 makes a weight NaN (a NaN gradient), with every training loss until then finite."""
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step == 3:
+            self.model.ln_f.weight.grad.fill_(float("nan"))
+
+
+class NaNValidationAt4(BabyGPTModule):
+    """Its validation loss at step 4 is NaN, its weights and training losses finite."""
+
+    def validation_step(self, batch, batch_idx) -> None:
+        super().validation_step(batch, batch_idx)
+        if self.global_step == 4:
+            self.val_loss.update(torch.tensor(float("nan")))
+
+
+def fit_to_a_nan(
+    folder: Path, corpus: Path, module: type[BabyGPTModule], log_every_n_steps: int, validate: bool
 ) -> None:
+    """Train ``module`` for up to 8 steps into a NaN, saving to ``folder`` every 2 steps (after a validation with
+    ``validate``, else without any)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from babygpt_pl.checkpoint import AtomicCheckpointIO
 
     data = CiDataModule(str(corpus), batch_size=4, block_size=16, val_batches=1)
-    model = NaNAfter(vocab="".join(data.build_tokenizer().vocab), block_size=16, n_embed=16, n_head=2, n_layer=1)
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
+    model = module(vocab="".join(data.build_tokenizer().vocab), block_size=16, n_embed=16, n_head=2, n_layer=1)
+    timing = {"monitor": "val_loss"} if validate else {"every_n_train_steps": 2}
+    checkpoints = ModelCheckpoint(dirpath=folder, save_last=True, filename="best-{step}", **timing)
     trainer = L.Trainer(
         max_steps=8,
         logger=False,
         callbacks=[checkpoints],
         log_every_n_steps=log_every_n_steps,
+        val_check_interval=2,
+        limit_val_batches=None if validate else 0,
         enable_progress_bar=False,
+        enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
     )
-    with pytest.raises(UserError, match="NaN or infinite at step 3"):
-        trainer.fit(model, data)
-    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    trainer.fit(model, data)
+
+
+@pytest.mark.parametrize(
+    ("module", "log_every_n_steps", "validate", "expected"),
+    [
+        (NaNAfter, 1, True, "the training loss became NaN or infinite at step 3"),
+        (NaNAfter, 0, True, "the training loss became NaN or infinite at step 3"),  # never logged: validation checks
+        (NaNAfter, 0, False, "the training loss became NaN or infinite at step 3"),  # nor validated: the save checks
+        (NaNUpdateAt3, 1, True, "the validation loss became NaN or infinite at step 4"),
+        (NaNUpdateAt3, 1, False, "the weights became NaN or infinite at step 4"),
+        (NaNValidationAt4, 1, True, "the validation loss became NaN or infinite at step 4"),
+    ],
+)
+def test_a_nan_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, corpus: Path, module: type[BabyGPTModule], log_every_n_steps: int, validate: bool, expected: str
+) -> None:
+    with pytest.raises(UserError, match=f"^{expected}; the last good checkpoint is kept. Lower model.lr"):
+        fit_to_a_nan(tmp_path / "ckpt", corpus, module, log_every_n_steps, validate)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(t).all() for k, t in ckpt["state_dict"].items() if "head.bias" not in k)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best-step=2.ckpt", "last.ckpt"]  # no NaN best
 
 
 def test_ctrl_c_before_training_is_a_clean_exit(tmp_path, monkeypatch, capsys) -> None:
