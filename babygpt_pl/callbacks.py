@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     RichProgressBar,
     ThroughputMonitor,
+    Timer,
 )
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -311,6 +312,24 @@ class GracefulStop(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class StepTimer(Timer):
+    """Lightning's Timer (``--trainer.max_time``), checked at the end of each optimizer step only.
+
+    Timer checks after every batch: a stop inside a gradient accumulation validated and saved last.ckpt without the
+    gradient accumulated so far, and the resumed run differed from one never stopped. (Lightning's own guard is the
+    epoch's end, which never comes here.) Its state is Timer's, under Timer's key: checkpoints of either resume
+    with either.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return Timer.__qualname__
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not accumulating(trainer):
+            super().on_train_batch_end(trainer, *args, **kwargs)
 
 
 def _validates_at_this_batch(trainer: L.Trainer) -> bool:

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
@@ -35,6 +35,7 @@ from babygpt_pl.callbacks import (
     ProgressBar,
     SampleTable,
     StepLearningRateMonitor,
+    StepTimer,
     TokenThroughput,
 )
 from babygpt_pl.chat import chat_loop, check_num_samples, load_weights
@@ -442,16 +443,21 @@ class BabyGPTCLI(LightningCLI):
         return on_the_line or any(holds_key(c, dotted) for c in OneLineErrorParser.config_files.values())
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        if not self._get(self.config_init, "trainer", {}).get("plugins"):
+        settings = self._get(self.config_init, "trainer", {})
+        if not settings.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         # TypeError: e.g. --trainer.devices x on a CPU
         except (ValueError, TypeError, ImportError, MisconfigurationException) as err:
             if not raised_in(err, "accelerator_connector"):
                 raise
             # Lightning refusing the accelerator, strategy, devices or precision asked for: a setting to fix.
             raise UserError(f"the trainer settings were refused: {one_line(err)}") from err
+        if settings.get("max_time") is not None:  # Lightning made a Timer of it: one that stops between steps
+            step_timer = StepTimer(duration=settings["max_time"], interval="step")
+            trainer.callbacks = [step_timer if type(c) is Timer else c for c in trainer.callbacks]
+        return trainer
 
     def instantiate_classes(self) -> None:
         try:

@@ -6,6 +6,7 @@ import csv
 import json
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from babygpt_pl.callbacks import (
     ProgressBar,
     SampleTable,
     StepLearningRateMonitor,
+    StepTimer,
     TokenThroughput,
     batch_size,
     batch_tokens,
@@ -300,6 +302,14 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
     assert reduced == [False, True]
     assert trainer.global_step == 10 and saved == [tmp_path / "last.ckpt"]
     assert trainer.limit_val_batches == 0  # no validation on the way out
+
+
+def test_a_time_limit_stops_at_the_end_of_an_optimizer_step(module, tmp_path: Path) -> None:
+    """Lightning's Timer stopped after the first batch of four accumulated ones: its checkpoint lost them."""
+    timer = StepTimer(duration=timedelta(microseconds=1), interval="step")  # over at the first batch's end
+    trainer = fit_nine_steps(module, tmp_path, timer, accumulate_grad_batches=4, limit_val_batches=0)
+    assert (trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.total.completed) == (1, 4)
+    assert timer.state_key == "Timer"  # checkpoints of either resume with either
 
 
 def test_a_second_ctrl_c_interrupts_at_once_and_the_handlers_are_restored_after() -> None:

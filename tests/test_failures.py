@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env, tiny_checkpoint
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -738,6 +738,14 @@ def test_validate_ignores_a_training_only_setting_of_a_shared_config(tmp_path, m
     monkeypatch.chdir(tmp_path)
     args = ["validate", f"--ckpt_path={checkpoint}", f"--data.path={corpus}", "--trainer.limit_train_batches=0"]
     assert set_up(monkeypatch, *args).config.validate.trainer.limit_train_batches == 0
+
+
+def test_max_time_stops_between_optimizer_steps(monkeypatch, corpus: Path) -> None:
+    from babygpt_pl.callbacks import StepTimer
+
+    cli = set_up(monkeypatch, "fit", f"--data.path={corpus}", *TINY, "--trainer.max_time=00:00:10:00")
+    timers = [c for c in cli.trainer.callbacks if isinstance(c, Timer)]
+    assert [type(c) for c in timers] == [StepTimer] and timers[0]._duration == 600
 
 
 def test_validate_on_a_corpus_with_another_vocabulary(tmp_path, monkeypatch, capsys, checkpoint) -> None:
