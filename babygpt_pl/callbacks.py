@@ -238,20 +238,29 @@ class PredictionPrinter(BasePredictionWriter):
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
         self.records: list[dict] = []
+        self.stdout_error: OSError | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.records = []
+        self.stdout_error = None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        for completion in prediction:
-            sys.stdout.write(format_completion(completion) + "\n")
-            self.records.append(completion)
-        sys.stdout.flush()
+        self.records.extend(prediction)
+        if self.stdout_error is not None:
+            return
+        try:
+            for completion in prediction:
+                sys.stdout.write(format_completion(completion) + "\n")
+            sys.stdout.flush()
+        except OSError as err:  # `| head` closed the pipe, or the disk is full: the output file is still written
+            self.stdout_error = err
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         output = getattr(pl_module, "generation", None) and pl_module.generation.output
         if output and trainer.is_global_zero:
             write_atomic(output, jsonl(self.records), option="--generation.output")
+        if self.stdout_error is not None:  # then the command ends as it would have (141 for a closed pipe)
+            raise self.stdout_error
 
 
 class GracefulStop(Callback):

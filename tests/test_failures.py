@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -902,8 +903,9 @@ def test_sigterm_ends_predict(tmp_path, checkpoint) -> None:
 
 @pytest.mark.slow
 def test_predict_into_a_closed_pipe_stops_quietly(tmp_path, checkpoint) -> None:
-    """`babygpt predict | head -1`, where head has gone."""
-    args = ["predict", f"--ckpt_path={checkpoint}", "--generation.max_new_tokens=20"]
+    """`babygpt predict | head -1`, where head has gone. The output file asked for is written all the same."""
+    out = tmp_path / "samples.jsonl"
+    args = ["predict", f"--ckpt_path={checkpoint}", "--generation.max_new_tokens=20", f"--generation.output={out}"]
     proc = subprocess.Popen(
         babygpt_cmd(*args), cwd=tmp_path, env=babygpt_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -911,6 +913,7 @@ def test_predict_into_a_closed_pipe_stops_quietly(tmp_path, checkpoint) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "Traceback" not in err and "Error" not in err
+    assert [json.loads(line)["prompt"] for line in out.read_text(encoding="utf-8").splitlines()] == ["春江", "往事"]
 
 
 @pytest.mark.parametrize(
