@@ -20,6 +20,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 
@@ -27,6 +28,16 @@ from babygpt_pl.errors import UserError, refuse_unquoted_items
 from babygpt_pl.errors import warn as warn_user
 from babygpt_pl.model import BabyGPT, KVCache, Linear, packing_available
 from babygpt_pl.tokenizer import CharTokenizer, OOVPolicy
+
+
+def _require(name: str, value: object, kinds: tuple[type, ...], what: str) -> None:
+    """A one-line error for a value of the wrong type from Python (the CLI checks types itself): else a
+    TypeError from deep in torch, or from a comparison below. A bool is no number here."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise UserError(f"{name} must be {what}, got {value!r}")
+
+
+_NUMBER = (int, float)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,10 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        _require("temperature", self.temperature, _NUMBER, "a number")
+        _require("top_k", self.top_k, (int, type(None)), "an integer (or unset)")
+        _require("top_p", self.top_p, (*_NUMBER, type(None)), "a number (or unset)")
+        _require("repetition_penalty", self.repetition_penalty, _NUMBER, "a number")
         if not 0 <= self.temperature <= torch.finfo(torch.float32).max:  # (beyond, the logits divide to 0s)
             raise UserError(f"temperature must be >= 0 (0 is greedy) and finite in fp32, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -95,6 +110,14 @@ class GenerationConfig:
             _ = self.sampling  # validate now, not at the first sample
         except UserError as err:  # named as the option that sets it
             raise UserError(f"generation.{err}") from None
+        for name in ("max_new_tokens", "num_samples"):
+            _require(f"generation.{name}", getattr(self, name), (int,), "an integer")
+        _require("generation.seed", self.seed, (int, type(None)), "an integer (or unset)")
+        for name in ("use_cache", "cuda_graph", "compile"):
+            _require(f"generation.{name}", getattr(self, name), (bool,), "true or false")
+        _require("generation.output", self.output, (str, type(None)), "a file name (or unset)")
+        if self.oov not in get_args(OOVPolicy):
+            raise UserError(f"generation.oov must be one of {', '.join(get_args(OOVPolicy))}, got {self.oov!r}")
         if self.max_new_tokens < 0:
             raise UserError(f"generation.max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.num_samples < 1:
@@ -105,6 +128,8 @@ class GenerationConfig:
         if isinstance(self.stop, str):  # `"" in "。"` is True: the check below would name the wrong slip
             refuse_unquoted_items(self.stop, "generation.stop")
             raise UserError(f"generation.stop must be a list of strings, e.g. [{self.stop!r}], not one string")
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) for s in self.stop):
+            raise UserError(f"generation.stop must be a list of strings, got {self.stop!r}")
         if "" in self.stop:  # it would end every sample at once, so it could only be a slip
             raise UserError(f"generation.stop holds an empty string: {self.stop}; drop it")
         if self.output is not None and not self.output.strip():

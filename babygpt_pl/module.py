@@ -205,7 +205,9 @@ class BabyGPTModule(L.LightningModule):
         # optimizer step that blows them up just before a validation shows in no training loss before the save.
         self.check_finite()
         finite = bool(torch.stack([p.isfinite().all() for p in self.parameters()]).all())
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):  # (FSDP: each rank holds a shard)
+        if self._trainer is not None:  # (FSDP: each rank holds a shard)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             _refuse_non_finite("the weights", self.global_step)
         wandb = first_wandb(self.loggers)
         if wandb is not None and wandb._experiment is not None:

@@ -382,6 +382,19 @@ def test_sampling_validation(kwargs: dict) -> None:
         ({"seed": 2**32 + 1}, r"generation.seed must be from 0 to 2\*\*32 - 1, got 4294967297"),
         ({"seed": -1}, r"generation.seed must be from 0 to 2\*\*32 - 1, got -1"),
         ({"output": ""}, "generation.output is empty: give a file name"),
+        # Types, from Python (the CLI checks its own): else a TypeError from deep in torch.
+        ({"max_new_tokens": 2.5}, "generation.max_new_tokens must be an integer, got 2.5"),
+        ({"num_samples": "2"}, "generation.num_samples must be an integer, got '2'"),
+        ({"top_k": 2.5}, r"generation.top_k must be an integer \(or unset\), got 2.5"),
+        ({"top_k": True}, r"generation.top_k must be an integer \(or unset\), got True"),
+        ({"top_p": "0.9"}, r"generation.top_p must be a number \(or unset\), got '0.9'"),
+        ({"temperature": None}, "generation.temperature must be a number, got None"),
+        ({"repetition_penalty": False}, "generation.repetition_penalty must be a number, got False"),
+        ({"seed": 1.5}, r"generation.seed must be an integer \(or unset\), got 1.5"),
+        ({"stop": ["a", 1]}, r"generation.stop must be a list of strings, got \['a', 1\]"),
+        ({"oov": "skip"}, "generation.oov must be one of error, drop, replace, got 'skip'"),
+        ({"use_cache": 1}, "generation.use_cache must be true or false, got 1"),
+        ({"output": 5}, r"generation.output must be a file name \(or unset\), got 5"),
     ],
 )
 def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> None:
