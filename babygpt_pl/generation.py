@@ -230,6 +230,22 @@ DRAWS = 64
 CHUNK = 8
 
 
+def _draw(draws: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> None:
+    """Fill ``draws`` (DRAWS, B, 1) with uniforms in [0, 1): from one generator, or row r's from ``generator[r]``,
+    so that a row's samples do not depend on the other rows of the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        draws.uniform_(generator=generator)
+        return
+    for row, row_generator in enumerate(generator):
+        draws[:, row] = torch.rand(DRAWS, 1, generator=row_generator, device=draws.device)
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed of sample number ``sample`` (from 0) of a prompt under ``generation.seed``: ``seed`` itself for the
+    first, spread over the 32 bits a CPU generator keeps for the others (so that seeds 1, 2, 3 share no samples)."""
+    return (seed + sample * 0x9E3779B9) % 2**32
+
+
 def _counter_views(counters: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decoder's one counter tensor as each row's next position (B, 1), the cache slot (1,) and the uniform
     draw (1,): views, so that one kernel advances them all."""
@@ -477,11 +493,14 @@ def stream(
     max_new_tokens: int,
     sampling: Sampling = Sampling(),
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     cuda_graph: bool = True,
     compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, shape (B,), ``max_new_tokens`` times.
+
+    ``generator``: where sampling draws its random numbers: the global generator (None), one generator for the
+    whole batch, or one per row (on the model's device), which makes each row's samples those of the row alone.
 
     Prompts may differ in length; each row sees only its own tokens and its own positions, so inside the
     window its tokens equal those of generating it alone. Past the window the cache of the whole batch moves
@@ -493,6 +512,8 @@ def stream(
     window = model.config.block_size
     device = next(model.parameters()).device
     rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
+    if not (generator is None or isinstance(generator, torch.Generator)) and len(generator) != len(rows):
+        raise ValueError(f"{len(generator)} generators for {len(rows)} rows: give one per row, or one for all")
     vocab = model.config.vocab_size
     if (bad := next((t for row in rows for t in row if not 0 <= t < vocab), None)) is not None:
         # Else an IndexError deep in the embedding, or, up to the padded vocabulary, a row silently read.
@@ -535,7 +556,7 @@ def stream(
         for step in range(max_new_tokens):
             if step % DRAWS == 0:
                 if not sampling.greedy:  # greedy draws nothing: it leaves the global generator as it was
-                    draws.uniform_(generator=generator)
+                    _draw(draws, generator)
                 if decoder is not None:
                     decoder.draw.zero_()
             if logits is None:  # the graph decodes and samples, up to the window's end, the draws' or the last token
@@ -667,11 +688,11 @@ def complete(
     device = next(model.parameters()).device
     ids = encode_prompts(tokenizer, prompts, model.config.block_size, config.oov, warn)
     rows = [(p, i, s) for p, i in zip(prompts, ids, strict=True) for s in range(config.num_samples)]
-    generator = torch.Generator(device=device)
     if config.seed is None:  # fresh randomness, not the global generator's: seed_everything fixes that one
+        generator = torch.Generator(device=device)
         generator.seed()
-    else:
-        generator.manual_seed(config.seed)
+    else:  # a stream per sample: a prompt's samples are the same whatever else the batch holds
+        generator = [torch.Generator(device=device).manual_seed(sample_seed(config.seed, s)) for _, _, s in rows]
     texts = [""] * len(rows)
     counts = [0] * len(rows)
     done = [False] * len(rows)

@@ -318,6 +318,30 @@ def test_batched_prompts_match_generating_alone_inside_window(model: BabyGPT, us
         assert torch.equal(batched[row], run(model, [prompt], n, use_cache=use_cache)[0]), row
 
 
+@pytest.mark.parametrize("path", ["cache", "fixed-shape step", "no cache"])
+@pytest.mark.parametrize("sampling", [SAMPLED, Sampling(temperature=0.9, top_k=8, top_p=0.95, repetition_penalty=1.3)])
+def test_a_generator_per_row_samples_each_row_as_alone(
+    model: BabyGPT, path: str, sampling: Sampling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one generator for the batch a row's samples depended on the rows beside it (generation.seed: on the
+    other prompts, and on num_samples)."""
+    monkeypatch.setattr(generation, "DRAWS", 5)  # fresh uniforms every 5 steps
+    if path == "fixed-shape step":  # the CUDA graphs' step, run eagerly on the CPU
+        monkeypatch.setattr(generation, "graphed_decoder", lambda *args: GraphedDecoder(*args))
+    prompts, seeds, n = [[3], [5, 6, 7, 8, 9], [3]], [11, 12, 13], BLOCK - 5  # inside the window
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    batched = run(model, prompts, n, sampling, use_cache=path != "no cache", generator=generators)
+    for row, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        alone = run(model, [prompt], n, sampling, path != "no cache", torch.Generator().manual_seed(seed))
+        assert torch.equal(batched[row], alone[0]), row
+    assert not torch.equal(batched[0], batched[2])  # the same prompt, other seeds
+
+
+def test_one_generator_per_row_or_one_for_all(model: BabyGPT) -> None:
+    with pytest.raises(ValueError, match="2 generators for 3 rows: give one per row, or one for all"):
+        run(model, PROMPTS, 2, SAMPLED, generator=[torch.Generator(), torch.Generator()])
+
+
 def test_batched_prompts_match_alone_past_window_without_cache(model: BabyGPT) -> None:
     # Long enough that the token buffer (two windows of new tokens) moves its newest window to the front twice,
     # with a prompt longer than the window, so the other rows' padding reaches past it.
@@ -610,6 +634,20 @@ def test_complete_num_samples(model: BabyGPT, tokenizer: CharTokenizer) -> None:
     assert all(set(r.text) <= set(VOCAB) for r in results)
     # The samples of one prompt are independent draws, not copies of one.
     assert len({r.text for r in results[:3]}) > 1
+
+
+def test_with_a_seed_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(
+    model: BabyGPT, tokenizer: CharTokenizer
+) -> None:
+    def texts(prompts: list[str], num_samples: int) -> list[str]:
+        config = GenerationConfig(max_new_tokens=8, num_samples=num_samples, seed=7, temperature=3.0)
+        return [r.text for r in complete(model, tokenizer, prompts, config)]
+
+    alone = texts(["ab"], 1)
+    assert texts(["ab", "xyz"], 1)[0] == alone[0]
+    two = texts(["ab"], 2)
+    assert two[0] == alone[0] and two[1] != alone[0]  # the first sample as with one; the second its own
+    assert texts(["xyz", "ab"], 2)[2:] == two
 
 
 def test_complete_seed_reproducible(model: BabyGPT, tokenizer: CharTokenizer) -> None:
