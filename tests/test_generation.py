@@ -337,6 +337,11 @@ def test_a_generator_per_row_samples_each_row_as_alone(
     assert not torch.equal(batched[0], batched[2])  # the same prompt, other seeds
 
 
+def test_no_new_tokens_runs_no_forward(model: BabyGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "forward", None)  # called, it would raise
+    assert list(stream(model, PROMPTS, 0)) == []
+
+
 def test_one_generator_per_row_or_one_for_all(model: BabyGPT) -> None:
     with pytest.raises(ValueError, match="2 generators for 3 rows: give one per row, or one for all"):
         run(model, PROMPTS, 2, SAMPLED, generator=[torch.Generator(), torch.Generator()])
