@@ -154,5 +154,10 @@ def check_config_files(argv: list[str]) -> dict[str, dict]:
                     f"config file {path}: `{section}:` holds {content[section]!r}, not settings; give it "
                     f"`key: value` lines (e.g. see `babygpt fit --print_config`), or leave it out"
                 )
+        if holds_key(content, "data.block_size"):  # the parser would take the linked value without a word
+            raise UserError(
+                f"config file {path} sets data.block_size, which follows model.block_size (the model's window is "
+                "its data's): set model.block_size instead"
+            )
         settings[path] = content
     return settings

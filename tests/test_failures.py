@@ -709,6 +709,17 @@ def test_a_misspelt_key_in_a_config_file_names_the_file(tmp_path, monkeypatch, c
     )
 
 
+def test_a_config_file_that_sets_the_linked_data_block_size_is_refused(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """The parser took model.block_size's value silently: another model than the file asked for trained."""
+    (tmp_path / "window.yaml").write_text("data:\n  block_size: 32\n", encoding="utf-8")
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", "window.yaml", f"--data.path={corpus}") == 2
+    assert one_error_line(capsys) == (
+        "error: config file window.yaml sets data.block_size, which follows model.block_size (the model's window is "
+        "its data's): set model.block_size instead"
+    )
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("flag", ["--config", "-c"])
 def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus, flag) -> None:
     (tmp_path / "bad.yaml").write_text("trainer:\n  max_steps: [10\n", encoding="utf-8")
