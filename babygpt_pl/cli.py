@@ -111,6 +111,9 @@ _FIT_ONLY_CKPT = ("hpc", "registry")
 
 
 DEFAULT_LOGGER_DIR = "outputs"
+# Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
+# --trainer.logger.init_args.offline false logs online.
+WANDB_DEFAULTS = {"project": "babygpt", "offline": True, "save_dir": DEFAULT_LOGGER_DIR}
 
 
 def trainer_defaults() -> dict:
@@ -125,9 +128,7 @@ def trainer_defaults() -> dict:
         "default_root_dir": DEFAULT_LOGGER_DIR,
         "logger": {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
-            # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
-            # --trainer.logger.init_args.offline false logs online.
-            "init_args": {"project": "babygpt", "offline": True, "save_dir": DEFAULT_LOGGER_DIR},
+            "init_args": dict(WANDB_DEFAULTS),
         },
         "callbacks": [
             StepLearningRateMonitor(logging_interval="step"),
@@ -640,6 +641,9 @@ class BabyGPTCLI(LightningCLI):
         given = []
         for index, logger in enumerate(wandb_loggers(config.trainer.logger)):
             args, changed = logger.init_args, {}
+            # A WandbLogger made anew (after `logger: false` in a config, say) gets WandbLogger's defaults, where
+            # offline is false: babygpt's apply to what the user did not set, kept in the saved config.yaml too.
+            set_init_args(args, {k: v for k, v in WANDB_DEFAULTS.items() if self._unset_wandb_arg(args, k)})
             run_id = self.checkpoint.get("wandb_run_id") if fitting and index == 0 else None  # (validate: its own)
             if run_id and not args.get("id"):
                 # Resuming from a checkpoint of a wandb run (the first wandb logger's): log into that same run.
@@ -655,6 +659,11 @@ class BabyGPTCLI(LightningCLI):
             given.append((args, {k: args.get(k) for k in changed}))
             set_init_args(args, changed)
         return given
+
+    def _unset_wandb_arg(self, args, key: str) -> bool:
+        """Whether a WandbLogger's init arg ``key`` holds WandbLogger's own default, not given by the user."""
+        own_default = inspect.signature(WandbLogger).parameters[key].default
+        return args.get(key) == own_default and not self._given(f"trainer.logger.init_args.{key}")
 
     def _trained_on(self) -> str | None:
         """The text's path as training was given it (none in a checkpoint from before it was saved)."""

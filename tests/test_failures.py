@@ -1116,6 +1116,21 @@ def test_a_new_run_warns_of_a_rate_it_does_not_use(tmp_path, monkeypatch, capsys
     assert expected in capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.parametrize("online", [False, True])
+def test_a_wandb_logger_chosen_after_logger_false_is_babygpts_offline_one(
+    tmp_path, monkeypatch, corpus, online: bool
+) -> None:
+    """A config.yaml saved by a `--trainer.logger false` run says `logger: false`; a WandbLogger named after it was
+    WandbLogger's own: online (an upload with a wandb login), project None, files in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nolog.yaml").write_text("trainer:\n  logger: false\n", encoding="utf-8")
+    asked = ["--trainer.logger.init_args.offline=false"] if online else []
+    args = ["fit", "--config=nolog.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=WandbLogger", *asked]
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    (logger,) = set_up(monkeypatch, *args).trainer.loggers
+    assert (logger._offline, logger._project, logger.save_dir) == (not online, "babygpt", "outputs")
+
+
 LOGGERS = """trainer:
   logger:
     - class_path: lightning.pytorch.loggers.CSVLogger
