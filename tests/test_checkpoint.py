@@ -121,8 +121,13 @@ def test_a_resume_in_another_folder_deletes_nothing_in_the_first(tmp_path: Path)
     fit(tmp_path / "run", max_steps=12, val_check_interval=4, save_top_k=-1)
     (tmp_path / "other").mkdir()
     shutil.copy(tmp_path / "run" / "last.ckpt", tmp_path / "other")  # not the best files: the record stays behind
-    fit(tmp_path / "other", tmp_path / "other" / "last.ckpt", max_steps=16, val_check_interval=4, save_top_k=1)
+    checkpoint = fit(
+        tmp_path / "other", tmp_path / "other" / "last.ckpt", max_steps=16, val_check_interval=4, save_top_k=1
+    )
     assert names(tmp_path / "run") == ["best-step=12.ckpt", "best-step=4.ckpt", "best-step=8.ckpt", "last.ckpt"]
+    # The record of the first folder's files is not taken over: the new folder gets its own best checkpoint.
+    assert checkpoint.best_model_path == str(tmp_path / "other" / "best-step=16.ckpt")
+    assert Path(checkpoint.best_model_path).exists()
 
 
 def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path: Path) -> None:
@@ -135,6 +140,8 @@ def test_state_key_is_model_checkpoints_so_older_checkpoints_resume_it(tmp_path:
     [
         # What torch.save raised on a full 3 MB tmpfs:
         (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3125632 vs 3125524"), "disk full"),
+        (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), "disk full"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "Disk quota exceeded.*: free some space"),
         (OSError(errno.ENOSPC, "No space left on device"), "No space left on device.*: free some space"),
         # A folder made read-only during the run: no word of space.
         (PermissionError(errno.EACCES, "Permission denied"), r"Permission denied; no file was half-written\): pass"),

@@ -83,3 +83,20 @@ def test_the_shipped_configs_set_no_rate_or_decay_they_leave_unused(name: str) -
     model = yaml.safe_load(config.read_text(encoding="utf-8"))["model"]
     defaults = {k: p.default for k, p in inspect.signature(BabyGPTModule).parameters.items()}
     assert not set(unused_model_settings(Namespace({**defaults, **model}))) & set(model)
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "limit_val_batches", "warmup_steps"),
+    [(10, None, 0), (3, 0, 0), (10, None, 10)],  # validates at its last step; validation off; warm-up just ends
+)
+def test_no_short_run_warning_at_the_edges(capsys, max_steps: int, limit_val_batches, warmup_steps: int) -> None:
+    trainer = SimpleNamespace(val_check_interval=10, max_steps=max_steps, accumulate_grad_batches=1)
+    trainer.limit_val_batches = limit_val_batches
+    warn_of_a_short_run(trainer, warmup_steps=warmup_steps)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("precision", ["16", "16-mixed"])
+def test_fp16_is_refused_on_a_cpu_in_both_spellings(precision: str) -> None:
+    with pytest.raises(UserError, match=f"trainer.precision {precision} .* does not run on a CPU"):
+        check_accelerator(SimpleNamespace(accelerator="cpu", precision=precision))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from babygpt_pl import corpus
 from babygpt_pl.data import DEFAULT_PROMPTS, CiDataModule, read_prompts, read_text, seed_dropout, window_seed
 from babygpt_pl.errors import UserError
 
@@ -151,6 +153,25 @@ def test_val_starts_reproducible(dm: CiDataModule, path: Path) -> None:
     assert len(set(dm.val_starts.tolist())) > 1
 
 
+def test_val_starts_follow_the_seed(dm: CiDataModule, path: Path) -> None:
+    other = make(path, seed=8)
+    other.setup("fit")
+    assert not torch.equal(dm.val_starts, other.val_starts)
+
+
+def test_a_missing_ci_txt_is_built_from_data_source(tmp_path: Path, text: str, monkeypatch) -> None:
+    built = []
+
+    def build(source, out, option):
+        built.append(source)
+        Path(out).write_text(text, encoding="utf-8")
+        return Path(out)
+
+    monkeypatch.setattr(corpus, "build_ci", build)
+    make(tmp_path / "ci.txt", source="chinese-poetry-2.0.1.tgz").build_tokenizer()
+    assert built == ["chinese-poetry-2.0.1.tgz"]
+
+
 def test_window_seed_distinct() -> None:
     seeds = {window_seed(s, r, i) for s in range(3) for r in range(4) for i in range(50)}
     assert len(seeds) == 3 * 4 * 50
@@ -243,6 +264,14 @@ def test_text_too_short_for_a_window(tmp_path: Path, ratio: float, split: str) -
         make(p, train_ratio=ratio).setup("fit")
 
 
+def test_a_split_of_exactly_one_block_is_too_short(tmp_path: Path) -> None:
+    """A window needs block_size + 1 characters (its targets are shifted by one)."""
+    p = tmp_path / "exact.txt"
+    p.write_text("一二三四五六七八九十甲乙丙丁戊己庚辛壬癸", encoding="utf-8")  # 20 = 10 + 10 characters
+    with pytest.raises(UserError, match=r"has 10 characters, fewer than one window \(block_size \+ 1 = 11\)"):
+        make(p, block_size=10, train_ratio=0.5).setup("fit")
+
+
 def test_smallest_possible_split_works(tmp_path: Path) -> None:
     p = tmp_path / "exact.txt"
     text = "一二三四五六七八九十甲乙丙丁戊己庚辛壬癸子丑"  # 22 = 11 + 11 characters
@@ -263,6 +292,7 @@ def test_smallest_possible_split_works(tmp_path: Path) -> None:
         {"batch_size": 0},
         {"block_size": 0},
         {"val_batches": 0},
+        {"seed": -1},
     ],
 )
 def test_bad_settings(path: Path, kwargs: dict) -> None:
@@ -278,6 +308,19 @@ def test_predict_dataloader_yields_the_prompts(path: Path) -> None:
     batches = list(module.predict_dataloader())
     assert batches == [["春江", "明月", "往事"]]
     assert list(make(path).predict_dataloader()) == [DEFAULT_PROMPTS]
+
+
+def test_a_prompts_file_read_once_may_be_a_pipe(tmp_path: Path) -> None:
+    """`… | babygpt predict --data.prompts_file /dev/stdin`: predict reads its prompts once."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # A daemon: where the pipe is never read, its open blocks for good, and must not hold the test run.
+    writer = threading.Thread(target=lambda: fifo.write_text("春江\n往事\n", encoding="utf-8"), daemon=True)
+    writer.start()
+    try:
+        assert read_prompts(None, str(fifo)) == ["春江", "往事"]
+    finally:
+        writer.join(timeout=10)
 
 
 def test_prompts_file(path: Path, tmp_path: Path) -> None:

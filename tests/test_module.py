@@ -349,3 +349,22 @@ def test_an_extended_cosine_run_starts_at_its_new_schedules_rate(tmp_path) -> No
     module.trainer.save_checkpoint(tmp_path / "four.ckpt")
     fit(8, tmp_path / "four.ckpt")
     assert rates[0] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))  # step 4 of 8
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_betas_reach_the_optimizer(optimizer: str) -> None:
+    """The shipped recipes set betas [0.9, 0.95]: AdamW's default 0.999 would train silently otherwise."""
+    result = make(optimizer=optimizer, betas=(0.8, 0.95)).configure_optimizers()
+    torch_optimizer = result if isinstance(result, torch.optim.Optimizer) else result["optimizer"]
+    assert {tuple(group["betas"]) for group in torch_optimizer.param_groups} == {(0.8, 0.95)}
+
+
+def test_val_ppl_is_the_exponential_of_val_loss() -> None:
+    module = make().eval()
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.update({name: value})
+    module.trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"))
+    x = torch.randint(len(VOCAB), (2, 16))
+    module.validation_step((x, x), 0)
+    module.on_validation_epoch_end()
+    assert logged["val_ppl"].item() == pytest.approx(math.exp(logged["val_loss"].item()))

@@ -142,3 +142,18 @@ def test_muon_refuses_vectors() -> None:
     bias = torch.nn.Parameter(torch.zeros(4))
     with pytest.raises(ValueError, match="2-D"):
         MuonAdamW([{"params": [bias], "muon": True}], lr=1e-3)
+
+
+def test_muons_defaults_are_nesterov_momentum_0_95_and_5_newton_schulz_steps() -> None:
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    (group,) = MuonAdamW([{"params": [w], "muon": True}], lr=0.01).param_groups
+    assert (group["momentum"], group["ns_steps"]) == (0.95, 5)
+
+
+def test_a_zero_gradient_leaves_the_weights_finite() -> None:
+    assert torch.isfinite(orthogonalize(torch.zeros(4, 3), 5)).all()
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    optimizer = MuonAdamW([{"params": [w], "muon": True}], lr=0.01)
+    w.grad = torch.zeros_like(w)
+    optimizer.step()
+    assert torch.isfinite(w).all()
