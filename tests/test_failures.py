@@ -777,6 +777,21 @@ class NaNAfter(BabyGPTModule):
         return super().training_step(batch, batch_idx)
 
 
+class NaNFromTheStart(BabyGPTModule):
+    """Its weights are NaN from the first step on."""
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        with torch.no_grad():
+            self.model.ln_f.weight.fill_(float("nan"))
+
+
+def test_a_nan_at_the_first_step_says_no_checkpoint_was_written(tmp_path: Path, corpus: Path) -> None:
+    with pytest.raises(UserError, match="^the training loss became NaN or infinite at step 0; no checkpoint was"):
+        fit_to_a_nan(tmp_path / "ckpt", corpus, NaNFromTheStart, log_every_n_steps=1, validate=True)
+    assert not (tmp_path / "ckpt").exists()
+
+
 class NaNUpdateAt3(BabyGPTModule):
     """Its update at step 3 makes a weight NaN (a NaN gradient), with every training loss until then finite."""
 
