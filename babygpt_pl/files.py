@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,15 +26,18 @@ def in_place(path: str | Path) -> bool:
         st = os.stat(path)
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode):
-        return True
+    return not stat.S_ISREG(st.st_mode) or _standard_descriptor(st) is not None
+
+
+def _standard_descriptor(st: os.stat_result) -> int | None:
+    """1 or 2 where stdout or stderr writes to the file of ``st``, else None."""
     for fd in (1, 2):
         try:
             if os.path.samestat(st, os.fstat(fd)):
-                return True
+                return fd
         except OSError:
             continue  # that descriptor is closed
-    return False
+    return None
 
 
 def same_file(a: str | None, b: str | None) -> bool:
@@ -88,7 +92,16 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     the file stdout goes to) is appended to instead: it cannot, or must not, be replaced.
     """
     if in_place(path):
-        with open(path, "ab") as f:
+        fd = _standard_descriptor(os.stat(path)) if os.path.isfile(path) else None
+        if fd is None:
+            with open(path, "ab") as f:
+                yield f
+            return
+        # Through stdout's (or stderr's) own descriptor, after what Python holds for it: a file opened anew has
+        # an offset of its own, and what the shell writes to stdout after this command would land on this text.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with os.fdopen(os.dup(fd), "wb") as f:
             yield f
         return
     path = Path(os.path.realpath(path))

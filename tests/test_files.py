@@ -132,3 +132,21 @@ def test_a_link_is_checked_where_it_points(tmp_path: Path) -> None:
     link.symlink_to(tmp_path / "a_file" / "out.jsonl")  # dangling: its folder is a file
     with pytest.raises(UserError, match=f"--generation.output {link}: {tmp_path / 'a_file'} is a file, not a folder"):
         check_writable(link, "--generation.output")
+
+
+def test_the_file_stdout_goes_to_is_written_where_stdout_is(tmp_path: Path) -> None:
+    """`{ babygpt predict … --generation.output /dev/stdout; echo done; } > out.txt`: written through a file of its
+    own, the JSON lines were where the shell's next write to stdout then landed."""
+    out = tmp_path / "out.txt"
+    saved = os.dup(1)
+    with open(out, "wb") as f:
+        os.dup2(f.fileno(), 1)
+    try:
+        os.write(1, b"before\n")
+        with atomic_writer(out) as f:  # the same file, by another name than /dev/stdout's
+            f.write(b'{"text": "json"}\n')
+        os.write(1, b"after\n")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert out.read_bytes() == b'before\n{"text": "json"}\nafter\n'
