@@ -490,8 +490,9 @@ class BabyGPTCLI(LightningCLI):
             return
         self._prepare_run(config)
         tokenizer = self._take_vocab(config)
-        # Validation logs samples (SampleTable, to wandb); test does not.
-        if self.subcommand in ("fit", "validate") and wandb_loggers(config.trainer.logger):
+        # Validation logs samples (SampleTable, to wandb); test does not. fit checks them without a logger too: they
+        # are saved with the model, and its validations and resumes with one would refuse them later.
+        if self.subcommand == "fit" or (self.subcommand == "validate" and wandb_loggers(config.trainer.logger)):
             data = config.data
             option = "--data.prompts_file" if data.prompts_file else "--data.prompts"
             prompts = read_prompts(data.prompts, data.prompts_file, reread=True)  # again at each validation

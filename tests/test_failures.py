@@ -1326,9 +1326,10 @@ def test_a_resume_with_other_batches_per_step_is_warned(tmp_path, monkeypatch, c
     ) in capsys.readouterr().err
 
 
-def test_prompts_the_corpus_cannot_encode_stop_fit_before_training(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("logger", [[], ["--trainer.logger=false"]])  # saved with the model even unlogged
+def test_prompts_the_corpus_cannot_encode_stop_fit_before_training(tmp_path, monkeypatch, capsys, logger) -> None:
     (tmp_path / "en.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 50, encoding="utf-8")
-    args = ["fit", "--data.path=en.txt", "--data.source=elsewhere.tgz", *SMALL]
+    args = ["fit", "--data.path=en.txt", "--data.source=elsewhere.tgz", *SMALL, *logger]
     assert run_main(monkeypatch, tmp_path, *args) == 2
     err = capsys.readouterr().err
     assert "warning: data.source elsewhere.tgz is not used: en.txt exists" in err
