@@ -484,6 +484,11 @@ class BabyGPTCLI(LightningCLI):
                 f"{' and '.join(given)} (LightningCLI's) would replace babygpt's optimizer, rates and schedule: use "
                 "--model.optimizer (adamw or muon), --model.lr and --model.lr_schedule instead"
             )
+        if config.get("weights_only") is False:  # Lightning's option; babygpt's loads never take pickled code
+            raise UserError(
+                "--weights_only false would let a checkpoint run pickled code: babygpt reads checkpoints as tensors "
+                "and plain values only; drop it"
+            )
         check_accelerator(config.trainer)
         if self.subcommand in ("predict", "chat"):
             self._prepare_generation(config)

@@ -99,6 +99,13 @@ class OneLineErrorParser(LightningArgumentParser):
             return super().error(message, ex)
         command = self.prog.replace(" [options]", "")
         message = short_union_error(one_line(message))
+        early = re.search(r"Option '([^']+)' is not accepted before subcommand '(\w+)'", message)
+        if early and (files := [path for path, content in self.config_files.items() if holds_key(content, early[1])]):
+            # `babygpt -c cpu.yaml fit`: the top parser's --config takes sections per command (fit: trainer: …).
+            message = (
+                f"config file {files[0]} sets {early[1]} before the command: put --config after it, e.g. "
+                f"{command} {early[2]} --config {files[0]}"
+            )
         if unknown := re.search(r"Subcommand '(\w+)' does not accept option '([^']+)'", message):
             command = f"{command} {unknown[1]}"  # (the top parser's message: its --help lists no options)
             if files := [path for path, content in self.config_files.items() if holds_key(content, unknown[2])]:

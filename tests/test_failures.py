@@ -720,6 +720,26 @@ def test_a_config_file_that_sets_the_linked_data_block_size_is_refused(tmp_path,
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_config_file_before_the_command_is_put_after_it(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "short.yaml").write_text("trainer:\n  max_steps: 2\n", encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["babygpt"])  # the parser names the command after argv[0]
+    assert run_main(monkeypatch, tmp_path, "-c", "short.yaml", "fit") == 2
+    assert one_error_line(capsys) == (
+        "error: config file short.yaml sets trainer.max_steps before the command: put --config after it, e.g. "
+        "babygpt fit --config short.yaml (see babygpt --help)"
+    )
+
+
+@pytest.mark.parametrize("command", [["fit"], ["predict", "--ckpt_path={checkpoint}"]])
+def test_weights_only_false_is_refused(tmp_path, monkeypatch, capsys, corpus, checkpoint, command: list) -> None:
+    args = [arg.format(checkpoint=checkpoint) for arg in command]
+    assert run_main(monkeypatch, tmp_path, *args, f"--data.path={corpus}", "--weights_only=false") == 2
+    assert one_error_line(capsys) == (
+        "error: --weights_only false would let a checkpoint run pickled code: babygpt reads checkpoints as tensors "
+        "and plain values only; drop it"
+    )
+
+
 @pytest.mark.parametrize("flag", ["--config", "-c"])
 def test_a_yaml_syntax_error_names_the_file(tmp_path, monkeypatch, capsys, corpus, flag) -> None:
     (tmp_path / "bad.yaml").write_text("trainer:\n  max_steps: [10\n", encoding="utf-8")
