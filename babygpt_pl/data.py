@@ -139,7 +139,8 @@ class CiDataModule(L.LightningDataModule):
         train_ratio: the first part of the text is for training, the rest for validation.
         val_batches: how many fixed validation batches to evaluate each time.
         seed: seeds the training and validation windows.
-        prompts: what ``predict`` continues, and ``fit`` and ``validate`` log samples of: a list, or one prompt.
+        prompts: what ``predict`` continues, and ``fit`` and ``validate`` log samples of: a list, or one prompt
+            (null: 春江 and 往事, or in validate and a resume those training used).
         prompts_file: a UTF-8 file with one prompt per line; replaces ``prompts`` when set.
         source: where to build ci.txt from: a chinese-poetry directory or .tgz (default: fetch with npm).
     """
