@@ -55,6 +55,23 @@ _PLAIN_TYPE = re.compile(r"typing\.Literal\[(?P<values>[^\]]*)\]|<class '(?P<cls
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "NoneType": "null"}
 
 
+_TYPE_ERROR = re.compile(
+    r"^Parser key \"(?P<key>[^\"]+)\": Expected a <class '(?P<cls>int|float)'>\. Got value: (?P<value>.*)$"
+)
+
+
+def short_type_error(message: str) -> str:
+    """jsonargparse's error for a number that is not one, in words: "Expected a <class 'float'>. Got value: inf"
+    reads as if inf were no float (jsonargparse refuses inf and nan)."""
+    match = _TYPE_ERROR.match(message)
+    if match is None:
+        return message
+    what = _TYPE_NAMES[match["cls"]]
+    if match["cls"] == "float" and match["value"].strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        what = "a finite number"
+    return f"{match['key']} must be {what}, got {match['value']}"
+
+
 def short_union_error(message: str) -> str:
     """jsonargparse's error for a value that no type of a union takes, as the key, the value and what it may be.
 
@@ -98,7 +115,7 @@ class OneLineErrorParser(LightningArgumentParser):
         if not self.exit_on_error or self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         command = self.prog.replace(" [options]", "")
-        message = short_union_error(one_line(message))
+        message = short_type_error(short_union_error(one_line(message)))
         early = re.search(r"Option '([^']+)' is not accepted before subcommand '(\w+)'", message)
         if early and (files := [path for path, content in self.config_files.items() if holds_key(content, early[1])]):
             # `babygpt -c cpu.yaml fit`: the top parser's --config takes sections per command (fit: trainer: …).

@@ -9,7 +9,7 @@ import pytest
 
 import babygpt_pl
 from babygpt_pl.cli import main
-from babygpt_pl.parser import short_union_error
+from babygpt_pl.parser import short_type_error, short_union_error
 
 
 def test_a_union_error_names_each_accepted_value_once() -> None:
@@ -30,6 +30,20 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         "<class 'str'> Given value: 5"
     )
     assert short_union_error(message) == message
+
+
+@pytest.mark.parametrize(
+    ("cls", "value", "expected"),
+    [
+        ("float", "inf", "generation.x must be a finite number, got inf"),  # it read as "inf is no float"
+        ("float", "-Infinity", "generation.x must be a finite number, got -Infinity"),
+        ("float", "nan", "generation.x must be a finite number, got nan"),
+        ("float", "abc", "generation.x must be a number, got abc"),
+        ("int", "2.5", "generation.x must be an integer, got 2.5"),
+    ],
+)
+def test_a_type_error_is_said_in_words(cls: str, value: str, expected: str) -> None:
+    assert short_type_error(f"Parser key \"generation.x\": Expected a <class '{cls}'>. Got value: {value}") == expected
 
 
 @pytest.mark.parametrize(
