@@ -72,6 +72,22 @@ def short_type_error(message: str) -> str:
     return f"{match['key']} must be {what}, got {match['value']}"
 
 
+_REQUIRED_ERROR = re.compile(
+    r"^Parser key \"(?P<key>[^\"]+)\": .*?Problem with given class_path '(?P<cls>[^']+)': the following arguments are "
+    r"required: (?P<args>[\w, ]+?) - "
+)
+
+
+def short_class_error(message: str) -> str:
+    """jsonargparse's error for a class given without an argument it requires (``--trainer.logger CSVLogger`` after
+    a config's ``logger: false``, where no default save_dir is left), as the class and what to pass."""
+    match = _REQUIRED_ERROR.match(message)
+    if match is None:
+        return message
+    flags = ", ".join(f"--{match['key']}.init_args.{arg.strip()}" for arg in match["args"].split(","))
+    return f"{match['key']} {match['cls'].rsplit('.', 1)[-1]} needs {match['args']}: pass {flags}"
+
+
 def short_union_error(message: str) -> str:
     """jsonargparse's error for a value that no type of a union takes, as the key, the value and what it may be.
 
@@ -115,7 +131,7 @@ class OneLineErrorParser(LightningArgumentParser):
         if not self.exit_on_error or self.verbose or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         command = self.prog.replace(" [options]", "")
-        message = short_type_error(short_union_error(one_line(message)))
+        message = short_class_error(short_type_error(short_union_error(one_line(message))))
         early = re.search(r"Option '([^']+)' is not accepted before subcommand '(\w+)'", message)
         if early and (files := [path for path, content in self.config_files.items() if holds_key(content, early[1])]):
             # `babygpt -c cpu.yaml fit`: the top parser's --config takes sections per command (fit: trainer: …).

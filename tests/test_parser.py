@@ -9,7 +9,7 @@ import pytest
 
 import babygpt_pl
 from babygpt_pl.cli import main
-from babygpt_pl.parser import short_type_error, short_union_error
+from babygpt_pl.parser import short_class_error, short_type_error, short_union_error
 
 
 def test_a_union_error_names_each_accepted_value_once() -> None:
@@ -30,6 +30,20 @@ def test_a_union_error_of_other_types_is_kept_whole() -> None:
         "<class 'str'> Given value: 5"
     )
     assert short_union_error(message) == message
+
+
+def test_a_class_without_a_required_argument_names_the_option_to_pass() -> None:
+    """What `--trainer.logger false --trainer.logger CSVLogger` gave: 700 characters of union errors."""
+    message = (
+        'Parser key "trainer.logger": Does not validate against any of the Union subtypes Subtypes: [<class '
+        "'lightning.pytorch.loggers.logger.Logger'>, <class 'bool'>] Errors: - Problem with given class_path "
+        "'lightning.pytorch.loggers.CSVLogger': the following arguments are required: save_dir - Expected a <class "
+        "'bool'> Given value type: <class 'jsonargparse._namespace.Namespace'> Given value: Namespace(…)"
+    )
+    assert short_class_error(message) == (
+        "trainer.logger CSVLogger needs save_dir: pass --trainer.logger.init_args.save_dir"
+    )
+    assert short_class_error("anything else") == "anything else"
 
 
 @pytest.mark.parametrize(
