@@ -659,6 +659,11 @@ class BabyGPTCLI(LightningCLI):
             own_folder = any(args.get(key) not in (None, DEFAULT_LOGGER_DIR) for key in ("save_dir", "dir"))
             if self._given("trainer.default_root_dir") and not own_folder:
                 changed["save_dir"] = config.trainer.default_root_dir
+            if os.environ.get("WANDB_MODE") == "online" and args.get("offline"):  # wandb's banner says it would
+                warn(
+                    "WANDB_MODE=online does not take this run online: Lightning's offline WandbLogger sets it to "
+                    "offline; pass --trainer.logger.init_args.offline false"
+                )
             if os.environ.get("WANDB_MODE") == "disabled":
                 # Lightning's offline logger sets WANDB_MODE=dryrun over the user's "disabled"; wandb.init's mode wins.
                 changed["mode"] = "disabled"

@@ -1167,6 +1167,17 @@ def test_a_wandb_logger_chosen_after_logger_false_is_babygpts_offline_one(
     assert (logger._offline, logger._project, logger.save_dir) == (not online, "babygpt", "outputs")
 
 
+def test_wandb_mode_online_is_said_to_need_the_offline_flag(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """wandb's own banner for the offline run says "set WANDB_MODE=online to enable cloud syncing": it does not."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL)
+    assert (
+        "warning: WANDB_MODE=online does not take this run online: Lightning's offline WandbLogger sets it to "
+        "offline; pass --trainer.logger.init_args.offline false"
+    ) in capsys.readouterr().err.splitlines()
+
+
 LOGGERS = """trainer:
   logger:
     - class_path: lightning.pytorch.loggers.CSVLogger
