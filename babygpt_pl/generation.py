@@ -80,6 +80,8 @@ class GenerationConfig:
         top_p: sample only from the smallest set of characters whose probability reaches top_p.
         repetition_penalty: > 1 discourages characters already in the context (1 disables it).
         num_samples: continuations per prompt.
+        batch_size: rows (prompts x samples) generated together, each batch with a KV cache of its own (null: all
+            at once). A row's text does not depend on it, inside the window (up to float rounding).
         seed: makes sampling reproducible (None: a different result each run).
         stop: stop a sample at the first of these strings, e.g. "\\n\\n" for the end of a poem.
         oov: what to do with prompt characters outside the vocabulary: error, drop, or replace (with a space).
@@ -97,6 +99,7 @@ class GenerationConfig:
     top_p: float | None = None
     repetition_penalty: float = 1.0
     num_samples: int = 1
+    batch_size: int | None = 64
     seed: int | None = None
     stop: list[str] | str = field(default_factory=list)  # (a string: refused below with an example)
     oov: OOVPolicy = "error"
@@ -112,6 +115,9 @@ class GenerationConfig:
             raise UserError(f"generation.{err}") from None
         for name in ("max_new_tokens", "num_samples"):
             _require(f"generation.{name}", getattr(self, name), (int,), "an integer")
+        _require("generation.batch_size", self.batch_size, (int, type(None)), "an integer (or unset)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"generation.batch_size must be >= 1 (null: all rows at once), got {self.batch_size}")
         _require("generation.seed", self.seed, (int, type(None)), "an integer (or unset)")
         for name in ("use_cache", "cuda_graph", "compile"):
             _require(f"generation.{name}", getattr(self, name), (bool,), "true or false")
@@ -680,21 +686,40 @@ def complete(
     on_text: Callable[[int, str], None] | None = None,
     warn: Callable[[str], None] = warn_user,
 ) -> list[Completion]:
-    """Generate ``config.num_samples`` continuations of each prompt, all in one batch.
+    """Generate ``config.num_samples`` continuations of each prompt, ``config.batch_size`` rows at a time.
 
     A row stops at the first of ``config.stop`` (the stop string is cut off) or after ``max_new_tokens``.
     ``on_text(row, piece)`` receives each row's new text as it is generated (for streaming).
     """
     config = config or GenerationConfig()
-    stop = config.stop
     device = next(model.parameters()).device
     ids = encode_prompts(tokenizer, prompts, model.config.block_size, config.oov, warn)
     rows = [(p, i, s) for p, i in zip(prompts, ids, strict=True) for s in range(config.num_samples)]
     if config.seed is None:  # fresh randomness, not the global generator's: seed_everything fixes that one
-        generator = torch.Generator(device=device)
-        generator.seed()
+        shared = torch.Generator(device=device)
+        shared.seed()
     else:  # a stream per sample: a prompt's samples are the same whatever else the batch holds
-        generator = [torch.Generator(device=device).manual_seed(sample_seed(config.seed, s)) for _, _, s in rows]
+        per_row = [torch.Generator(device=device).manual_seed(sample_seed(config.seed, s)) for _, _, s in rows]
+    size = config.batch_size or len(rows)
+    results: list[Completion] = []
+    for first in range(0, len(rows), size):
+        batch = slice(first, first + size)
+        generator = shared if config.seed is None else per_row[batch]
+        shifted = None if on_text is None else lambda row, piece, first=first: on_text(first + row, piece)
+        results += _complete_batch(model, tokenizer, rows[batch], config, generator, shifted)
+    return results
+
+
+def _complete_batch(
+    model: BabyGPT,
+    tokenizer: CharTokenizer,
+    rows: Sequence[tuple[str, list[int], int]],
+    config: GenerationConfig,
+    generator: torch.Generator | Sequence[torch.Generator],
+    on_text: Callable[[int, str], None] | None,
+) -> list[Completion]:
+    """:func:`complete` of one batch of (prompt, token ids, sample number) rows."""
+    stop = config.stop
     texts = [""] * len(rows)
     counts = [0] * len(rows)
     done = [False] * len(rows)

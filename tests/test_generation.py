@@ -424,6 +424,8 @@ def test_sampling_validation(kwargs: dict) -> None:
         ({"oov": "skip"}, "generation.oov must be one of error, drop, replace, got 'skip'"),
         ({"use_cache": 1}, "generation.use_cache must be true or false, got 1"),
         ({"output": 5}, r"generation.output must be a file name \(or unset\), got 5"),
+        ({"batch_size": 0}, r"generation.batch_size must be >= 1 \(null: all rows at once\), got 0"),
+        ({"batch_size": 2.5}, r"generation.batch_size must be an integer \(or unset\), got 2.5"),
     ],
 )
 def test_generation_config_names_the_bad_value(kwargs: dict, message: str) -> None:
@@ -653,6 +655,24 @@ def test_with_a_seed_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(
     two = texts(["ab"], 2)
     assert two[0] == alone[0] and two[1] != alone[0]  # the first sample as with one; the second its own
     assert texts(["xyz", "ab"], 2)[2:] == two
+
+
+def test_rows_are_generated_batch_size_at_a_time_with_the_same_texts(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = []
+    original = generation.stream
+    monkeypatch.setattr(generation, "stream", lambda m, rows, *a: batches.append(len(rows)) or original(m, rows, *a))
+    pieces: dict[int, str] = {}
+
+    def texts(batch_size: int | None) -> list[str]:
+        config = GenerationConfig(max_new_tokens=8, num_samples=2, seed=3, temperature=3.0, batch_size=batch_size)
+        on_text = (lambda row, piece: pieces.update({row: pieces.get(row, "") + piece})) if batch_size else None
+        return [r.text for r in complete(model, tokenizer, ["ab", "xyz", "q"], config, on_text=on_text)]
+
+    whole = texts(None)
+    assert texts(4) == whole and batches == [6, 4, 2]
+    assert pieces == dict(enumerate(whole))  # streamed under each row's own index, not its batch's
 
 
 def test_complete_seed_reproducible(model: BabyGPT, tokenizer: CharTokenizer) -> None:
