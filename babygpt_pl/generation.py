@@ -14,6 +14,7 @@ tokens (the tutorial's crop), so the two agree exactly inside the window and dif
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 import warnings
@@ -246,10 +247,12 @@ def _draw(draws: torch.Tensor, generator: torch.Generator | Sequence[torch.Gener
         draws[:, row] = torch.rand(DRAWS, 1, generator=row_generator, device=draws.device)
 
 
-def sample_seed(seed: int, sample: int) -> int:
-    """The seed of sample number ``sample`` (from 0) of a prompt under ``generation.seed``: ``seed`` itself for the
-    first, spread over the 32 bits a CPU generator keeps for the others (so that seeds 1, 2, 3 share no samples)."""
-    return (seed + sample * 0x9E3779B9) % 2**32
+def sample_seed(seed: int, prompt: str, sample: int) -> int:
+    """The seed of sample number ``sample`` (from 0) of ``prompt`` under ``generation.seed``: a hash of the three,
+    in the 32 bits a CPU generator keeps. The prompt is in it so that two prompts' samples draw different numbers
+    (from the seed and the sample's number alone, the first samples of all prompts drew the same ones)."""
+    digest = hashlib.blake2b(f"{seed}\0{sample}\0{prompt}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 def _counter_views(counters: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -699,7 +702,7 @@ def complete(
         shared = torch.Generator(device=device)
         shared.seed()
     else:  # a stream per sample: a prompt's samples are the same whatever else the batch holds
-        per_row = [torch.Generator(device=device).manual_seed(sample_seed(config.seed, s)) for _, _, s in rows]
+        per_row = [torch.Generator(device=device).manual_seed(sample_seed(config.seed, p, s)) for p, _, s in rows]
     size = config.batch_size or len(rows)
     results: list[Completion] = []
     for first in range(0, len(rows), size):

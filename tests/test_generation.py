@@ -24,6 +24,7 @@ from babygpt_pl.generation import (
     generate,
     graphed_decoder,
     sample_next,
+    sample_seed,
     stream,
 )
 from babygpt_pl.model import BabyGPT, GPTConfig, KVCache, Linear, packing_available
@@ -673,6 +674,19 @@ def test_rows_are_generated_batch_size_at_a_time_with_the_same_texts(
     whole = texts(None)
     assert texts(4) == whole and batches == [6, 4, 2]
     assert pieces == dict(enumerate(whole))  # streamed under each row's own index, not its batch's
+
+
+def test_with_a_seed_each_prompt_and_sample_draws_from_its_own_stream(
+    model: BabyGPT, tokenizer: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeded by the seed and the sample's number alone, the first samples of all prompts drew the same numbers
+    (two prompts then ended in the same characters)."""
+    seeds = []
+    monkeypatch.setattr(generation, "stream", lambda *args: seeds.append([g.initial_seed() for g in args[5]]) or [])
+    complete(model, tokenizer, ["ab", "xy", "ab"], GenerationConfig(num_samples=2, seed=7))
+    ((ab0, ab1, xy0, xy1, again0, again1),) = seeds
+    assert len({ab0, ab1, xy0, xy1}) == 4 and (again0, again1) == (ab0, ab1)  # a prompt's own, whatever beside it
+    assert ab0 != sample_seed(8, "ab", 0)
 
 
 def test_complete_seed_reproducible(model: BabyGPT, tokenizer: CharTokenizer) -> None:
