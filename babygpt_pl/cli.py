@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
+import itertools
 import logging
 import os
 import signal
@@ -114,6 +115,13 @@ DEFAULT_LOGGER_DIR = "outputs"
 # Offline: never waits on the network. `wandb sync outputs/wandb/offline-run-*` uploads later;
 # --trainer.logger.init_args.offline false logs online.
 WANDB_DEFAULTS = {"project": "babygpt", "offline": True, "save_dir": DEFAULT_LOGGER_DIR}
+
+
+def _names(settings: object, key: str) -> bool:
+    """Whether ``key`` is a key anywhere in nested dicts and lists of ``settings``."""
+    if isinstance(settings, dict):
+        return key in settings or any(_names(value, key) for value in settings.values())
+    return isinstance(settings, list) and any(_names(item, key) for item in settings)
 
 
 def trainer_defaults() -> dict:
@@ -672,9 +680,17 @@ class BabyGPTCLI(LightningCLI):
         return given
 
     def _unset_wandb_arg(self, args, key: str) -> bool:
-        """Whether a WandbLogger's init arg ``key`` holds WandbLogger's own default, not given by the user."""
-        own_default = inspect.signature(WandbLogger).parameters[key].default
-        return args.get(key) == own_default and not self._given(f"trainer.logger.init_args.{key}")
+        """Whether a WandbLogger's init arg ``key`` holds WandbLogger's own default and no logger setting of the
+        user's names it: on the command line in any spelling (``--trainer.logger.offline``, a JSON value), or in a
+        config file's ``trainer.logger``, one logger or a list."""
+        if args.get(key) != inspect.signature(WandbLogger).parameters[key].default:
+            return False
+        after_flag = [value for flag, value in itertools.pairwise(self.argv) if flag == "--trainer.logger"]
+        on_the_line = [arg for arg in self.argv if arg.startswith("--trainer.logger")] + after_flag
+        in_files = [
+            c["trainer"]["logger"] for c in OneLineErrorParser.config_files.values() if holds_key(c, "trainer.logger")
+        ]
+        return not any(key in arg for arg in on_the_line) and not any(_names(setting, key) for setting in in_files)
 
     def _trained_on(self) -> str | None:
         """The text's path as training was given it (none in a checkpoint from before it was saved)."""

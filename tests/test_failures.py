@@ -1152,6 +1152,26 @@ def test_a_new_run_warns_of_a_rate_it_does_not_use(tmp_path, monkeypatch, capsys
     assert expected in capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.parametrize(
+    ("args", "config"),
+    [
+        (["--trainer.logger.offline=false"], None),  # the short form of the flag
+        (["--trainer.logger=WandbLogger", "--trainer.logger.offline=false"], None),
+        (['--trainer.logger={"class_path": "WandbLogger", "init_args": {"offline": false, "project": "p"}}'], None),
+        ([], "trainer:\n  logger:\n    - class_path: WandbLogger\n      init_args: {offline: false}\n"),
+    ],
+)
+def test_a_wandb_logger_asked_to_log_online_does(tmp_path, monkeypatch, corpus, args: list, config: str | None):
+    """babygpt's offline default is for what the user did not set, however it was set."""
+    monkeypatch.chdir(tmp_path)
+    if config:
+        (tmp_path / "loggers.yaml").write_text(config, encoding="utf-8")
+        args = [*args, "--config=loggers.yaml"]
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    (logger,) = set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, *args).trainer.loggers
+    assert logger._offline is False
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_a_wandb_logger_chosen_after_logger_false_is_babygpts_offline_one(
     tmp_path, monkeypatch, corpus, online: bool
