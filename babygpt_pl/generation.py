@@ -527,9 +527,9 @@ def stream(
     if (bad := next((t for row in rows for t in row if not 0 <= t < vocab), None)) is not None:
         # Else an IndexError deep in the embedding, or, up to the padded vocabulary, a row silently read.
         raise UserError(f"token ids are 0..{vocab - 1} for this model, got {bad}")
-    tokens, valid = _left_pad(rows, device)
+    tokens, valid = _left_pad(rows, device)  # the context a prefill reads (new tokens join it at a prefill)
     if max_new_tokens == 0:  # nothing to prefill for, nor to capture a graph for
-        return  # the context a prefill reads (new tokens join it at a prefill)
+        return
     decoder = graphed_decoder(model, len(rows), sampling, compile) if use_cache and cuda_graph else None
     seen = None
     if sampling.repetition_penalty != 1.0:
