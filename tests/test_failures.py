@@ -17,6 +17,7 @@ import torch
 from cli_helper import TINY, babygpt, babygpt_cmd, babygpt_env, tiny_checkpoint
 from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -1163,13 +1164,18 @@ def test_a_new_run_warns_of_a_rate_it_does_not_use(tmp_path, monkeypatch, capsys
 )
 def test_a_wandb_logger_asked_to_log_online_does(tmp_path, monkeypatch, corpus, args: list, config: str | None):
     """babygpt's offline default is for what the user did not set, however it was set."""
+    assert the_wandb_logger(tmp_path, monkeypatch, corpus, args, config)._offline is False
+
+
+def the_wandb_logger(tmp_path, monkeypatch, corpus, args: list, config: str | None) -> WandbLogger:
+    """The one logger of a fit set up with ``args`` and, if given, the config file text ``config``."""
     monkeypatch.chdir(tmp_path)
     if config:
         (tmp_path / "loggers.yaml").write_text(config, encoding="utf-8")
-        args = [*args, "--config=loggers.yaml"]
+        args = ["--config=loggers.yaml", *args]
     monkeypatch.setenv("WANDB_MODE", "disabled")
     (logger,) = set_up(monkeypatch, "fit", f"--data.path={corpus}", *SMALL, *args).trainer.loggers
-    assert logger._offline is False
+    return logger
 
 
 @pytest.mark.parametrize("online", [False, True])
@@ -1178,12 +1184,9 @@ def test_a_wandb_logger_chosen_after_logger_false_is_babygpts_offline_one(
 ) -> None:
     """A config.yaml saved by a `--trainer.logger false` run says `logger: false`; a WandbLogger named after it was
     WandbLogger's own: online (an upload with a wandb login), project None, files in the working folder."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "nolog.yaml").write_text("trainer:\n  logger: false\n", encoding="utf-8")
     asked = ["--trainer.logger.init_args.offline=false"] if online else []
-    args = ["fit", "--config=nolog.yaml", f"--data.path={corpus}", *SMALL, "--trainer.logger=WandbLogger", *asked]
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    (logger,) = set_up(monkeypatch, *args).trainer.loggers
+    args = ["--trainer.logger=WandbLogger", *asked]
+    logger = the_wandb_logger(tmp_path, monkeypatch, corpus, args, "trainer:\n  logger: false\n")
     assert (logger._offline, logger._project, logger.save_dir) == (not online, "babygpt", "outputs")
 
 

@@ -68,9 +68,13 @@ def test_forward_returns_logits_and_loss() -> None:
     assert abs(loss.item() - math.log(len(VOCAB))) < 0.1
 
 
-def param_groups(module: BabyGPTModule):
+def optimizer_of(module: BabyGPTModule) -> torch.optim.Optimizer:
     result = module.configure_optimizers()
-    optimizer = result if isinstance(result, torch.optim.Optimizer) else result["optimizer"]
+    return result if isinstance(result, torch.optim.Optimizer) else result["optimizer"]
+
+
+def param_groups(module: BabyGPTModule):
+    optimizer = optimizer_of(module)
     decay, no_decay = optimizer.param_groups
     return optimizer, decay, no_decay
 
@@ -354,8 +358,7 @@ def test_an_extended_cosine_run_starts_at_its_new_schedules_rate(tmp_path) -> No
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_the_betas_reach_the_optimizer(optimizer: str) -> None:
     """The shipped recipes set betas [0.9, 0.95]: AdamW's default 0.999 would train silently otherwise."""
-    result = make(optimizer=optimizer, betas=(0.8, 0.95)).configure_optimizers()
-    torch_optimizer = result if isinstance(result, torch.optim.Optimizer) else result["optimizer"]
+    torch_optimizer = optimizer_of(make(optimizer=optimizer, betas=(0.8, 0.95)))
     assert {tuple(group["betas"]) for group in torch_optimizer.param_groups} == {(0.8, 0.95)}
 
 
