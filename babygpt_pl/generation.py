@@ -82,7 +82,7 @@ class GenerationConfig:
         repetition_penalty: > 1 discourages characters already in the context (1 disables it).
         num_samples: continuations per prompt.
         batch_size: rows (prompts x samples) generated together, each batch with a KV cache of its own (null: all
-            at once). A row's text does not depend on it, inside the window (up to float rounding).
+            at once). A row's text does not depend on it (up to float rounding).
         seed: makes sampling reproducible (None: a different result each run).
         stop: stop a sample at the first of these strings, e.g. "\\n\\n" for the end of a poem.
         oov: what to do with prompt characters outside the vocabulary: error, drop, or replace (with a space).
@@ -513,8 +513,9 @@ def stream(
 
     Prompts may differ in length; each row sees only its own tokens and its own positions, so inside the
     window its tokens equal those of generating it alone. Past the window the cache of the whole batch moves
-    on together, so a shorter row drops its oldest tokens sooner than it would alone (without the cache each
-    row keeps its own last ``block_size`` tokens). The model's train/eval mode is left to the caller.
+    on together, so a shorter row drops its oldest tokens sooner than it would alone (:func:`complete` gives such
+    a generation batches of one prompt length; without the cache each row keeps its own last ``block_size``
+    tokens). The model's train/eval mode is left to the caller.
     """
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -703,14 +704,28 @@ def complete(
         shared.seed()
     else:  # a stream per sample: a prompt's samples are the same whatever else the batch holds
         per_row = [torch.Generator(device=device).manual_seed(sample_seed(config.seed, p, s)) for p, _, s in rows]
-    size = config.batch_size or len(rows)
-    results: list[Completion] = []
-    for first in range(0, len(rows), size):
-        batch = slice(first, first + size)
-        generator = shared if config.seed is None else per_row[batch]
-        shifted = None if on_text is None else lambda row, piece, first=first: on_text(first + row, piece)
-        results += _complete_batch(model, tokenizer, rows[batch], config, generator, shifted)
-    return results
+    lengths = [len(r[1]) for r in rows]
+    # Whether the cache fills and moves on (the last new token is never read back in).
+    passes = config.use_cache and max(lengths) + config.max_new_tokens - 1 > model.config.block_size
+    results: dict[int, Completion] = {}
+    for batch in _batches(lengths, config.batch_size or len(rows), by_length=passes):
+        generator = shared if config.seed is None else [per_row[i] for i in batch]
+        shifted = None if on_text is None else lambda row, piece, batch=batch: on_text(batch[row], piece)
+        done = _complete_batch(model, tokenizer, [rows[i] for i in batch], config, generator, shifted)
+        results.update(zip(batch, done, strict=True))
+    return [results[i] for i in range(len(rows))]
+
+
+def _batches(lengths: Sequence[int], size: int, by_length: bool) -> list[list[int]]:
+    """The rows' indices, ``size`` at a time; with ``by_length``, each batch holds rows of one prompt length.
+
+    For a generation that passes the window: a batch's KV cache moves on when its longest row fills the window,
+    so a shorter row beside it would drop its oldest tokens sooner than alone, and its text could differ.
+    """
+    groups: dict[int, list[int]] = {}
+    for row, length in enumerate(lengths):
+        groups.setdefault(length if by_length else 0, []).append(row)
+    return [group[k : k + size] for group in groups.values() for k in range(0, len(group), size)]
 
 
 def _complete_batch(

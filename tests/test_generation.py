@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import itertools
 import warnings
@@ -674,6 +675,29 @@ def test_rows_are_generated_batch_size_at_a_time_with_the_same_texts(
     whole = texts(None)
     assert texts(4) == whole and batches == [6, 4, 2]
     assert pieces == dict(enumerate(whole))  # streamed under each row's own index, not its batch's
+
+
+@pytest.mark.parametrize("config", [GenerationConfig(temperature=0), GenerationConfig(seed=4, temperature=3.0)])
+def test_past_the_window_a_rows_text_is_its_text_alone(
+    model: BabyGPT, tokenizer: CharTokenizer, config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's cache moves on when its longest row fills the window: rows of other prompt lengths go in batches
+    of their own, else a shorter row dropped its oldest characters sooner than alone."""
+    batches = []
+    original = generation.stream
+    monkeypatch.setattr(generation, "stream", lambda m, rows, *a: batches.append(len(rows)) or original(m, rows, *a))
+    prompts = ["ab", "xyz", "cd", "q"]
+
+    def texts(prompts: list[str], max_new_tokens: int) -> list[str]:
+        run = dataclasses.replace(config, max_new_tokens=max_new_tokens, num_samples=2, batch_size=3)
+        return [r.text for r in complete(model, tokenizer, prompts, run)]
+
+    past = texts(prompts, 3 * BLOCK)
+    assert past == [text for prompt in prompts for text in texts([prompt], 3 * BLOCK)]
+    assert batches == [3, 1, 2, 2] + [2] * 4  # by length: "ab" and "cd"'s four rows three at a time, then alone
+    batches.clear()
+    texts(prompts, BLOCK - 3)  # inside the window: the rows as they come
+    assert batches == [3, 3, 2]
 
 
 def test_with_a_seed_each_prompt_and_sample_draws_from_its_own_stream(
