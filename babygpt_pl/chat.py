@@ -74,47 +74,51 @@ def chat_loop(
     say(chrome, BANNER + "\n")
     answers: list[dict] = []
     refused = saved = 0
-    while True:
-        try:
-            prompt = _read_prompt(stdin, chrome)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, like most REPLs' Ctrl-D
-            say(chrome, "\n")
-            break
-        if prompt is None:
-            break
-        if piped:  # what a terminal would have echoed
-            say(chrome, prompt + "\n")
-        shown = False
+    try:
+        while True:
+            try:
+                prompt = _read_prompt(stdin, chrome)
+            except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, like most REPLs' Ctrl-D
+                say(chrome, "\n")
+                break
+            if prompt is None:
+                break
+            if piped:  # what a terminal would have echoed
+                say(chrome, prompt + "\n")
+            shown = False
 
-        def show(row: int, piece: str, prompt: str = prompt) -> None:
-            nonlocal shown
-            if not shown:  # the prompt once the answer starts: a refused one leaves nothing on stdout
-                stdout.write(prompt)
-                shown = True
-            stdout.write(piece)
-            stdout.flush()
+            def show(row: int, piece: str, prompt: str = prompt) -> None:
+                nonlocal shown
+                if not shown:  # the prompt once the answer starts: a refused one leaves nothing on stdout
+                    stdout.write(prompt)
+                    shown = True
+                stdout.write(piece)
+                stdout.flush()
 
-        try:
-            require_utf8(prompt, "this line")
-            [answer] = complete(
-                model, tokenizer, [prompt], config, on_text=show, warn=lambda m: say(stderr, f"\nwarning: {m}\n")
-            )
-        except KeyboardInterrupt:
-            stdout.write("\n" if shown else "")
-            say(chrome, "[stopped]\n")
-            continue
-        except UserError as err:
-            say(stderr, f"error: {err}\n")
-            refused += 1
-            continue
-        answers.append(vars(answer))
-        try:  # a Ctrl-C from here (a slow terminal, the write synced to disk) stops this, not the chat
-            show(0, "")
-            stdout.write("\n")
-            say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
-            saved = save(answers, saved)
-        except KeyboardInterrupt:  # the answer is saved with the next one, or on leaving
-            say(chrome, "\n[stopped]\n")
+            try:
+                require_utf8(prompt, "this line")
+                [answer] = complete(
+                    model, tokenizer, [prompt], config, on_text=show, warn=lambda m: say(stderr, f"\nwarning: {m}\n")
+                )
+            except KeyboardInterrupt:
+                stdout.write("\n" if shown else "")
+                say(chrome, "[stopped]\n")
+                continue
+            except UserError as err:
+                say(stderr, f"error: {err}\n")
+                refused += 1
+                continue
+            answers.append(vars(answer))
+            try:  # a Ctrl-C from here (a slow terminal, the write synced to disk) stops this, not the chat
+                show(0, "")
+                stdout.write("\n")
+                say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
+                saved = save(answers, saved)
+            except KeyboardInterrupt:  # the answer is saved with the next one, or on leaving
+                say(chrome, "\n[stopped]\n")
+    except OSError:  # stdout failed (a closed pipe, a full disk): the answers given so far are kept all the same
+        save(answers, saved)
+        raise
     save(answers, saved)
     return refused
 

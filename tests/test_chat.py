@@ -320,6 +320,30 @@ def test_a_failed_write_of_the_output_ends_the_chat_with_its_error(
     assert out.getvalue() == answers(model, ["春江"], 3)
 
 
+class ClosedAfterTheFirstAnswer(io.StringIO):
+    """A pipe whose reader leaves as the first answer's line end is written."""
+
+    def write(self, text: str) -> int:
+        if text == "\n":
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_an_answer_whose_stdout_failed_is_saved_all_the_same(model: BabyGPT, tmp_path: Path) -> None:
+    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(tmp_path / "chat.jsonl"))
+    with pytest.raises(BrokenPipeError):
+        chat_loop(
+            model,
+            CharTokenizer(VOCAB),
+            config,
+            stdin=io.StringIO("春江\n往事\n"),
+            stdout=ClosedAfterTheFirstAnswer(),
+            stderr=io.StringIO(),
+        )
+    records = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in records] == ["春江"]
+
+
 def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:
     out_file = tmp_path / "chat.jsonl"
     run(model, "春江\n往事\n", GenerationConfig(max_new_tokens=3, temperature=0, output=str(out_file)))
