@@ -299,17 +299,14 @@ class GracefulStop(Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
-        path = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else ".") / LAST_FILE
-        trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it
+        saved = _save_last(trainer)
         trainer.should_stop = True
         if not _validates_at_this_batch(trainer):
             # Lightning validates once more on a should_stop (for early stopping): minutes on a CPU, and a val point
             # (and best checkpoint) that the uninterrupted run never has. A stop is for leaving now. (A validation
             # due at this batch still runs: the resumed run takes it as done.)
             trainer.limit_val_batches = 0
-        rank_zero_info(
-            f"\nstopped by a signal at step {trainer.global_step}: saved {path}; resume with --ckpt_path {path}"
-        )
+        rank_zero_info(f"\nstopped by a signal at step {trainer.global_step}: {saved}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -339,6 +336,19 @@ class StepTimer(Timer):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if not accumulating(trainer):
             super().on_train_batch_end(trainer, *args, **kwargs)
+
+
+def _save_last(trainer: L.Trainer) -> str:
+    """Save last.ckpt where the run saves it, and say so; a smoke run and ``checkpoint.save_last false`` save none
+    (an earlier run's last.ckpt stays as it is)."""
+    checkpoint = trainer.checkpoint_callback
+    if trainer.fast_dev_run:
+        return "a fast_dev_run saves nothing"
+    if checkpoint is None or not checkpoint.save_last:
+        return "nothing saved (checkpoint.save_last is off)"
+    path = Path(checkpoint.dirpath) / LAST_FILE
+    trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it
+    return f"saved {path}; resume with --ckpt_path {path}"
 
 
 def _validates_at_this_batch(trainer: L.Trainer) -> bool:

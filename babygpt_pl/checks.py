@@ -158,14 +158,15 @@ def check_checkpoint_options(checkpoint: Namespace) -> None:
             )
 
 
-def warn_of_a_short_run(trainer: Namespace, warmup_steps: int) -> None:
+def warn_of_a_short_run(trainer: Namespace, warmup_steps: int, saves_last: bool) -> None:
     """Warnings, not errors: a short smoke run of a long config is a normal thing to do."""
     every, steps = trainer.val_check_interval, trainer.max_steps
     batches = steps * (trainer.accumulate_grad_batches or 1)  # val_check_interval counts batches, max_steps steps
     if isinstance(every, int) and 0 < batches < every and trainer.limit_val_batches != 0:
+        saved = "last.ckpt is still saved at the end" if saves_last else "with checkpoint.save_last off, nothing saved"
         warn(
             f"trainer.val_check_interval ({every}) is more than trainer.max_steps ({steps}): this run will not "
-            "validate (no val loss, no best checkpoint; last.ckpt is still saved at the end)"
+            f"validate (no val loss, no best checkpoint; {saved})"
         )
     if 0 <= steps < warmup_steps:
         warn(
@@ -197,11 +198,12 @@ def warn_of_unused_model_settings(model: Namespace, given: Callable[[str], bool]
             warn(f"model.{key} {model[key]} is not used in this run: {why}")
 
 
-def warn_of_earlier_checkpoints(folder: str) -> None:
-    """A new run writes its own last.ckpt over an earlier run's, and its best checkpoint beside the earlier
-    best (ModelCheckpoint knows only the files it wrote): say so before, while that run can still be resumed."""
+def warn_of_earlier_checkpoints(folder: str, saves_last: bool) -> None:
+    """A new run writes its own last.ckpt over an earlier run's (unless ``saves_last`` is off), and its best
+    checkpoint beside the earlier best (ModelCheckpoint knows only the files it wrote): say so before, while that run
+    can still be resumed."""
     earlier = sorted(p.name for p in Path(folder).glob("*.ckpt"))
-    if LAST_FILE in earlier:
+    if LAST_FILE in earlier and saves_last:
         warn(
             f"{folder} holds {', '.join(earlier)} from an earlier run: this new run overwrites last.ckpt and keeps "
             "its own best checkpoint beside the others (to continue that run instead, pass --ckpt_path last)"

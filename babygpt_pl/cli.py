@@ -775,14 +775,17 @@ class BabyGPTCLI(LightningCLI):
             config = self.config.fit
             if config.checkpoint.dirpath and os.path.isdir(config.checkpoint.dirpath):
                 warn_of_unfinished_writes(config.checkpoint.dirpath)
+            smoke = bool(config.trainer.fast_dev_run)  # which saves nothing
+            saves_last = bool(config.checkpoint.save_last) and not smoke
+            saves = saves_last or (config.checkpoint.save_top_k != 0 and not smoke)
             if not self.checkpoint:
-                warn_of_a_short_run(config.trainer, config.model.warmup_steps)
+                warn_of_a_short_run(config.trainer, config.model.warmup_steps, saves_last)
                 warn_of_unused_model_settings(config.model, self._given)  # (a resume's: in _parse_ckpt_path)
-                if config.checkpoint.dirpath and not config.trainer.fast_dev_run:  # (which saves nothing)
-                    warn_of_earlier_checkpoints(config.checkpoint.dirpath)
+                if config.checkpoint.dirpath and saves:
+                    warn_of_earlier_checkpoints(config.checkpoint.dirpath, saves_last)
             else:
                 self._warn_of_other_batches()
-                if config.checkpoint.dirpath:
+                if config.checkpoint.dirpath and saves_last:
                     warn_of_a_replaced_last(config.checkpoint.dirpath, config.ckpt_path)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):

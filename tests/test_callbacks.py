@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import signal
 import time
 from datetime import timedelta
@@ -272,25 +273,29 @@ def test_throughput_totals_go_on_after_a_resume(module, tmp_path: Path) -> None:
     assert float(resumed[0]["train/time"]) > float(first[-1]["train/time"])
 
 
-def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
-    """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
-    reduced, saved = [], []
+def stopping_trainer(tmp_path: Path, saved: list, save_last: bool = True, **attributes) -> SimpleNamespace:
+    """What GracefulStop reads of a one-rank trainer at batch 10, where it does not validate; saves go to ``saved``."""
     progress = SimpleNamespace(current=SimpleNamespace(ready=10))
-    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: reduced.append(decision) or decision)
-    trainer = SimpleNamespace(
-        world_size=2,
-        log_every_n_steps=5,
-        strategy=strategy,
-        checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)),
+    defaults = dict(
+        world_size=1,
+        checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path), save_last=save_last),
         save_checkpoint=lambda path, **kwargs: saved.append(path),
+        fast_dev_run=0,
         should_stop=False,
         check_val_every_n_epoch=None,
         val_check_batch=50,
         accumulate_grad_batches=1,
-        # The stop's batch: no validation there.
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=9, batch_progress=progress)),
         limit_val_batches=1.0,
     )
+    return SimpleNamespace(**(defaults | attributes))
+
+
+def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path: Path) -> None:
+    """With several ranks, agreeing to stop is a collective and a host sync: at steps 5 and 10 here, not each step."""
+    reduced, saved = [], []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: reduced.append(decision) or decision)
+    trainer = stopping_trainer(tmp_path, saved, world_size=2, log_every_n_steps=5, strategy=strategy)
     stop = GracefulStop()
     for step in range(1, 13):
         trainer.global_step = step
@@ -302,6 +307,24 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
     assert reduced == [False, True]
     assert trainer.global_step == 10 and saved == [tmp_path / "last.ckpt"]
     assert trainer.limit_val_batches == 0  # no validation on the way out
+
+
+@pytest.mark.parametrize(
+    ("fast_dev_run", "save_last", "said"),
+    [(3, True, "a fast_dev_run saves nothing"), (0, False, "nothing saved (checkpoint.save_last is off)")],
+)
+def test_a_stop_saves_no_last_checkpoint_where_the_run_saves_none(
+    tmp_path: Path, fast_dev_run: int, save_last: bool, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It replaced an earlier run's last.ckpt: a smoke run's, or one told to save no last.ckpt."""
+    saved = []
+    trainer = stopping_trainer(tmp_path, saved, save_last, fast_dev_run=fast_dev_run, global_step=2)
+    stop = GracefulStop()
+    stop.received = signal.SIGTERM
+    with caplog.at_level(logging.INFO):
+        stop.on_train_batch_end(trainer, None)
+    assert trainer.should_stop and saved == []
+    assert f"stopped by a signal at step 2: {said}" in caplog.text
 
 
 def test_a_time_limit_stops_at_the_end_of_an_optimizer_step(module, tmp_path: Path) -> None:

@@ -27,8 +27,19 @@ def test_the_short_run_warning_counts_validation_in_batches(capsys, accumulate: 
     """val_check_interval counts batches, max_steps optimizer steps: 3 steps of 4 batches do reach batch 10."""
     trainer = SimpleNamespace(val_check_interval=10, max_steps=3, accumulate_grad_batches=accumulate)
     trainer.limit_val_batches = None
-    warn_of_a_short_run(trainer, warmup_steps=0)
+    warn_of_a_short_run(trainer, warmup_steps=0, saves_last=True)
     assert ("will not validate" in capsys.readouterr().err) is warned
+
+
+@pytest.mark.parametrize(
+    ("saves_last", "said"),
+    [(True, "last.ckpt is still saved at the end"), (False, "with checkpoint.save_last off, nothing saved")],
+)
+def test_the_short_run_warning_says_what_is_saved(capsys, saves_last: bool, said: str) -> None:
+    """It promised a last.ckpt to a run with save_last off, which saves none: all its steps were lost."""
+    trainer = SimpleNamespace(val_check_interval=10, max_steps=3, accumulate_grad_batches=1, limit_val_batches=None)
+    warn_of_a_short_run(trainer, warmup_steps=0, saves_last=saves_last)
+    assert f"(no val loss, no best checkpoint; {said})" in capsys.readouterr().err
 
 
 def test_fp16_mixed_precision_is_refused_on_a_cpu_not_on_a_mac_gpu(monkeypatch) -> None:
@@ -92,7 +103,7 @@ def test_the_shipped_configs_set_no_rate_or_decay_they_leave_unused(name: str) -
 def test_no_short_run_warning_at_the_edges(capsys, max_steps: int, limit_val_batches, warmup_steps: int) -> None:
     trainer = SimpleNamespace(val_check_interval=10, max_steps=max_steps, accumulate_grad_batches=1)
     trainer.limit_val_batches = limit_val_batches
-    warn_of_a_short_run(trainer, warmup_steps=warmup_steps)
+    warn_of_a_short_run(trainer, warmup_steps=warmup_steps, saves_last=True)
     assert capsys.readouterr().err == ""
 
 

@@ -697,6 +697,16 @@ def test_a_new_run_over_an_earlier_runs_checkpoints_is_warned(tmp_path, monkeypa
     # Without a checkpoint folder Lightning picks one under the logger's: nothing to say of checkpoints/.
     main([*args, "--checkpoint.dirpath=null"])
     assert "earlier run" not in capsys.readouterr().err
+    # A run that saves no last.ckpt leaves the earlier one as it is, and says only what it does.
+    last = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    main([*args, "--checkpoint.save_last=false"])
+    assert (
+        "warning: checkpoints holds last.ckpt from an earlier run: this new run keeps its checkpoints beside them"
+        in (capsys.readouterr().err)
+    )
+    main([*args, "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"])
+    assert "earlier run" not in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == last
 
 
 def test_a_misspelt_key_in_a_config_file_names_the_file(tmp_path, monkeypatch, capsys, corpus) -> None:
