@@ -42,18 +42,6 @@ def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
     return GPTConfig(vocab_size=len(hparams["vocab"]), **{k: v for k, v in hparams.items() if k in fields})
 
 
-def _refuse_non_finite(trainer: L.Trainer | None, what: str, step: int) -> None:
-    # A checkpoint this run saved, or resumed from: else there is none to keep (a run that diverged at once).
-    saved = trainer is not None and (
-        trainer.ckpt_path or any(c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks)
-    )
-    kept = "the last good checkpoint is kept" if saved else "no checkpoint was written"
-    raise UserError(
-        f"{what} became NaN or infinite at step {step}; {kept}. Lower model.lr, add warmup (model.warmup_steps) "
-        "or gradient clipping (trainer.gradient_clip_val)"
-    )
-
-
 class BabyGPTModule(L.LightningModule):
     """Trains a :class:`BabyGPT` and generates from it.
 
@@ -131,6 +119,7 @@ class BabyGPTModule(L.LightningModule):
         # cross-entropy we already have, exponentiated, is the same number for free. nan_strategy "disable": a NaN
         # loss makes the mean NaN, which is what to report; the default checks (and syncs) each batch to warn.
         self.val_loss = MeanMetric(nan_strategy="disable")
+        self._saved = False  # whether this run saved a checkpoint (its checks in on_save_checkpoint passed)
 
     def configure_model(self) -> None:
         # For training only: generation decodes through its own step (CUDA-graphed on a GPU), and a compiled
@@ -199,7 +188,16 @@ class BabyGPTModule(L.LightningModule):
         steps = (self.all_gather(first_bad) if distributed else first_bad).reshape(-1)
         found = steps[steps >= 0]  # (-1: none)
         if found.numel():
-            _refuse_non_finite(self._trainer, "the training loss", int(found.min()))
+            self._refuse_non_finite("the training loss", int(found.min()))
+
+    def _refuse_non_finite(self, what: str, step: int) -> None:
+        # A checkpoint this run saved, or resumed from: else there is none to keep (a run that diverged at once).
+        resumed = self._trainer is not None and self.trainer.ckpt_path
+        kept = "the last good checkpoint is kept" if self._saved or resumed else "no checkpoint was written"
+        raise UserError(
+            f"{what} became NaN or infinite at step {step}; {kept}. Lower model.lr, add warmup (model.warmup_steps) "
+            "or gradient clipping (trainer.gradient_clip_val)"
+        )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # The steps of the weights loaded: outside a fit, global_step stays 0 (the samples table's step column).
@@ -213,7 +211,9 @@ class BabyGPTModule(L.LightningModule):
         if self._trainer is not None:  # (FSDP: each rank holds a shard)
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            _refuse_non_finite(self._trainer, "the weights", self.global_step)
+            self._refuse_non_finite("the weights", self.global_step)
+        # Not ModelCheckpoint's paths: it sets them before the save whose checks are these.
+        self._saved = True
         wandb = first_wandb(self.loggers)
         if wandb is not None and wandb._experiment is not None:
             checkpoint["wandb_run_id"] = wandb.version  # so a resumed run continues the same wandb run
@@ -242,7 +242,7 @@ class BabyGPTModule(L.LightningModule):
         if self.trainer.state.fn == TrainerFn.FITTING:
             self.check_finite()
             if not torch.isfinite(loss):
-                _refuse_non_finite(self._trainer, "the validation loss", self.global_step)
+                self._refuse_non_finite("the validation loss", self.global_step)
         # Already global: sync_dist with max keeps it exactly and spares Lightning's warning to sync it under DDP.
         self.log(f"{prefix}_loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
         self.log(f"{prefix}_ppl", torch.exp(loss), sync_dist=True, reduce_fx="max")

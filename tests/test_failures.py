@@ -818,10 +818,17 @@ class NaNFromTheStart(BabyGPTModule):
             self.model.ln_f.weight.fill_(float("nan"))
 
 
-def test_a_nan_at_the_first_step_says_no_checkpoint_was_written(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize(
+    ("log_every_n_steps", "validate"),
+    [(1, True), (0, True), (0, False)],  # found by the training loss's check; the validation's; the first save's
+)
+def test_a_nan_at_the_first_step_says_no_checkpoint_was_written(
+    tmp_path: Path, corpus: Path, log_every_n_steps: int, validate: bool
+) -> None:
+    """Found by the first save, it said the last good checkpoint was kept: ModelCheckpoint names its file first."""
     with pytest.raises(UserError, match="^the training loss became NaN or infinite at step 0; no checkpoint was"):
-        fit_to_a_nan(tmp_path / "ckpt", corpus, NaNFromTheStart, log_every_n_steps=1, validate=True)
-    assert not (tmp_path / "ckpt").exists()
+        fit_to_a_nan(tmp_path / "ckpt", corpus, NaNFromTheStart, log_every_n_steps, validate)
+    assert not list((tmp_path / "ckpt").glob("*.ckpt"))
 
 
 class NaNUpdateAt3(BabyGPTModule):
