@@ -48,6 +48,13 @@ def check_accelerator(trainer: Namespace) -> None:
 def check_trainer_settings(trainer: Namespace, subcommand: str) -> None:
     """Settings Lightning would take without a word (or with a traceback) that cannot do what was meant."""
     fitting = subcommand == "fit"
+    if fitting and str(trainer.precision) == "16-true":
+        # AdamW keeps its mean of squared gradients in the weights' dtype: in fp16 a gradient of 1e-4 squares to 0,
+        # and the update (mean gradient over the root of that) is infinite at the first step, whatever the rate.
+        raise UserError(
+            "trainer.precision 16-true trains fp16 weights, in which AdamW's mean of squared gradients underflows to "
+            "0 and the first update is infinite: pass --trainer.precision bf16-mixed (or 16-mixed on a GPU), or 32-true"
+        )
     every = trainer.val_check_interval
     if fitting and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
         # 0: Lightning would divide by it mid-epoch. A fraction of an epoch (null is 1.0) never comes in one endless

@@ -541,6 +541,7 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--trainer.devices=0"], "trainer.devices must be a count of devices, a list of ids, -1 (all) or auto"),
         (["--trainer.accelerator=tpu"], "trainer.accelerator is tpu, not on this machine: use --trainer.accelerator"),
         (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
+        (["--trainer.precision=16-true"], "trainer.precision 16-true trains fp16 weights, in which AdamW's mean of"),
         (["--checkpoint.monitor=val_los"], "checkpoint.monitor val_los is not a metric babygpt logs: use one of val"),
         (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
         (["--data.seed=99999999999999999999999"], "data.seed must be an integer from 0 to 2**63 - 1, got 9999"),
