@@ -107,8 +107,6 @@ _RESUMED = (
 _RUNTIME = ("compile", "compile_mode")
 # What checkpoints from before a hyper-parameter existed were trained with.
 _BEFORE = {"optimizer": "adamw"}
-# ckpt_path values Lightning resolves itself during fit (a SLURM requeue's checkpoint, a model registry's).
-_FIT_ONLY_CKPT = ("hpc", "registry")
 
 
 DEFAULT_LOGGER_DIR = "outputs"
@@ -159,9 +157,9 @@ CHECKPOINT_DEFAULTS = {
 
 
 CKPT_PATH_HELP = {
-    "fit": "The checkpoint to resume from: a file, or last (the checkpoint folder's last.ckpt, if there is one "
-    "yet). Leave it out for a new run.",
-    "other": "The checkpoint to load: a file, e.g. checkpoints/last.ckpt, or last (the checkpoint folder's).",
+    "fit": "The checkpoint to resume from: a file, last (the checkpoint folder's last.ckpt, if there is one "
+    "yet) or hpc (the newest checkpoint of a SLURM requeue). Leave it out for a new run.",
+    "other": "The checkpoint to load: a file, e.g. checkpoints/last.ckpt, last (the checkpoint folder's) or hpc.",
 }
 DESCRIPTION = "babygpt: train a character-level GPT on Chinese ci poetry (or any text) and generate from it."
 # What each command does, for --help: Lightning's texts, its Trainer methods' docstrings, speak of "the test set"
@@ -244,6 +242,21 @@ class KeepInputConfig(SaveConfigCallback):
                 raise UserError(f"this run would save its settings as {target}, over --config {given}: {fix}")
 
 
+HPC_PREFIX = "hpc_ckpt_"  # Lightning's name for the checkpoint of a SLURM requeue
+
+
+def _hpc_checkpoint(folder: str) -> str:
+    """The newest of the hpc_ckpt_N.ckpt files Lightning saves in ``folder`` when SLURM requeues a run."""
+    numbers = (p.stem.removeprefix(HPC_PREFIX) for p in Path(folder).glob(f"{HPC_PREFIX}*.ckpt"))
+    saved = [int(n) for n in numbers if n.isdigit()]
+    if not saved:
+        raise UserError(
+            f"--ckpt_path hpc: {folder} holds no hpc_ckpt_N.ckpt (Lightning saves one there when SLURM requeues a "
+            "run); pass a checkpoint file, or leave --ckpt_path out"
+        )
+    return os.path.join(folder, f"{HPC_PREFIX}{max(saved)}.ckpt")
+
+
 class BabyGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.argv = sys.argv[1:] if args is None else list(args)  # what was given, for _given
@@ -297,7 +310,7 @@ class BabyGPTCLI(LightningCLI):
         # or unsafe file gets one clear line instead of a traceback.
         subcommand = self.config.get("subcommand")
         path = self._resolve_ckpt_path(subcommand) if subcommand else None
-        checkpoint = check_checkpoint(path) if path and path not in ("last", *_FIT_ONLY_CKPT) else {}
+        checkpoint = check_checkpoint(path) if path and path != "last" else {}
         # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own);
         # chat's weights, which nothing else loads.
         kept = ("hyper_parameters", "wandb_run_id", "global_step", CiDataModule.__qualname__)
@@ -344,7 +357,9 @@ class BabyGPTCLI(LightningCLI):
                     "nothing is left to train; raise --trainer.max_steps to train on"
                 )
             warn_of_unused_model_settings(model, self._given)  # here: the checkpoint's values replace them next
-            if not self._given("checkpoint.dirpath"):  # the resumed run's own folder, not another run's
+            # The resumed run's own folder, not another run's; not that of a SLURM requeue's hpc_ckpt_N.ckpt, which
+            # Lightning saves in trainer.default_root_dir, away from the run's checkpoints.
+            if not self._given("checkpoint.dirpath") and not Path(path).name.startswith(HPC_PREFIX):
                 # A link's target's: the best-checkpoint record and last.ckpt are there (a link's folder would
                 # drop the record without a word, and keep a worse checkpoint as the best).
                 real = os.path.realpath(path) if os.path.islink(path) else path
@@ -373,11 +388,14 @@ class BabyGPTCLI(LightningCLI):
             raise UserError(
                 "--ckpt_path is empty: pass a checkpoint file (e.g. checkpoints/last.ckpt), or leave it out"
             )
-        if path == "best" or (path in _FIT_ONLY_CKPT and subcommand != "fit"):
+        if path in ("best", "registry"):  # (Lightning's model registry: a download, with an account)
             raise UserError(
                 f"--ckpt_path {path} is not a file this command can load; pass a checkpoint file, "
                 "e.g. --ckpt_path checkpoints/last.ckpt"
             )
+        if path == "hpc":  # checked like any other file (Lightning would load it unchecked)
+            config.ckpt_path = _hpc_checkpoint(config.trainer.default_root_dir or ".")
+            return config.ckpt_path
         if path != "last":
             return path
         last = os.path.join(config.checkpoint.dirpath or CHECKPOINT_DEFAULTS["checkpoint.dirpath"], LAST_FILE)

@@ -120,5 +120,5 @@ def test_help_says_what_each_command_does_here(capsys, command: list[str]) -> No
     assert COMMANDS[command[0] if command else "test"] in text and "Lightning Trainer command line tool" not in text
     if not command:
         assert all(f"{name} {help}" in text for name, help in COMMANDS.items())
-    else:  # --ckpt_path: a file or last (Lightning's offers "best", "hpc" and "registry", which are refused)
+    else:  # --ckpt_path: a file, last or hpc (Lightning's offers "best" and "registry" too, which are refused)
         assert CKPT_PATH_HELP["fit" if command == ["fit"] else "other"] in text and '"best"' not in text

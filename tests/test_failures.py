@@ -642,6 +642,27 @@ def test_a_resumed_run_keeps_to_its_own_folder(tmp_path, monkeypatch, capsys, co
     )
 
 
+def test_ckpt_path_hpc_resumes_the_newest_requeue_checkpoint_checked(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """Lightning loaded it unchecked (a traceback where there was none); "registry", its model registry, too."""
+    fit = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"]
+    assert run_main(monkeypatch, tmp_path, *fit, "--ckpt_path=hpc") == 2
+    assert one_error_line(capsys) == (
+        "error: --ckpt_path hpc: outputs holds no hpc_ckpt_N.ckpt (Lightning saves one there when SLURM requeues a "
+        "run); pass a checkpoint file, or leave --ckpt_path out"
+    )
+    assert run_main(monkeypatch, tmp_path, *fit, "--ckpt_path=registry") == 2
+    assert "error: --ckpt_path registry is not a file this command can load" in one_error_line(capsys)
+    main([*fit, "--trainer.max_steps=2"])
+    (tmp_path / "outputs" / "hpc_ckpt_10.ckpt").write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes())
+    (tmp_path / "outputs" / "hpc_ckpt_9.ckpt").write_bytes(b"not the newest")  # 10 is, though "10" < "9"
+    main([*fit, "--trainer.max_steps=4", "--ckpt_path=hpc"])
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    (tmp_path / "outputs" / "hpc_ckpt_11.ckpt").write_bytes(b"cut short")
+    capsys.readouterr()
+    assert run_main(monkeypatch, tmp_path, *fit, "--trainer.max_steps=6", "--ckpt_path=hpc") == 2
+    assert "outputs/hpc_ckpt_11.ckpt" in one_error_line(capsys)
+
+
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["--trainer.max_steps=2", "--trainer.logger=false", "--model.warmup_steps=10"]
