@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -313,7 +314,7 @@ class BabyGPTCLI(LightningCLI):
         checkpoint = check_checkpoint(path) if path and path != "last" else {}
         # Only what is read below, not the weights and optimizer state for the whole run (Lightning loads its own);
         # chat's weights, which nothing else loads.
-        kept = ("hyper_parameters", "wandb_run_id", "global_step", CiDataModule.__qualname__)
+        kept = ("hyper_parameters", "wandb_run_id", "global_step", CiDataModule.__qualname__, "callbacks")
         kept += ("state_dict",) if subcommand == "chat" else ()
         self.checkpoint = {k: checkpoint[k] for k in kept if k in checkpoint}
         if subcommand != "fit" and self.checkpoint:
@@ -484,7 +485,32 @@ class BabyGPTCLI(LightningCLI):
         if settings.get("max_time") is not None:  # Lightning made a Timer of it: one that stops between steps
             step_timer = StepTimer(duration=settings["max_time"], interval="step")
             trainer.callbacks = [step_timer if type(c) is Timer else c for c in trainer.callbacks]
+        if self.subcommand == "fit":
+            self._check_time_left(settings.get("max_time"))
         return trainer
+
+    def _check_time_left(self, max_time: str | timedelta | dict | None) -> None:
+        """Lightning stops a --trainer.max_time already spent (0, or a resumed run's) after the first step, having
+        trained nothing, and exits 0; a resume without one drops the checkpoint's limit, which Lightning says as
+        "Please add the following callbacks: ['Timer']"."""
+        spent = self.checkpoint.get("callbacks", {}).get(Timer.__qualname__)
+        path = self.config.fit.ckpt_path
+        if max_time is None:
+            if spent is not None:
+                warn(f"checkpoint {path} was trained with a --trainer.max_time; this resumed run has no time limit")
+            return
+        timer = Timer(duration=max_time)  # (parses max_time as the trainer did)
+        if spent is not None:
+            timer.load_state_dict(spent)
+        if timer.time_remaining() > 0:
+            return
+        if spent is None:
+            raise UserError(f"trainer.max_time is {max_time}: this run would train nothing; give a longer time or none")
+        trained = timedelta(seconds=round(timer.time_elapsed()))
+        raise UserError(
+            f"checkpoint {path} has already trained for {trained} and trainer.max_time is {max_time}: nothing is "
+            "left to train; raise --trainer.max_time to train on"
+        )
 
     def instantiate_classes(self) -> None:
         try:
@@ -852,6 +878,8 @@ def _main(args: list[str] | None) -> None:
     warnings.filterwarnings("ignore", message="The dirpath has changed from")  # predict from another run's folder
     # --ckpt_path last without a last.ckpt: said in one line by _resolve_ckpt_path.
     warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last")
+    # A resume without the --trainer.max_time it was trained with: said by _check_time_left in one line.
+    warnings.filterwarnings("ignore", message=r".*Please add the following callbacks: \['Timer'\]")
     # "Seed set to N" would precede every one-line error; the seed is in the saved config anyway.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)  # (added once: the same object)

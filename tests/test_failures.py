@@ -542,6 +542,7 @@ def test_resume_with_another_learning_rate_is_refused_not_ignored(
         (["--trainer.accelerator=tpu"], "trainer.accelerator is tpu, not on this machine: use --trainer.accelerator"),
         (["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"], "does not run on a CPU: pass --trainer.prec"),
         (["--trainer.precision=16-true"], "trainer.precision 16-true trains fp16 weights, in which AdamW's mean of"),
+        (["--trainer.max_time=00:00:00:00"], "trainer.max_time is 00:00:00:00: this run would train nothing; give a"),
         (["--checkpoint.monitor=val_los"], "checkpoint.monitor val_los is not a metric babygpt logs: use one of val"),
         (["--checkpoint.filename=best-{stp}"], "checkpoint.filename best-{stp} names {stp}, which babygpt does not"),
         (["--data.seed=99999999999999999999999"], "data.seed must be an integer from 0 to 2**63 - 1, got 9999"),
@@ -661,6 +662,31 @@ def test_ckpt_path_hpc_resumes_the_newest_requeue_checkpoint_checked(tmp_path, m
     capsys.readouterr()
     assert run_main(monkeypatch, tmp_path, *fit, "--trainer.max_steps=6", "--ckpt_path=hpc") == 2
     assert "outputs/hpc_ckpt_11.ckpt" in one_error_line(capsys)
+
+
+def test_a_resume_with_its_time_limit_spent_is_refused(tmp_path, monkeypatch, capsys, corpus) -> None:
+    """Lightning stopped it after one step that trained nothing, and exited 0; without a limit, it asked for a
+    Timer callback."""
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"]
+    main([*fit, "--trainer.max_steps=2", "--trainer.max_time=00:00:10:00"])
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    saved["callbacks"]["Timer"]["time_elapsed"]["train"] = 100.4  # as if it had trained that long
+    torch.save(saved, tmp_path / "spent.ckpt")
+    capsys.readouterr()
+    resume = [*fit, "--trainer.max_steps=4", "--ckpt_path=spent.ckpt"]
+    assert run_main(monkeypatch, tmp_path, *resume, "--trainer.max_time=00:00:01:40") == 2
+    assert one_error_line(capsys) == (
+        "error: checkpoint spent.ckpt has already trained for 0:01:40 and trainer.max_time is 00:00:01:40: nothing "
+        "is left to train; raise --trainer.max_time to train on"
+    )
+    main([*resume, "--checkpoint.dirpath=more", "--trainer.max_time=00:00:01:50"])
+    assert torch.load(tmp_path / "more" / "last.ckpt", weights_only=True)["global_step"] == 4
+    capsys.readouterr()
+    main([*resume, "--checkpoint.dirpath=unlimited"])
+    err = capsys.readouterr().err
+    assert "warning: checkpoint spent.ckpt was trained with a --trainer.max_time; this resumed run has no time" in err
+    assert "Please add the following callbacks" not in err
 
 
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, monkeypatch, capsys, corpus) -> None:
