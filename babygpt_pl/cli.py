@@ -28,6 +28,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -784,6 +785,7 @@ class BabyGPTCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except (Terminated, SIGTERMException):  # (Lightning's answer to SIGTERM outside training: an exit of code 0)
             self._end_other_ranks()
+            self._stop_spawned_ranks()
             raise Terminated from None
         except SystemExit as err:
             if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):
@@ -806,6 +808,13 @@ class BabyGPTCLI(LightningCLI):
         launcher = self.trainer.strategy.launcher
         if isinstance(launcher, _SubprocessScriptLauncher):
             launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
+
+    def _stop_spawned_ranks(self) -> None:
+        """Under ddp_spawn a SIGTERM (kill, docker stop) reaches this process alone, which trains nothing and waits
+        for its ranks: pass it on, so they stop at their step's end and save, as under ddp (Ctrl-C reaches all)."""
+        launcher = self.trainer.strategy.launcher
+        if isinstance(launcher, _MultiProcessingLauncher):
+            launcher.kill(signal.SIGTERM)
 
     def after_instantiate_classes(self) -> None:
         for args, saved in getattr(self, "_given_logger_args", []):

@@ -53,3 +53,15 @@ class SignalAfterBatch(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.total.ready == self.batch:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class SignalParentAtStep(Callback):
+    """On rank 0, SIGTERM the parent process once training has finished ``step`` steps: a kill of a ddp_spawn run's
+    main process, which trains nothing itself."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.kill(os.getppid(), signal.SIGTERM)

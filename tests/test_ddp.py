@@ -42,6 +42,18 @@ def test_a_nan_loss_under_ddp_stops_every_rank_in_one_line(tmp_path: Path, corpu
     assert len(errors) == 1 and errors[0].startswith("error: the training loss became NaN or infinite at step ")
 
 
+def test_sigterm_to_a_ddp_spawn_run_stops_its_ranks_with_a_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    """The signal reached the main process alone: its ranks trained on to max_steps, validations and all."""
+    args = ["fit", "--data.path=corpus.txt", *TINY, *DDP[:2], "--trainer.strategy=ddp_spawn", "--trainer.logger=false"]
+    signal_at_3 = ["--trainer.callbacks+=signals_helper.SignalParentAtStep", "--trainer.callbacks.init_args.step=3"]
+    result = babygpt(
+        tmp_path, *args, "--trainer.max_steps=100", "--trainer.log_every_n_steps=1", *signal_at_3, check=False
+    )
+    assert result.returncode == 143, result.stderr[-2000:]
+    step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 3 <= step < 10 and f"stopped by a signal at step {step}" in result.stderr + result.stdout
+
+
 def metrics(run: Path) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for path in sorted(run.glob("logs/**/metrics.csv")):
