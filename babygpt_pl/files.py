@@ -50,14 +50,17 @@ def check_writable(path: str | Path, option: str, example: str = "samples.jsonl"
     """Fail now, in one line naming ``option``, if a file could not be written at ``path`` (before the work
     whose result it would hold, not after); ``example`` is a file name to suggest for a folder."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a directory: give a file name, e.g. {path / example}")
-    if in_place(path):
-        if not os.access(path, os.W_OK):
-            raise UserError(f"{option} {path}: no permission to write to it; choose another path")
-        return
-    # atomic_writer writes a symlink's target (and creates the missing folders): check the target's folder.
-    check_folder_writable(Path(os.path.realpath(path)).parent, option, shown=path)
+    try:
+        if path.is_dir():
+            raise UserError(f"{option} {path} is a directory: give a file name, e.g. {path / example}")
+        if in_place(path):
+            if not os.access(path, os.W_OK):
+                raise UserError(f"{option} {path}: no permission to write to it; choose another path")
+            return
+        # atomic_writer writes a symlink's target (and creates the missing folders): check the target's folder.
+        check_folder_writable(Path(os.path.realpath(path)).parent, option, shown=path)
+    except OSError as err:  # e.g. a name too long for the file system, which is_dir() does not swallow
+        raise UserError(f"{option} {path}: {err.strerror or err}; choose another path") from None
 
 
 def check_folder_writable(folder: str | Path, option: str, shown: str | Path | None = None) -> None:

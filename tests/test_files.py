@@ -20,6 +20,12 @@ def test_check_writable_accepts_new_files_in_new_folders(tmp_path: Path) -> None
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
+def test_check_writable_says_a_name_is_too_long_in_one_line(tmp_path: Path) -> None:
+    """Path.is_dir() raised ENAMETOOLONG: a traceback where every other bad path is one line."""
+    with pytest.raises(UserError, match=r"^--generation.output .*a{200}.*: File name too long; choose another path"):
+        check_writable(tmp_path / ("a" * 300 + ".jsonl"), "--generation.output")
+
+
 def test_check_writable_rejects_a_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"--generation.output .* is a directory: give a file name"):
         check_writable(tmp_path, "--generation.output")
