@@ -87,7 +87,9 @@ def read_prompts(prompts: list[str] | str | None, prompts_file: str | None, rere
     else:
         text = read_text(prompts_file, "prompts file", "--data.prompts_file", reread)
         # Lines end at \n alone (and a \r before it): splitlines() also split at form feeds, U+2028 and the like.
-        prompts = [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+        # A byte-order mark may start any line of files joined with cat: no part of a prompt (chat drops it too).
+        lines = (line.removesuffix("\r").lstrip("\ufeff") for line in text.split("\n"))
+        prompts = [line for line in lines if line.strip()]
         if not prompts:
             raise UserError(f"prompts file {prompts_file} has only blank lines: write one prompt per line")
     if not prompts:

@@ -411,6 +411,9 @@ def test_a_byte_order_mark_and_windows_line_ends_are_not_text(path: Path, tmp_pa
     prompts.write_bytes("\ufeff春江\r\n往事\r\n".encode())
     assert make(path, prompts_file=str(prompts)).load_prompts() == ["春江", "往事"]
     assert read_text(prompts) == "春江\n往事\n"
+    # Also where files joined with cat leave one inside (a line of it alone: no prompt).
+    prompts.write_bytes("春江\n\ufeff往事\n\ufeff\n".encode())
+    assert make(path, prompts_file=str(prompts)).load_prompts() == ["春江", "往事"]
     corpus = tmp_path / "windows.txt"
     corpus.write_bytes(path.read_text(encoding="utf-8").replace("\n", "\r\n").encode())
     assert make(corpus).build_tokenizer().vocab == make(path).build_tokenizer().vocab  # no "\r" in the vocabulary
