@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import torch
 
 from babygpt_pl.checkpoint import check_checkpoint
 from babygpt_pl.data import require_utf8
 from babygpt_pl.errors import UserError
-from babygpt_pl.files import in_place, jsonl, write_atomic
+from babygpt_pl.files import atomic_writer, in_place, jsonl, write_atomic, write_error
 from babygpt_pl.generation import GenerationConfig, complete
 from babygpt_pl.model import BabyGPT
 from babygpt_pl.tokenizer import CharTokenizer
 
+OPTION = "--generation.output"
 BANNER = "babygpt chat: type the start of a ci and press Enter. Ctrl-C stops an answer; an empty line or Ctrl-D exits."
 
 
@@ -36,6 +38,39 @@ def check_num_samples(num_samples: int) -> None:
     """chat answers each prompt once: more samples of it are predict's."""
     if num_samples != 1:
         raise UserError("chat streams one answer per prompt: drop --generation.num_samples (predict takes it)")
+
+
+class AnswerFile:
+    """chat's --generation.output: after each answer the whole file anew, or where it is written in place (a pipe,
+    a device), the new answers appended through one descriptor kept open: a named pipe reopened after its reader
+    (say, cat) left at the first close would block for ever."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.saved = 0  # answers written so far
+        self.sink: contextlib.ExitStack | None = None
+        self.stream: BinaryIO | None = None
+
+    def save(self, answers: list[dict]) -> None:
+        if not self.path or self.saved == len(answers):
+            return
+        if not in_place(self.path):
+            write_atomic(self.path, jsonl(answers), option=OPTION)
+        else:
+            try:
+                if self.stream is None:
+                    self.sink = contextlib.ExitStack()
+                    self.stream = self.sink.enter_context(atomic_writer(self.path))
+                self.stream.write(jsonl(answers[self.saved :]))
+                self.stream.flush()
+            except OSError as err:
+                raise write_error(OPTION, self.path, err) from None
+        self.saved = len(answers)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = self.stream = None
 
 
 def chat_loop(
@@ -63,17 +98,10 @@ def chat_loop(
         stream.write(text)
         stream.flush()
 
-    def save(answers: list[dict], saved: int) -> int:
-        """Write the answers not yet in ``config.output``: the whole file anew, or only the new lines where it is
-        written in place (a pipe). Returns how many it holds."""
-        if config.output and saved < len(answers):
-            records = answers[saved:] if in_place(config.output) else answers
-            write_atomic(config.output, jsonl(records), option="--generation.output")
-        return len(answers)
-
     say(chrome, BANNER + "\n")
     answers: list[dict] = []
-    refused = saved = 0
+    refused = 0
+    output = AnswerFile(config.output)
     try:
         while True:
             try:
@@ -113,13 +141,15 @@ def chat_loop(
                 show(0, "")
                 stdout.write("\n")
                 say(chrome, f"[{answer.tokens} tokens in {answer.seconds:.2f} s, {answer.tokens_per_s:.1f} tokens/s]\n")
-                saved = save(answers, saved)
+                output.save(answers)
             except KeyboardInterrupt:  # the answer is saved with the next one, or on leaving
                 say(chrome, "\n[stopped]\n")
+        output.save(answers)  # (one a Ctrl-C kept from its save)
     except OSError:  # stdout failed (a closed pipe, a full disk): the answers given so far are kept all the same
-        save(answers, saved)
+        output.save(answers)
         raise
-    save(answers, saved)
+    finally:
+        output.close()
     return refused
 
 

@@ -141,4 +141,9 @@ def write_atomic(path: str | Path, data: bytes, option: str | None = None) -> No
     except OSError as err:
         if option is None:
             raise
-        raise UserError(f"could not write {option} {path}: {err.strerror or err}; choose another path") from None
+        raise write_error(option, path, err) from None
+
+
+def write_error(option: str, path: str | Path, err: OSError) -> UserError:
+    """The one error line of a failed write of ``option``'s file."""
+    return UserError(f"could not write {option} {path}: {err.strerror or err}; choose another path")

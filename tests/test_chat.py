@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -263,6 +264,23 @@ def test_output_to_a_pipe_gets_each_answer_once(model: BabyGPT, tmp_path: Path) 
     finally:
         os.close(reader)
     assert [r["prompt"] for r in records] == ["春江", "往事"]
+
+
+def test_a_named_pipe_is_opened_once_for_the_whole_chat(model: BabyGPT, tmp_path: Path) -> None:
+    """Reopened for each answer, it was closed after the first: its reader (cat) left, and the second open waited for
+    ever for another."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(fifo))
+    chat = threading.Thread(target=run, args=(model, "春江\n往事\n花月\n", config), daemon=True)
+    chat.start()
+    chat.join(timeout=60)
+    assert not chat.is_alive()
+    reader.join(timeout=10)
+    assert [json.loads(line)["prompt"] for line in read[0].splitlines()] == ["春江", "往事", "花月"]
 
 
 @pytest.mark.parametrize("prompts", ["春江\n往事\n", "春江\n"])
