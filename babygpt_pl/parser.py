@@ -55,21 +55,32 @@ _PLAIN_TYPE = re.compile(r"typing\.Literal\[(?P<values>[^\]]*)\]|<class '(?P<cls
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "NoneType": "null"}
 
 
-_TYPE_ERROR = re.compile(
-    r"^Parser key \"(?P<key>[^\"]+)\": Expected a <class '(?P<cls>int|float)'>\. Got value: (?P<value>.*)$"
-)
+_TYPE_ERROR = re.compile(r"^Parser key \"(?P<key>[^\"]+)\": Expected a (?P<type>.+?)\. Got value: (?P<value>.*)$")
 
 
 def short_type_error(message: str) -> str:
-    """jsonargparse's error for a number that is not one, in words: "Expected a <class 'float'>. Got value: inf"
-    reads as if inf were no float (jsonargparse refuses inf and nan)."""
+    """jsonargparse's error for a value not of an option's one type, in words: "Expected a <class 'float'>. Got
+    value: inf" reads as if inf were no float (jsonargparse refuses inf and nan), and a Literal's is Python's."""
     match = _TYPE_ERROR.match(message)
-    if match is None:
+    plain = match and _PLAIN_TYPE.fullmatch(match["type"])
+    if not plain:
         return message
-    what = _TYPE_NAMES[match["cls"]]
-    if match["cls"] == "float" and match["value"].strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+    if plain["values"] is not None:
+        return f"{match['key']}: {match['value']} is not accepted; give {_one_of(_literal_values(plain))}"
+    what = _TYPE_NAMES[plain["cls"]]
+    if plain["cls"] == "float" and match["value"].strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
         what = "a finite number"
     return f"{match['key']} must be {what}, got {match['value']}"
+
+
+def _literal_values(part: re.Match) -> list[str]:
+    return [v.strip().strip("'\"") for v in part["values"].split(",")]
+
+
+def _one_of(choices: list[str]) -> str:
+    """ "a, b or c", each once."""
+    *most, last = dict.fromkeys(choices)
+    return f"{', '.join(most)} or {last}" if most else last
 
 
 _REQUIRED_ERROR = re.compile(
@@ -102,14 +113,12 @@ def short_union_error(message: str) -> str:
     for part in _PLAIN_TYPE.finditer(match["types"]):
         rest = rest.replace(part[0], "", 1)
         if part["values"] is not None:
-            accepted += [v.strip().strip("'\"") for v in part["values"].split(",")]
+            accepted += _literal_values(part)
         else:
             accepted.append(_TYPE_NAMES[part["cls"]])
     if rest.replace(",", "").strip():
         return message  # a type this cannot name briefly (a class path, a list): keep everything
-    *most, last = dict.fromkeys(accepted)
-    choices = f"{', '.join(most)} or {last}" if most else last
-    return f"{match['key']}: {match['value']} is not accepted; give {choices}"
+    return f"{match['key']}: {match['value']} is not accepted; give {_one_of(accepted)}"
 
 
 def program_name() -> str | None:

@@ -47,17 +47,24 @@ def test_a_class_without_a_required_argument_names_the_option_to_pass() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "value", "expected"),
+    ("kind", "value", "expected"),
     [
-        ("float", "inf", "generation.x must be a finite number, got inf"),  # it read as "inf is no float"
-        ("float", "-Infinity", "generation.x must be a finite number, got -Infinity"),
-        ("float", "nan", "generation.x must be a finite number, got nan"),
-        ("float", "abc", "generation.x must be a number, got abc"),
-        ("int", "2.5", "generation.x must be an integer, got 2.5"),
+        ("<class 'float'>", "inf", "generation.x must be a finite number, got inf"),  # it read as "inf is no float"
+        ("<class 'float'>", "-Infinity", "generation.x must be a finite number, got -Infinity"),
+        ("<class 'float'>", "nan", "generation.x must be a finite number, got nan"),
+        ("<class 'float'>", "abc", "generation.x must be a number, got abc"),
+        ("<class 'int'>", "2.5", "generation.x must be an integer, got 2.5"),
+        ("<class 'bool'>", "maybe", "generation.x must be true or false, got maybe"),
+        (
+            "typing.Literal['error', 'drop', 'replace']",
+            "foo",
+            "generation.x: foo is not accepted; give error, drop or replace",
+        ),  # Python's spelling of the type, where every other option's error is in words
+        ("<class 'pathlib.Path'>", "x", "Parser key \"generation.x\": Expected a <class 'pathlib.Path'>. Got value: x"),
     ],
 )
-def test_a_type_error_is_said_in_words(cls: str, value: str, expected: str) -> None:
-    assert short_type_error(f"Parser key \"generation.x\": Expected a <class '{cls}'>. Got value: {value}") == expected
+def test_a_type_error_is_said_in_words(kind: str, value: str, expected: str) -> None:
+    assert short_type_error(f'Parser key "generation.x": Expected a {kind}. Got value: {value}') == expected
 
 
 @pytest.mark.parametrize(
