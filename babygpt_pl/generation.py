@@ -237,6 +237,11 @@ DRAWS = 64
 CHUNK = 8
 
 
+# fp32 whatever the default dtype (64-true makes it fp64): a generator's fp64 uniforms are other numbers, and a seed
+# would sample other text under that precision.
+DRAW_DTYPE = torch.float32
+
+
 def _draw(draws: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> None:
     """Fill ``draws`` (DRAWS, B, 1) with uniforms in [0, 1): from one generator, or row r's from ``generator[r]``,
     so that a row's samples do not depend on the other rows of the batch."""
@@ -244,7 +249,7 @@ def _draw(draws: torch.Tensor, generator: torch.Generator | Sequence[torch.Gener
         draws.uniform_(generator=generator)
         return
     for row, row_generator in enumerate(generator):
-        draws[:, row] = torch.rand(DRAWS, 1, generator=row_generator, device=draws.device)
+        draws[:, row] = torch.rand(DRAWS, 1, generator=row_generator, device=draws.device, dtype=draws.dtype)
 
 
 def sample_seed(seed: int, prompt: str, sample: int) -> int:
@@ -311,7 +316,7 @@ class GraphedDecoder:
         self.valid = torch.ones(batch_size, 1, 1, window, dtype=torch.bool, device=p.device)  # False: padding
         self.slots = torch.arange(window, device=p.device)
         self.sampling = sampling
-        self.uniforms = torch.zeros(DRAWS, batch_size, 1, device=p.device)
+        self.uniforms = torch.zeros(DRAWS, batch_size, 1, device=p.device, dtype=DRAW_DTYPE)
         # The tokens a repetition penalty applies to: the stream fills in the prompt's, the graph adds each new one.
         self.seen = (
             torch.zeros(batch_size, model.config.vocab_size, dtype=torch.bool, device=p.device)
@@ -539,7 +544,9 @@ def stream(
         seen = counts.scatter_add_(1, tokens, valid.int()) > 0
         if decoder is not None:
             seen = decoder.seen.copy_(seen)  # one record, kept by the graph's steps and the eager ones alike
-    draws = decoder.uniforms if decoder is not None else torch.empty(DRAWS, len(rows), 1, device=device)
+    draws = (
+        decoder.uniforms if decoder is not None else torch.empty(DRAWS, len(rows), 1, device=device, dtype=DRAW_DTYPE)
+    )
     cache = None
     if decoder is not None:
         cache = decoder.cache

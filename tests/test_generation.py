@@ -713,6 +713,27 @@ def test_with_a_seed_each_prompt_and_sample_draws_from_its_own_stream(
     assert ab0 != sample_seed(8, "ab", 0)
 
 
+@pytest.mark.parametrize("seed", [5, None])  # a generator per sample; the global one
+def test_a_seeds_samples_do_not_depend_on_the_default_dtype(model: BabyGPT, tokenizer: CharTokenizer, seed) -> None:
+    """Under --trainer.precision 64-true the default dtype is fp64, and the generators' fp64 uniforms were other
+    numbers: other text for the same seed."""
+
+    def texts(m: BabyGPT) -> list[str]:
+        torch.manual_seed(1)  # (the global generator, for ``stream`` with no generator)
+        if seed is None:
+            return [run(m, [[3, 4]], 20, SAMPLED)[0].tolist()]
+        config = GenerationConfig(max_new_tokens=20, num_samples=2, seed=seed, temperature=3.0)
+        return [r.text for r in complete(m, tokenizer, ["ab", "xyz"], config)]
+
+    single = texts(model)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert texts(copy.deepcopy(model).double()) == single
+    finally:
+        torch.set_default_dtype(default)
+
+
 def test_complete_seed_reproducible(model: BabyGPT, tokenizer: CharTokenizer) -> None:
     def texts(seed: int) -> list[str]:
         config = GenerationConfig(max_new_tokens=20, num_samples=2, seed=seed, temperature=3.0)
