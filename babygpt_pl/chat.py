@@ -61,16 +61,19 @@ class AnswerFile:
                 if self.stream is None:
                     self.sink = contextlib.ExitStack()
                     self.stream = self.sink.enter_context(atomic_writer(self.path))
+                sys.stdout.flush()  # (what chat printed first, where this is stdout's own file)
                 self.stream.write(jsonl(answers[self.saved :]))
                 self.stream.flush()
             except OSError as err:
+                with contextlib.suppress(OSError):  # its close would flush the rest again: the same error, unsaid
+                    self.close()
                 raise write_error(OPTION, self.path, err) from None
         self.saved = len(answers)
 
     def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = self.stream = None
+        sink, self.sink, self.stream = self.sink, None, None
+        if sink is not None:
+            sink.close()
 
 
 def chat_loop(
@@ -145,8 +148,9 @@ def chat_loop(
             except KeyboardInterrupt:  # the answer is saved with the next one, or on leaving
                 say(chrome, "\n[stopped]\n")
         output.save(answers)  # (one a Ctrl-C kept from its save)
-    except OSError:  # stdout failed (a closed pipe, a full disk): the answers given so far are kept all the same
-        output.save(answers)
+    except OSError:  # stdout failed (a closed pipe, a full disk): the answers so far are kept where they can be
+        with contextlib.suppress(UserError):  # (the output may be stdout itself): stdout's error is the one to say
+            output.save(answers)
         raise
     finally:
         output.close()

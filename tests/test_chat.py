@@ -283,6 +283,44 @@ def test_a_named_pipe_is_opened_once_for_the_whole_chat(model: BabyGPT, tmp_path
     assert [json.loads(line)["prompt"] for line in read[0].splitlines()] == ["春江", "往事", "花月"]
 
 
+class AfterAnEvent(io.StringIO):
+    """Piped prompts whose second line comes only once ``event`` is set."""
+
+    def __init__(self, text: str, event: threading.Event) -> None:
+        super().__init__(text)
+        self.event, self.lines = event, 0
+
+    def readline(self, *args) -> str:
+        self.lines += 1
+        if self.lines == 2:
+            self.event.wait(timeout=30)
+        return super().readline(*args)
+
+
+def test_a_named_pipe_whose_reader_left_is_one_error(model: BabyGPT, tmp_path: Path) -> None:
+    """Kept open, its close flushed the unwritten answer again: a BrokenPipeError in place of the error line."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    left = threading.Event()
+
+    def read_one_answer() -> None:
+        with fifo.open(encoding="utf-8") as f:
+            f.readline()
+        left.set()
+
+    threading.Thread(target=read_one_answer, daemon=True).start()
+    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(fifo))
+    with pytest.raises(UserError, match=f"^could not write --generation.output {fifo}: Broken pipe; choose another"):
+        chat_loop(
+            model,
+            CharTokenizer(VOCAB),
+            config,
+            stdin=AfterAnEvent("春江\n往事\n", left),
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
+
+
 @pytest.mark.parametrize("prompts", ["春江\n往事\n", "春江\n"])
 def test_ctrl_c_while_an_answer_is_saved_keeps_the_loop_and_the_answer(
     model: BabyGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompts: str
@@ -360,6 +398,28 @@ def test_an_answer_whose_stdout_failed_is_saved_all_the_same(model: BabyGPT, tmp
         )
     records = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["prompt"] for r in records] == ["春江"]
+
+
+def test_where_the_output_fails_too_stdouts_error_is_the_one_said(
+    model: BabyGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--generation.output /dev/stdout with stdout a closed pipe: its save failed too, and made the quiet exit of
+    `| head` an error line."""
+
+    def closed(*args, **kwargs):
+        raise UserError("could not write --generation.output /dev/stdout: Broken pipe; choose another path")
+
+    monkeypatch.setattr(chat_module, "write_atomic", closed)
+    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(tmp_path / "chat.jsonl"))
+    with pytest.raises(BrokenPipeError):
+        chat_loop(
+            model,
+            CharTokenizer(VOCAB),
+            config,
+            stdin=io.StringIO("春江\n往事\n"),
+            stdout=ClosedAfterTheFirstAnswer(),
+            stderr=io.StringIO(),
+        )
 
 
 def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:
