@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -782,10 +783,10 @@ class BabyGPTCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._run_subcommand(subcommand)
+            with self._sigterm_passed_to_spawned_ranks():
+                super()._run_subcommand(subcommand)
         except (Terminated, SIGTERMException):  # (Lightning's answer to SIGTERM outside training: an exit of code 0)
             self._end_other_ranks()
-            self._stop_spawned_ranks()
             raise Terminated from None
         except SystemExit as err:
             if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):
@@ -809,12 +810,30 @@ class BabyGPTCLI(LightningCLI):
         if isinstance(launcher, _SubprocessScriptLauncher):
             launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
 
-    def _stop_spawned_ranks(self) -> None:
+    @contextlib.contextmanager
+    def _sigterm_passed_to_spawned_ranks(self) -> Iterator[None]:
         """Under ddp_spawn a SIGTERM (kill, docker stop) reaches this process alone, which trains nothing and waits
-        for its ranks: pass it on, so they stop at their step's end and save, as under ddp (Ctrl-C reaches all)."""
+        for its ranks: pass it on, so they stop at their step's end and save, as under ddp (Ctrl-C reaches all),
+        and wait for them as usual (Lightning then takes rank 0's results back and deletes their file); exit 143."""
         launcher = self.trainer.strategy.launcher
-        if isinstance(launcher, _MultiProcessingLauncher):
-            launcher.kill(signal.SIGTERM)
+        if not isinstance(launcher, _MultiProcessingLauncher):
+            yield
+            return
+        received = []
+
+        def pass_on(signum: int, frame: object) -> None:
+            if not launcher.procs:  # none started yet: stop here
+                raise Terminated
+            received.append(signum)
+            launcher.kill(signum)
+
+        previous = signal.signal(signal.SIGTERM, pass_on)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if received:
+            raise Terminated
 
     def after_instantiate_classes(self) -> None:
         for args, saved in getattr(self, "_given_logger_args", []):
