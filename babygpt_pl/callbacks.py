@@ -344,7 +344,9 @@ def _save_last(trainer: L.Trainer) -> str:
     checkpoint = trainer.checkpoint_callback
     if trainer.fast_dev_run:
         return "a fast_dev_run saves nothing"
-    if checkpoint is None or not checkpoint.save_last:
+    if checkpoint is None:  # (the CLI always adds one)
+        return "nothing saved (no checkpoint callback)"
+    if not checkpoint.save_last:
         return "nothing saved (checkpoint.save_last is off)"
     path = Path(checkpoint.dirpath) / LAST_FILE
     trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning logs a line about it

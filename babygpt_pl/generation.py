@@ -189,7 +189,7 @@ def sample_next(
     # per step at this vocabulary size (it draws V exponentials). Zero-probability tokens are never chosen.
     cdf = probs.cumsum(dim=-1)
     if uniform is None:
-        uniform = torch.rand(probs.size(0), 1, generator=generator, device=probs.device)
+        uniform = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=DRAW_DTYPE)
     u = uniform * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 

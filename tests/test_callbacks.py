@@ -310,15 +310,19 @@ def test_graceful_stop_agrees_across_ranks_only_every_log_every_n_steps(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("fast_dev_run", "save_last", "said"),
-    [(3, True, "a fast_dev_run saves nothing"), (0, False, "nothing saved (checkpoint.save_last is off)")],
+    ("settings", "said"),
+    [
+        ({"fast_dev_run": 3}, "a fast_dev_run saves nothing"),
+        ({"save_last": False}, "nothing saved (checkpoint.save_last is off)"),
+        ({"checkpoint_callback": None}, "nothing saved (no checkpoint callback)"),  # (the CLI always adds one)
+    ],
 )
 def test_a_stop_saves_no_last_checkpoint_where_the_run_saves_none(
-    tmp_path: Path, fast_dev_run: int, save_last: bool, said: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, settings: dict, said: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """It replaced an earlier run's last.ckpt: a smoke run's, or one told to save no last.ckpt."""
     saved = []
-    trainer = stopping_trainer(tmp_path, saved, save_last, fast_dev_run=fast_dev_run, global_step=2)
+    trainer = stopping_trainer(tmp_path, saved, global_step=2, **settings)
     stop = GracefulStop()
     stop.received = signal.SIGTERM
     with caplog.at_level(logging.INFO):

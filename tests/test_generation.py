@@ -726,10 +726,13 @@ def test_a_seeds_samples_do_not_depend_on_the_default_dtype(model: BabyGPT, toke
         return [r.text for r in complete(m, tokenizer, ["ab", "xyz"], config)]
 
     single = texts(model)
+    logits = torch.randn(8, V, generator=torch.Generator().manual_seed(2))
+    drawn = sample_next(logits, SAMPLED, generator=torch.Generator().manual_seed(3))  # its own uniforms
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         assert texts(copy.deepcopy(model).double()) == single
+        assert torch.equal(sample_next(logits.double(), SAMPLED, generator=torch.Generator().manual_seed(3)), drawn)
     finally:
         torch.set_default_dtype(default)
 
