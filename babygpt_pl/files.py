@@ -73,8 +73,11 @@ def check_folder_writable(folder: str | Path, option: str, shown: str | Path | N
     folder = Path(folder)
     shown = folder if shown is None else shown
     existing = folder
-    while not existing.exists():
-        existing = existing.parent
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:  # e.g. a name too long for the file system, which exists() does not swallow
+        raise UserError(f"{option} {shown}: {err.strerror or err}; choose another folder") from None
     if not existing.is_dir():
         raise UserError(f"{option} {shown}: {existing} is a file, not a folder; choose another folder")
     try:

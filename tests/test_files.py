@@ -24,6 +24,8 @@ def test_check_writable_says_a_name_is_too_long_in_one_line(tmp_path: Path) -> N
     """Path.is_dir() raised ENAMETOOLONG: a traceback where every other bad path is one line."""
     with pytest.raises(UserError, match=r"^--generation.output .*a{200}.*: File name too long; choose another path"):
         check_writable(tmp_path / ("a" * 300 + ".jsonl"), "--generation.output")
+    with pytest.raises(UserError, match=r"^--checkpoint.dirpath .*b{200}: File name too long; choose another folder"):
+        check_folder_writable(tmp_path / ("b" * 300), "--checkpoint.dirpath")
 
 
 def test_check_writable_rejects_a_directory(tmp_path: Path) -> None:
