@@ -25,10 +25,12 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -161,7 +163,8 @@ CHECKPOINT_DEFAULTS = {
 
 CKPT_PATH_HELP = {
     "fit": "The checkpoint to resume from: a file, last (the checkpoint folder's last.ckpt, if there is one "
-    "yet) or hpc (the newest checkpoint of a SLURM requeue). Leave it out for a new run.",
+    "yet) or hpc (the newest checkpoint of a SLURM requeue). Leave it out for a new run (under SLURM, a requeued "
+    "run resumes its hpc checkpoint).",
     "other": "The checkpoint to load: a file, e.g. checkpoints/last.ckpt, last (the checkpoint folder's) or hpc.",
 }
 DESCRIPTION = "babygpt: train a character-level GPT on Chinese ci poetry (or any text) and generate from it."
@@ -248,16 +251,15 @@ class KeepInputConfig(SaveConfigCallback):
 HPC_PREFIX = "hpc_ckpt_"  # Lightning's name for the checkpoint of a SLURM requeue
 
 
-def _hpc_checkpoint(folder: str) -> str:
-    """The newest of the hpc_ckpt_N.ckpt files Lightning saves in ``folder`` when SLURM requeues a run."""
+def _is_requeue_checkpoint(path: str) -> bool:
+    return Path(path).name.startswith(HPC_PREFIX)
+
+
+def _hpc_checkpoint(folder: str) -> str | None:
+    """The newest of the hpc_ckpt_N.ckpt files Lightning saves in ``folder`` when SLURM requeues a run, if any."""
     numbers = (p.stem.removeprefix(HPC_PREFIX) for p in Path(folder).glob(f"{HPC_PREFIX}*.ckpt"))
-    saved = [int(n) for n in numbers if n.isdigit()]
-    if not saved:
-        raise UserError(
-            f"--ckpt_path hpc: {folder} holds no hpc_ckpt_N.ckpt (Lightning saves one there when SLURM requeues a "
-            "run); pass a checkpoint file, or leave --ckpt_path out"
-        )
-    return os.path.join(folder, f"{HPC_PREFIX}{max(saved)}.ckpt")
+    saved = [int(n) for n in numbers if n.isdecimal()]
+    return os.path.join(folder, f"{HPC_PREFIX}{max(saved)}.ckpt") if saved else None
 
 
 class BabyGPTCLI(LightningCLI):
@@ -362,7 +364,7 @@ class BabyGPTCLI(LightningCLI):
             warn_of_unused_model_settings(model, self._given)  # here: the checkpoint's values replace them next
             # The resumed run's own folder, not another run's; not that of a SLURM requeue's hpc_ckpt_N.ckpt, which
             # Lightning saves in trainer.default_root_dir, away from the run's checkpoints.
-            if not self._given("checkpoint.dirpath") and not Path(path).name.startswith(HPC_PREFIX):
+            if not self._given("checkpoint.dirpath") and not _is_requeue_checkpoint(path):
                 # A link's target's: the best-checkpoint record and last.ckpt are there (a link's folder would
                 # drop the record without a word, and keep a worse checkpoint as the best).
                 real = os.path.realpath(path) if os.path.islink(path) else path
@@ -396,9 +398,8 @@ class BabyGPTCLI(LightningCLI):
                 f"--ckpt_path {path} is not a file this command can load; pass a checkpoint file, "
                 "e.g. --ckpt_path checkpoints/last.ckpt"
             )
-        if path == "hpc":  # checked like any other file (Lightning would load it unchecked)
-            config.ckpt_path = _hpc_checkpoint(config.trainer.default_root_dir or ".")
-            return config.ckpt_path
+        if path == "hpc" or (path is None and subcommand == "fit" and SLURMEnvironment.detect()):
+            return self._resolve_hpc(config, subcommand, given=path is not None)
         if path != "last":
             return path
         last = os.path.join(config.checkpoint.dirpath or CHECKPOINT_DEFAULTS["checkpoint.dirpath"], LAST_FILE)
@@ -411,6 +412,22 @@ class BabyGPTCLI(LightningCLI):
         # resumes). Said here in one line: Lightning's own warning advises save_last=True, which is already set.
         warn(f"--ckpt_path last: there is no {last} yet, so this is a new run")
         return path
+
+    def _resolve_hpc(self, config: Namespace, subcommand: str, given: bool) -> str | None:
+        """The newest checkpoint of a SLURM requeue, to resume checked like any other file: Lightning would load it
+        unchecked, for ``--ckpt_path hpc`` and, under SLURM, for a fit given no checkpoint. None: a new run."""
+        folder = config.trainer.default_root_dir or "."
+        config.ckpt_path = found = _hpc_checkpoint(folder)
+        if found is not None:
+            if not given:
+                warn(f"resuming {found}, saved when SLURM requeued this run")
+            return found
+        if given:
+            missing = f"--ckpt_path hpc: {folder} holds no {HPC_PREFIX}N.ckpt (saved there when SLURM requeues a run)"
+            if subcommand != "fit":
+                raise UserError(f"{missing}; pass a checkpoint file")
+            warn(f"{missing}, so this is a new run")
+        return None
 
     def _default_to_trained_prompts(self) -> None:
         """The samples logged at each validation continue training's prompts where none are given (its prompts
@@ -857,7 +874,8 @@ class BabyGPTCLI(LightningCLI):
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath, saves_last)
             else:
                 self._warn_of_other_batches()
-                if config.checkpoint.dirpath and saves_last:
+                # (a requeue's checkpoint is newer than the last.ckpt it replaces)
+                if config.checkpoint.dirpath and saves_last and not _is_requeue_checkpoint(config.ckpt_path):
                     warn_of_a_replaced_last(config.checkpoint.dirpath, config.ckpt_path)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -644,24 +644,40 @@ def test_a_resumed_run_keeps_to_its_own_folder(tmp_path, monkeypatch, capsys, co
 
 
 def test_ckpt_path_hpc_resumes_the_newest_requeue_checkpoint_checked(tmp_path, monkeypatch, capsys, corpus) -> None:
-    """Lightning loaded it unchecked (a traceback where there was none); "registry", its model registry, too."""
+    """Lightning loaded it unchecked, also by itself under SLURM with no --ckpt_path (a traceback where there was
+    none); "registry", its model registry, too."""
+    monkeypatch.chdir(tmp_path)
     fit = ["fit", f"--data.path={corpus}", *SMALL, "--trainer.logger=false"]
-    assert run_main(monkeypatch, tmp_path, *fit, "--ckpt_path=hpc") == 2
-    assert one_error_line(capsys) == (
-        "error: --ckpt_path hpc: outputs holds no hpc_ckpt_N.ckpt (Lightning saves one there when SLURM requeues a "
-        "run); pass a checkpoint file, or leave --ckpt_path out"
-    )
     assert run_main(monkeypatch, tmp_path, *fit, "--ckpt_path=registry") == 2
     assert "error: --ckpt_path registry is not a file this command can load" in one_error_line(capsys)
-    main([*fit, "--trainer.max_steps=2"])
-    (tmp_path / "outputs" / "hpc_ckpt_10.ckpt").write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes())
-    (tmp_path / "outputs" / "hpc_ckpt_9.ckpt").write_bytes(b"not the newest")  # 10 is, though "10" < "9"
+    main([*fit, "--trainer.max_steps=2", "--ckpt_path=hpc"])  # none yet: a new run, as with last
+    assert (
+        "warning: --ckpt_path hpc: outputs holds no hpc_ckpt_N.ckpt (saved there when SLURM requeues a run), so "
+        in (capsys.readouterr().err)
+    )
+    hpc = tmp_path / "outputs"
+    (hpc / "hpc_ckpt_10.ckpt").write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes())
+    (hpc / "hpc_ckpt_9.ckpt").write_bytes(b"not the newest")  # 10 is, though "10" < "9"
     main([*fit, "--trainer.max_steps=4", "--ckpt_path=hpc"])
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    (tmp_path / "outputs" / "hpc_ckpt_11.ckpt").write_bytes(b"cut short")
-    capsys.readouterr()
-    assert run_main(monkeypatch, tmp_path, *fit, "--trainer.max_steps=6", "--ckpt_path=hpc") == 2
-    assert "outputs/hpc_ckpt_11.ckpt" in one_error_line(capsys)
+    assert "is not the checkpoint this run resumes" not in capsys.readouterr().err  # it is newer than last.ckpt
+    # A requeued job runs its command again, with no --ckpt_path.
+    (hpc / "hpc_ckpt_11.ckpt").write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes())
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "7",
+    }.items():
+        monkeypatch.setenv(key, value)
+    main([*fit, "--trainer.max_steps=6"])
+    assert "warning: resuming outputs/hpc_ckpt_11.ckpt, saved when SLURM requeued this run" in capsys.readouterr().err
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    (hpc / "hpc_ckpt_12.ckpt").write_bytes(b"cut short")
+    assert run_main(monkeypatch, tmp_path, *fit, "--trainer.max_steps=8") == 2
+    assert "\nerror: checkpoint outputs/hpc_ckpt_12.ckpt " in capsys.readouterr().err  # checked, as any file
 
 
 def test_a_resume_with_its_time_limit_spent_is_refused(tmp_path, monkeypatch, capsys, corpus) -> None:
