@@ -61,7 +61,6 @@ class AnswerFile:
                 if self.stream is None:
                     self.sink = contextlib.ExitStack()
                     self.stream = self.sink.enter_context(atomic_writer(self.path))
-                sys.stdout.flush()  # (what chat printed first, where this is stdout's own file)
                 self.stream.write(jsonl(answers[self.saved :]))
                 self.stream.flush()
             except OSError as err:

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -800,10 +799,10 @@ class BabyGPTCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            with self._sigterm_passed_to_spawned_ranks():
-                super()._run_subcommand(subcommand)
+            super()._run_subcommand(subcommand)
         except (Terminated, SIGTERMException):  # (Lightning's answer to SIGTERM outside training: an exit of code 0)
             self._end_other_ranks()
+            self._stop_spawned_ranks()
             raise Terminated from None
         except SystemExit as err:
             if err.code == 1 and isinstance(err.__context__, KeyboardInterrupt):
@@ -827,30 +826,15 @@ class BabyGPTCLI(LightningCLI):
         if isinstance(launcher, _SubprocessScriptLauncher):
             launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
 
-    @contextlib.contextmanager
-    def _sigterm_passed_to_spawned_ranks(self) -> Iterator[None]:
+    def _stop_spawned_ranks(self) -> None:
         """Under ddp_spawn a SIGTERM (kill, docker stop) reaches this process alone, which trains nothing and waits
-        for its ranks: pass it on, so they stop at their step's end and save, as under ddp (Ctrl-C reaches all),
-        and wait for them as usual (Lightning then takes rank 0's results back and deletes their file); exit 143."""
+        for its ranks: pass it on, so they stop at their step's end and save, as under ddp (Ctrl-C reaches all).
+        This process then ends at once (exit 143; Python waits for the ranks): Lightning does not take rank 0's
+        results back, and the file they come in stays in the temp folder. (Waiting for them instead hung where a
+        rank stopped outside training sends none.)"""
         launcher = self.trainer.strategy.launcher
-        if not isinstance(launcher, _MultiProcessingLauncher):
-            yield
-            return
-        received = []
-
-        def pass_on(signum: int, frame: object) -> None:
-            if not launcher.procs:  # none started yet: stop here
-                raise Terminated
-            received.append(signum)
-            launcher.kill(signum)
-
-        previous = signal.signal(signal.SIGTERM, pass_on)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        if received:
-            raise Terminated
+        if isinstance(launcher, _MultiProcessingLauncher):
+            launcher.kill(signal.SIGTERM)
 
     def after_instantiate_classes(self) -> None:
         for args, saved in getattr(self, "_given_logger_args", []):
