@@ -256,7 +256,10 @@ def _is_requeue_checkpoint(path: str) -> bool:
 
 def _hpc_checkpoint(folder: str) -> str | None:
     """The newest of the hpc_ckpt_N.ckpt files Lightning saves in ``folder`` when SLURM requeues a run, if any."""
-    numbers = (p.stem.removeprefix(HPC_PREFIX) for p in Path(folder).glob(f"{HPC_PREFIX}*.ckpt"))
+    try:
+        numbers = [p.stem.removeprefix(HPC_PREFIX) for p in Path(folder).glob(f"{HPC_PREFIX}*.ckpt")]
+    except OSError as err:  # e.g. a name too long for the file system
+        raise UserError(f"--trainer.default_root_dir {folder}: {err.strerror or err}; choose another folder") from None
     saved = [int(n) for n in numbers if n.isdecimal()]
     return os.path.join(folder, f"{HPC_PREFIX}{max(saved)}.ckpt") if saved else None
 
@@ -418,8 +421,11 @@ class BabyGPTCLI(LightningCLI):
         folder = config.trainer.default_root_dir or "."
         config.ckpt_path = found = _hpc_checkpoint(folder)
         if found is not None:
-            if not given:
-                warn(f"resuming {found}, saved when SLURM requeued this run")
+            if not given:  # (it may be an earlier job's: the way out is said here)
+                warn(
+                    f"resuming {found}, as Lightning does under SLURM for a requeued job (to start anew, delete it or "
+                    "pass another --trainer.default_root_dir)"
+                )
             return found
         if given:
             missing = f"--ckpt_path hpc: {folder} holds no {HPC_PREFIX}N.ckpt (saved there when SLURM requeues a run)"

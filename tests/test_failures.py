@@ -673,7 +673,9 @@ def test_ckpt_path_hpc_resumes_the_newest_requeue_checkpoint_checked(tmp_path, m
     }.items():
         monkeypatch.setenv(key, value)
     main([*fit, "--trainer.max_steps=6"])
-    assert "warning: resuming outputs/hpc_ckpt_11.ckpt, saved when SLURM requeued this run" in capsys.readouterr().err
+    assert "warning: resuming outputs/hpc_ckpt_11.ckpt, as Lightning does under SLURM for a requeued job (to start" in (
+        capsys.readouterr().err
+    )
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     (hpc / "hpc_ckpt_12.ckpt").write_bytes(b"cut short")
     assert run_main(monkeypatch, tmp_path, *fit, "--trainer.max_steps=8") == 2
