@@ -385,9 +385,10 @@ class ClosedAfterTheFirstAnswer(io.StringIO):
         return super().write(text)
 
 
-def test_an_answer_whose_stdout_failed_is_saved_all_the_same(model: BabyGPT, tmp_path: Path) -> None:
+def chat_into_a_closed_pipe(model: BabyGPT, tmp_path: Path) -> None:
+    """Two prompts, with stdout closed at the first answer's end and the answers saved to chat.jsonl."""
     config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(tmp_path / "chat.jsonl"))
-    with pytest.raises(BrokenPipeError):
+    with pytest.raises(BrokenPipeError):  # stdout's own error, as it came
         chat_loop(
             model,
             CharTokenizer(VOCAB),
@@ -396,6 +397,10 @@ def test_an_answer_whose_stdout_failed_is_saved_all_the_same(model: BabyGPT, tmp
             stdout=ClosedAfterTheFirstAnswer(),
             stderr=io.StringIO(),
         )
+
+
+def test_an_answer_whose_stdout_failed_is_saved_all_the_same(model: BabyGPT, tmp_path: Path) -> None:
+    chat_into_a_closed_pipe(model, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["prompt"] for r in records] == ["春江"]
 
@@ -403,23 +408,14 @@ def test_an_answer_whose_stdout_failed_is_saved_all_the_same(model: BabyGPT, tmp
 def test_where_the_output_fails_too_stdouts_error_is_the_one_said(
     model: BabyGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--generation.output /dev/stdout with stdout a closed pipe: its save failed too, and made the quiet exit of
-    `| head` an error line."""
+    """A save that fails after stdout broke (the output may be stdout itself: /dev/stdout under `| head`) made the
+    quiet exit of a closed pipe an error line about the output."""
 
     def closed(*args, **kwargs):
         raise UserError("could not write --generation.output /dev/stdout: Broken pipe; choose another path")
 
     monkeypatch.setattr(chat_module, "write_atomic", closed)
-    config = GenerationConfig(max_new_tokens=3, temperature=0, output=str(tmp_path / "chat.jsonl"))
-    with pytest.raises(BrokenPipeError):
-        chat_loop(
-            model,
-            CharTokenizer(VOCAB),
-            config,
-            stdin=io.StringIO("春江\n往事\n"),
-            stdout=ClosedAfterTheFirstAnswer(),
-            stderr=io.StringIO(),
-        )
+    chat_into_a_closed_pipe(model, tmp_path)
 
 
 def test_output_holds_every_answer_so_far(model: BabyGPT, tmp_path: Path) -> None:
