@@ -864,7 +864,8 @@ class BabyGPTCLI(LightningCLI):
                     warn_of_earlier_checkpoints(config.checkpoint.dirpath, saves_last)
             else:
                 self._warn_of_other_batches()
-                # (a requeue's checkpoint is newer than the last.ckpt it replaces)
+                # (not for a requeue's hpc checkpoint, which Lightning saves in default_root_dir: a last.ckpt newer
+                # than it, saved on the SIGTERM after the requeue, is replaced without a word, a known gap)
                 if config.checkpoint.dirpath and saves_last and not _is_requeue_checkpoint(config.ckpt_path):
                     warn_of_a_replaced_last(config.checkpoint.dirpath, config.ckpt_path)
         for logger in self.trainer.loggers:
